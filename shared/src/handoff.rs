@@ -1,0 +1,451 @@
+//! The handoff wire protocol between the splitter and its l7proxy processes.
+//!
+//! Transport: one `SOCK_SEQPACKET` Unix socket per l7proxy process, so every
+//! message is one datagram and message boundaries survive. Each message starts
+//! with the protocol version and a kind byte; integers are little-endian.
+//!
+//! | kind | direction | body |
+//! | --- | --- | --- |
+//! | `Hello` (1) | l7proxy → splitter | pid `u32`, tenant name (`u8` length + bytes) |
+//! | `Ready` (2) | l7proxy → splitter | — |
+//! | `Ack` (3) | l7proxy → splitter | `up_to_seq` `u64`: every `Conn` with `seq ≤ up_to_seq` is owned by the l7proxy |
+//! | `Draining` (4) | l7proxy → splitter | — |
+//! | `Conn` (16) | splitter → l7proxy | seq `u64`, protocol `u8`, local port `u16`, accepted-at µs since the epoch `u64`, server name (`u8` length + bytes, empty when none); exactly one fd in `SCM_RIGHTS` |
+//! | `Drain` (17) | splitter → l7proxy | — |
+//!
+//! Receivers use `MSG_CMSG_CLOEXEC`, treat `MSG_CTRUNC`/`MSG_TRUNC` as errors and
+//! close every descriptor they were passed but cannot use (dropping the
+//! [`OwnedFd`]s in [`Received`] does that).
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// The protocol version this build speaks. A peer speaking another one is refused.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// The environment variable through which a spawned l7proxy learns the number of
+/// its inherited handoff descriptor.
+pub const HANDOFF_FD_ENV: &str = "SWITCHYARD_HANDOFF_FD";
+
+/// Largest encoded message (a `Conn` with a 255-byte server name is 279 bytes).
+pub const MAX_MESSAGE_LEN: usize = 512;
+
+/// What the splitter peeked to route a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnProtocol {
+    /// The connection starts with a TLS ClientHello.
+    Tls = 1,
+    /// The connection starts with a plaintext HTTP/1.x request.
+    Http = 2,
+}
+
+/// One message of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// First message of an l7proxy: who it is.
+    Hello {
+        /// Tenant the process serves.
+        tenant: String,
+        /// Its process id.
+        pid: u32,
+    },
+    /// The process accepts connections.
+    Ready,
+    /// Every `Conn` up to and including `up_to_seq` has been received.
+    Ack {
+        /// Highest sequence number received.
+        up_to_seq: u64,
+    },
+    /// The process is draining and wants no new connections.
+    Draining,
+    /// A connection; its socket travels in the same datagram.
+    Conn(ConnMeta),
+    /// Stop taking connections, finish in-flight work and exit.
+    Drain,
+}
+
+/// The description that accompanies a handed-off socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnMeta {
+    /// Per-process sequence number, starting at 1.
+    pub seq: u64,
+    /// What the splitter found at the start of the stream.
+    pub protocol: ConnProtocol,
+    /// The SNI or `Host` the connection was routed by (normalised), if any.
+    pub server_name: Option<String>,
+    /// Port of the listener that accepted it.
+    pub local_port: u16,
+    /// When the splitter accepted it, microseconds since the Unix epoch.
+    pub accepted_at_us: u64,
+}
+
+/// Why a datagram could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The peer speaks another protocol version.
+    Version {
+        /// The version in the message.
+        got: u8,
+    },
+    /// The message ended before its fields did.
+    Truncated,
+    /// An unknown kind byte.
+    UnknownKind(u8),
+    /// A name that is not UTF-8.
+    BadText,
+    /// An unknown protocol byte in a `Conn`.
+    UnknownProtocol(u8),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Version { got } => write!(
+                f,
+                "handoff protocol version {got} received, this build speaks {PROTOCOL_VERSION}: \
+                 run the splitter and l7proxy from the same release"
+            ),
+            DecodeError::Truncated => f.write_str("handoff message is truncated"),
+            DecodeError::UnknownKind(kind) => write!(f, "unknown handoff message kind {kind}"),
+            DecodeError::BadText => f.write_str("handoff message carries a name that is not UTF-8"),
+            DecodeError::UnknownProtocol(p) => write!(f, "unknown connection protocol {p}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl Message {
+    /// Appends the encoding of this message to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(PROTOCOL_VERSION);
+        match self {
+            Message::Hello { tenant, pid } => {
+                out.push(1);
+                out.extend_from_slice(&pid.to_le_bytes());
+                put_text(out, tenant);
+            }
+            Message::Ready => out.push(2),
+            Message::Ack { up_to_seq } => {
+                out.push(3);
+                out.extend_from_slice(&up_to_seq.to_le_bytes());
+            }
+            Message::Draining => out.push(4),
+            Message::Conn(meta) => {
+                out.push(16);
+                out.extend_from_slice(&meta.seq.to_le_bytes());
+                out.push(meta.protocol as u8);
+                out.extend_from_slice(&meta.local_port.to_le_bytes());
+                out.extend_from_slice(&meta.accepted_at_us.to_le_bytes());
+                put_text(out, meta.server_name.as_deref().unwrap_or(""));
+            }
+            Message::Drain => out.push(17),
+        }
+    }
+
+    /// Decodes one datagram.
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader(bytes);
+        let version = r.u8()?;
+        if version != PROTOCOL_VERSION {
+            return Err(DecodeError::Version { got: version });
+        }
+        let message = match r.u8()? {
+            1 => {
+                let pid = u32::from_le_bytes(r.array()?);
+                Message::Hello {
+                    tenant: r.text()?,
+                    pid,
+                }
+            }
+            2 => Message::Ready,
+            3 => Message::Ack {
+                up_to_seq: u64::from_le_bytes(r.array()?),
+            },
+            4 => Message::Draining,
+            16 => {
+                let seq = u64::from_le_bytes(r.array()?);
+                let protocol = match r.u8()? {
+                    1 => ConnProtocol::Tls,
+                    2 => ConnProtocol::Http,
+                    other => return Err(DecodeError::UnknownProtocol(other)),
+                };
+                let local_port = u16::from_le_bytes(r.array()?);
+                let accepted_at_us = u64::from_le_bytes(r.array()?);
+                let name = r.text()?;
+                Message::Conn(ConnMeta {
+                    seq,
+                    protocol,
+                    server_name: (!name.is_empty()).then_some(name),
+                    local_port,
+                    accepted_at_us,
+                })
+            }
+            17 => Message::Drain,
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        Ok(message)
+    }
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    let bytes = &text.as_bytes()[..text.len().min(255)];
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        let (&first, rest) = self.0.split_first().ok_or(DecodeError::Truncated)?;
+        self.0 = rest;
+        Ok(first)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        if self.0.len() < N {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        Ok(head.try_into().expect("length checked"))
+    }
+    fn text(&mut self) -> Result<String, DecodeError> {
+        let len = self.u8()? as usize;
+        if self.0.len() < len {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        String::from_utf8(head.to_vec()).map_err(|_| DecodeError::BadText)
+    }
+}
+
+/// Creates a connected, non-blocking, close-on-exec `SOCK_SEQPACKET` pair.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Sends one message, with `fd` attached in `SCM_RIGHTS` when given.
+///
+/// Never blocks: on a full socket this returns `WouldBlock` and nothing was sent
+/// (a `SOCK_SEQPACKET` datagram is sent whole or not at all).
+pub fn send(socket: BorrowedFd<'_>, message: &Message, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(64);
+    message.encode(&mut buf);
+    let fds: [RawFd; 1] = [fd.map_or(-1, |fd| fd.as_raw_fd())];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let cmsgs: &[ControlMessage] = if fd.is_some() { &cmsg } else { &[] };
+    let iov = [IoSlice::new(&buf)];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    loop {
+        match sendmsg::<()>(socket.as_raw_fd(), &iov, cmsgs, flags, None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// One received datagram: the decoded message (or why it could not be decoded)
+/// and the descriptors that came with it, already owned (and close-on-exec).
+#[derive(Debug)]
+pub struct Received {
+    /// The message, or why it is not one.
+    pub message: Result<Message, DecodeError>,
+    /// Descriptors passed with it; dropping them closes them.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Receives one datagram without blocking.
+///
+/// Returns `Ok(None)` when the peer has closed the socket, `WouldBlock` when no
+/// datagram is waiting. A datagram whose control data or payload was cut short
+/// is an error, and every descriptor that did arrive with it is closed.
+pub fn recv(socket: BorrowedFd<'_>) -> io::Result<Option<Received>> {
+    let mut buf = [0u8; MAX_MESSAGE_LEN];
+    let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
+    let (bytes, fds, flags) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_space),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                        // SAFETY: the kernel just installed these descriptors in
+                        // our table for us; nothing else owns them.
+                        fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    }
+                }
+                break (msg.bytes, fds, msg.flags);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if flags.contains(MsgFlags::MSG_CTRUNC) {
+        drop(fds);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "handoff control data truncated (MSG_CTRUNC): descriptors were lost; received ones closed",
+        ));
+    }
+    if flags.contains(MsgFlags::MSG_TRUNC) {
+        drop(fds);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "handoff message longer than any valid message (MSG_TRUNC); dropped",
+        ));
+    }
+    if bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Received {
+        message: Message::decode(&buf[..bytes]),
+        fds,
+    }))
+}
+
+/// The current time in microseconds since the Unix epoch, as `Conn` carries it.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    fn all_messages() -> Vec<Message> {
+        vec![
+            Message::Hello { tenant: "alpha".into(), pid: 4242 },
+            Message::Ready,
+            Message::Ack { up_to_seq: u64::MAX - 1 },
+            Message::Draining,
+            Message::Conn(ConnMeta {
+                seq: 7,
+                protocol: ConnProtocol::Tls,
+                server_name: Some("alpha.localhost".into()),
+                local_port: 8443,
+                accepted_at_us: 1_700_000_000_000_000,
+            }),
+            Message::Conn(ConnMeta {
+                seq: 8,
+                protocol: ConnProtocol::Http,
+                server_name: None,
+                local_port: 80,
+                accepted_at_us: 1,
+            }),
+            Message::Drain,
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for message in all_messages() {
+            let mut buf = Vec::new();
+            message.encode(&mut buf);
+            assert!(buf.len() <= MAX_MESSAGE_LEN);
+            assert_eq!(Message::decode(&buf), Ok(message));
+        }
+    }
+
+    #[test]
+    fn other_version_truncation_and_unknown_kinds_are_errors() {
+        let mut buf = Vec::new();
+        Message::Ready.encode(&mut buf);
+        buf[0] = 9;
+        assert_eq!(Message::decode(&buf), Err(DecodeError::Version { got: 9 }));
+        assert!(Message::decode(&buf).unwrap_err().to_string().contains("same release"));
+        assert_eq!(Message::decode(&[]), Err(DecodeError::Truncated));
+        assert_eq!(Message::decode(&[PROTOCOL_VERSION, 99]), Err(DecodeError::UnknownKind(99)));
+        let mut conn = Vec::new();
+        all_messages()[4].encode(&mut conn);
+        for cut in 2..conn.len() {
+            assert_eq!(Message::decode(&conn[..cut]), Err(DecodeError::Truncated), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_real_socket_crosses_a_real_socketpair() {
+        let (splitter, proxy) = seqpacket_pair().unwrap();
+        // The socket to hand over: one end of a stream pair, with data waiting.
+        let (mut client, handed) = std::os::unix::net::UnixStream::pair().unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        let meta = ConnMeta {
+            seq: 1,
+            protocol: ConnProtocol::Http,
+            server_name: Some("beta.localhost".into()),
+            local_port: 8080,
+            accepted_at_us: now_us(),
+        };
+        send(splitter.as_fd(), &Message::Conn(meta.clone()), Some(handed.as_fd())).unwrap();
+        drop(handed); // the splitter's copy; the datagram holds its own reference
+
+        let received = recv(proxy.as_fd()).unwrap().expect("a datagram");
+        assert_eq!(received.message, Ok(Message::Conn(meta)));
+        assert_eq!(received.fds.len(), 1);
+        let fd = received.fds.into_iter().next().unwrap();
+        let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0, "received fd must be close-on-exec");
+        let mut stream = std::os::unix::net::UnixStream::from(fd);
+        let mut first = [0u8; 16];
+        stream.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"GET / HTTP/1.1\r\n");
+        stream.write_all(b"ok").unwrap();
+        let mut reply = [0u8; 2];
+        client.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"ok");
+
+        // Nothing more waiting, then EOF once the other end closes.
+        assert_eq!(recv(proxy.as_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(splitter);
+        assert!(recv(proxy.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn messages_without_fds_and_acks_flow_back() {
+        let (splitter, proxy) = seqpacket_pair().unwrap();
+        send(proxy.as_fd(), &Message::Hello { tenant: "a".into(), pid: 1 }, None).unwrap();
+        send(proxy.as_fd(), &Message::Ack { up_to_seq: 3 }, None).unwrap();
+        let first = recv(splitter.as_fd()).unwrap().unwrap();
+        assert_eq!(first.message, Ok(Message::Hello { tenant: "a".into(), pid: 1 }));
+        assert!(first.fds.is_empty());
+        let second = recv(splitter.as_fd()).unwrap().unwrap();
+        assert_eq!(second.message, Ok(Message::Ack { up_to_seq: 3 }));
+    }
+
+    #[test]
+    fn a_full_socket_says_would_block_instead_of_blocking() {
+        let (splitter, _proxy) = seqpacket_pair().unwrap();
+        let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut sent = 0;
+        let err = loop {
+            match send(splitter.as_fd(), &Message::Drain, Some(b.as_fd())) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 1_000_000, "socket never filled");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(sent > 0);
+    }
+}
