@@ -1,0 +1,189 @@
+//! The accept loops: accept, peek, route, hand off.
+//!
+//! A connection whose first bytes are already there when it is accepted is peeked
+//! and handed off straight from the accept loop, without a task or an epoll
+//! registration of its own. Only connections that must wait for more bytes get a
+//! task, and they wait without spinning (see [`crate::peek::socket`]).
+
+use crate::conn::{ClientConn, PendingLimit};
+use crate::peek::socket::{peek_now, peek_until_named, PeekFailure};
+use crate::peek::Peeked;
+use crate::reject::turn_away;
+use crate::routing::RoutingTable;
+use crate::tenant::Tenant;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_shared::config::{ListenerConfig, Protocol, SplitterSettings};
+use switchyard_shared::handoff::now_us;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// What every accept loop shares.
+#[derive(Debug)]
+pub struct Front {
+    /// `[splitter]` settings.
+    pub settings: SplitterSettings,
+    /// Name → tenant index.
+    pub routes: RoutingTable,
+    /// The tenants, by index.
+    pub tenants: Vec<Arc<Tenant>>,
+    /// Connections peeking or held.
+    pub pending: Arc<PendingLimit>,
+}
+
+/// Binds a listener the way a busy front wants it: `SO_REUSEADDR`, a deep
+/// backlog, non-blocking, close-on-exec.
+pub fn bind(config: &ListenerConfig) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(config.addr), Type::STREAM.cloexec(), None)?;
+    socket.set_reuse_address(true)?;
+    if config.addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&config.addr.into())?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Accepts on `listener` until `stop` turns true.
+pub async fn accept_loop(
+    front: Arc<Front>,
+    listener: TcpListener,
+    protocol: Protocol,
+    mut stop: watch::Receiver<bool>,
+) {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let listener = match crate::conn::register(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(port, error = %e, "cannot register listener");
+            return;
+        }
+    };
+    let mut last_resource_log: Option<Instant> = None;
+    loop {
+        let mut guard = tokio::select! {
+            guard = listener.readable() => match guard {
+                Ok(guard) => guard,
+                Err(e) => { warn!(port, error = %e, "listener failed"); return; }
+            },
+            _ = stop.changed() => return,
+        };
+        // Several accepts per wake-up, until the queue is empty.
+        loop {
+            // SAFETY: accept4 on our listening socket; a returned fd is ours.
+            let fd = unsafe {
+                libc::accept4(
+                    listener.get_ref().as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: accept4 just returned this new descriptor.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                accepted(&front, fd, protocol, port);
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EAGAIN) => {
+                    guard.clear_ready();
+                    break;
+                }
+                Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    if last_resource_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        warn!(port, error = %err, "accept is out of resources; backing off (raise `ulimit -n` or lower max_pending)");
+                        last_resource_log = Some(Instant::now());
+                    }
+                    // Leave the readiness set: the backlog is still there.
+                    drop(guard);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
+                _ => {
+                    warn!(port, error = %err, "accept failed");
+                    drop(guard);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Handles a freshly accepted socket.
+fn accepted(front: &Arc<Front>, fd: OwnedFd, protocol: Protocol, port: u16) {
+    let Some(slot) = front.pending.try_acquire() else {
+        debug!(port, "max_pending reached; connection closed");
+        return;
+    };
+    let conn = ClientConn {
+        fd,
+        protocol,
+        server_name: None,
+        local_port: port,
+        accepted_at_us: now_us(),
+        slot,
+    };
+    match peek_now(conn.fd.as_fd(), protocol, front.settings.max_peek_bytes) {
+        Ok(Peeked::Name(name)) => route(front, conn, name),
+        Ok(Peeked::NeedMore) => {
+            tokio::spawn(wait_and_route(front.clone(), conn));
+        }
+        Ok(Peeked::Invalid(reject)) | Err(PeekFailure::Invalid(reject)) => refuse(conn, reject),
+        Err(PeekFailure::Closed) => {}
+    }
+}
+
+async fn wait_and_route(front: Arc<Front>, mut conn: ClientConn) {
+    let socket = match crate::conn::register(conn.fd) {
+        Ok(socket) => socket,
+        Err(e) => {
+            warn!(error = %e, "cannot register a connection for peeking");
+            return;
+        }
+    };
+    let result = tokio::time::timeout(
+        front.settings.peek_timeout,
+        peek_until_named(&socket, conn.protocol, front.settings.max_peek_bytes),
+    )
+    .await;
+    // Deregister from our epoll before the socket goes anywhere else.
+    conn.fd = socket.into_inner();
+    match result {
+        Ok(Ok(name)) => route(&front, conn, name),
+        Ok(Err(PeekFailure::Invalid(reject))) => refuse(conn, reject),
+        Ok(Err(PeekFailure::Closed)) => {}
+        Err(_) => debug!(port = conn.local_port, "peek_timeout: client sent too little; closed"),
+    }
+}
+
+fn refuse(conn: ClientConn, reject: crate::peek::Reject) {
+    debug!(port = conn.local_port, reason = reject.as_str(), "connection refused while peeking");
+    if reject.answer_400() {
+        turn_away(conn, 400, "bad request: missing or invalid Host, or headers too large", None);
+    }
+}
+
+fn route(front: &Front, mut conn: ClientConn, name: Option<String>) {
+    match front.routes.route(name.as_deref()) {
+        Some(index) => {
+            conn.server_name = name;
+            front.tenants[index].dispatch(conn);
+        }
+        None => {
+            debug!(port = conn.local_port, name = ?name, "no tenant serves this name");
+            match name {
+                Some(name) => turn_away(conn, 404, &format!("no site is configured for {name}"), None),
+                None => turn_away(conn, 400, "bad request: a Host header is required", None),
+            }
+        }
+    }
+}

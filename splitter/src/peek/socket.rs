@@ -1,0 +1,91 @@
+//! Peeking at a socket without consuming a byte and without spinning.
+//!
+//! tokio's readiness is edge-triggered and is cleared only by an operation that
+//! returns `WouldBlock`; a `MSG_PEEK` that finds the same bytes again never does.
+//! So after every peek that finds the request incomplete the readiness is cleared
+//! by hand ([`AsyncFdReadyGuard::clear_ready`]); tokio keeps a wake-up that raced
+//! with the clear, so the task sleeps until *new* bytes arrive and costs nothing
+//! while a slow client dawdles.
+//!
+//! The peek buffer is a per-thread scratch buffer, not a per-connection one: a
+//! waiting connection holds no buffer at all.
+
+use super::{http, tls, Peeked, Reject};
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use switchyard_shared::config::Protocol;
+use tokio::io::unix::AsyncFd;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Why peeking ended without a routing name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeekFailure {
+    /// The bytes are not acceptable.
+    Invalid(Reject),
+    /// The client closed (or reset) before sending enough.
+    Closed,
+}
+
+/// Peeks once, without waiting, and examines what is there.
+///
+/// Returns `NeedMore` when nothing (or not enough) has arrived yet.
+pub fn peek_now(fd: BorrowedFd<'_>, protocol: Protocol, max: usize) -> Result<Peeked, PeekFailure> {
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        if buf.len() < max {
+            buf.resize(max, 0);
+        }
+        // SAFETY: `buf` is valid for `max` bytes of writes.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                max,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(Peeked::NeedMore),
+                _ => Err(PeekFailure::Closed),
+            };
+        }
+        if n == 0 {
+            return Err(PeekFailure::Closed);
+        }
+        let bytes = &buf[..n as usize];
+        let peeked = match protocol {
+            Protocol::Tls => tls::peek_client_hello(bytes, max),
+            Protocol::Http => http::peek_request(bytes, max),
+        };
+        match peeked {
+            // The whole allowance is there and still no answer.
+            Peeked::NeedMore if n as usize >= max => Err(PeekFailure::Invalid(Reject::TooLarge)),
+            Peeked::Invalid(reject) => Err(PeekFailure::Invalid(reject)),
+            other => Ok(other),
+        }
+    })
+}
+
+/// Waits, without spinning, until the connection says where it goes.
+///
+/// The caller bounds the wait with `peek_timeout`.
+pub async fn peek_until_named(
+    socket: &AsyncFd<OwnedFd>,
+    protocol: Protocol,
+    max: usize,
+) -> Result<Option<String>, PeekFailure> {
+    loop {
+        let mut guard = socket.readable().await.map_err(|_| PeekFailure::Closed)?;
+        match peek_now(socket.get_ref().as_fd(), protocol, max)? {
+            Peeked::Name(name) => return Ok(name),
+            Peeked::NeedMore => guard.clear_ready(),
+            Peeked::Invalid(reject) => return Err(PeekFailure::Invalid(reject)),
+        }
+    }
+}

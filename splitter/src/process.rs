@@ -1,0 +1,235 @@
+//! Spawning a tenant's l7proxy processes and keeping them alive.
+//!
+//! Each slot of a tenant's pool has one supervisor task: spawn the process with
+//! its end of a fresh `SOCK_SEQPACKET` pair inherited, read what it says
+//! (`Hello`, `Ready`, `Ack`, `Draining`), and when it exits give its
+//! unacknowledged connections to the rest of the pool and respawn it after a
+//! backoff that doubles while the process keeps dying young.
+
+use crate::tenant::{HandoffSocket, ProcKey, Tenant};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_shared::handoff::{self, Message, HANDOFF_FD_ENV};
+use tokio::io::unix::AsyncFd;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+/// First respawn delay; doubled per quick death up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest respawn delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A process that lived this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How long a stopping process may take before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Environment variables passed through to tenant processes; everything else
+/// is cleared.
+const PASSED_ENV: &[&str] = &["PATH", "RUST_LOG", "RUST_BACKTRACE", "SWITCHYARD_LOG_FORMAT"];
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// What every supervisor needs to spawn a process.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    /// Path of the l7proxy binary.
+    pub l7proxy: PathBuf,
+    /// The host file, passed as `--config`.
+    pub host_config: PathBuf,
+}
+
+impl SpawnSpec {
+    /// The l7proxy beside this executable, or `$SWITCHYARD_L7PROXY`.
+    pub fn locate(host_config: PathBuf) -> io::Result<SpawnSpec> {
+        let l7proxy = match std::env::var_os("SWITCHYARD_L7PROXY") {
+            Some(path) => PathBuf::from(path),
+            None => std::env::current_exe()?.with_file_name("l7proxy"),
+        };
+        if !l7proxy.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "l7proxy binary not found at {} (build it with `cargo build`, or set SWITCHYARD_L7PROXY)",
+                    l7proxy.display()
+                ),
+            ));
+        }
+        Ok(SpawnSpec {
+            l7proxy,
+            host_config,
+        })
+    }
+}
+
+/// Keeps one slot of `tenant`'s pool filled until `stop` turns true.
+pub async fn supervise(tenant: Arc<Tenant>, spec: SpawnSpec, mut stop: watch::Receiver<bool>) {
+    let mut backoff = MIN_BACKOFF;
+    while !*stop.borrow() {
+        let started = Instant::now();
+        match spawn(&tenant, &spec) {
+            Ok((key, child, socket)) => {
+                let pid = child.id().unwrap_or(0);
+                info!(tenant = %tenant.name(), pid, "tenant process started");
+                let status = run(&tenant, key, child, socket, &mut stop).await;
+                tenant.remove_process(key);
+                if *stop.borrow() {
+                    info!(tenant = %tenant.name(), pid, "tenant process stopped");
+                    return;
+                }
+                let lived = started.elapsed();
+                error!(
+                    tenant = %tenant.name(),
+                    pid,
+                    status = %status,
+                    lived_ms = lived.as_millis() as u64,
+                    "tenant process exited; respawning (see its log lines above for the cause)"
+                );
+                if lived >= STABLE_AFTER {
+                    backoff = MIN_BACKOFF;
+                }
+            }
+            Err(e) => error!(
+                tenant = %tenant.name(),
+                error = %e,
+                l7proxy = %spec.l7proxy.display(),
+                "cannot spawn tenant process; retrying"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn spawn(tenant: &Arc<Tenant>, spec: &SpawnSpec) -> io::Result<(ProcKey, Child, HandoffSocket)> {
+    let (ours, theirs) = handoff::seqpacket_pair()?;
+    let their_fd = theirs.as_raw_fd();
+    let mut command = Command::new(&spec.l7proxy);
+    command
+        .arg("--tenant")
+        .arg(tenant.name())
+        .arg("--config")
+        .arg(&spec.host_config)
+        .env_clear()
+        .env(HANDOFF_FD_ENV, their_fd.to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for name in PASSED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    // SAFETY: only async-signal-safe calls (fcntl, prctl) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            // Let the child inherit its end of the handoff socket.
+            if libc::fcntl(their_fd, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // A tenant must not outlive a splitter that was killed outright.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(theirs);
+    let socket: HandoffSocket = Arc::new(crate::conn::register(ours)?);
+    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+    tenant.add_process(key, socket.clone());
+    Ok((key, child, socket))
+}
+
+/// Serves one process until it exits (or is stopped); returns its exit status.
+async fn run(
+    tenant: &Arc<Tenant>,
+    key: ProcKey,
+    mut child: Child,
+    socket: HandoffSocket,
+    stop: &mut watch::Receiver<bool>,
+) -> String {
+    let pid = child.id().unwrap_or(0);
+    tokio::select! {
+        status = child.wait() => return describe(status),
+        reason = read_messages(tenant, key, &socket) => {
+            warn!(tenant = %tenant.name(), pid, reason = %reason, "handoff socket closed; stopping the process");
+        }
+        _ = stop.changed() => {}
+    }
+    tenant.mark_draining(key);
+    terminate(&mut child, pid).await
+}
+
+async fn terminate(child: &mut Child, pid: u32) -> String {
+    if pid != 0 {
+        // SAFETY: plain kill(2) on our own child's pid, which we have not reaped.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+        Ok(status) => describe(status),
+        Err(_) => {
+            let _ = child.kill().await;
+            format!("killed after {STOP_GRACE:?} grace")
+        }
+    }
+}
+
+fn describe(status: io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(status) => status.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Reads the process's messages until its socket closes; returns why it stopped.
+async fn read_messages(tenant: &Arc<Tenant>, key: ProcKey, socket: &AsyncFd<OwnedFd>) -> String {
+    loop {
+        let mut guard = match socket.readable().await {
+            Ok(guard) => guard,
+            Err(e) => return e.to_string(),
+        };
+        loop {
+            match handoff::recv(socket.get_ref().as_fd()) {
+                Ok(Some(received)) => {
+                    if !received.fds.is_empty() {
+                        warn!(tenant = %tenant.name(), count = received.fds.len(), "tenant process sent descriptors; closed them");
+                    }
+                    match received.message {
+                        Ok(Message::Hello { tenant: name, pid }) => {
+                            if name != tenant.name() {
+                                return format!("process says it serves tenant {name:?}");
+                            }
+                            tenant.set_pid(key, pid);
+                        }
+                        Ok(Message::Ready) => tenant.mark_ready(key),
+                        Ok(Message::Ack { up_to_seq }) => tenant.acknowledge(key, up_to_seq),
+                        Ok(Message::Draining) => tenant.mark_draining(key),
+                        Ok(other) => {
+                            warn!(tenant = %tenant.name(), message = ?other, "unexpected message from a tenant process; ignored")
+                        }
+                        Err(e) => return format!("protocol error: {e}"),
+                    }
+                }
+                Ok(None) => return "end of file".to_string(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    warn!(tenant = %tenant.name(), error = %e, "bad datagram from a tenant process; ignored")
+                }
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+}
