@@ -1,1 +1,159 @@
-fn main(){}
+//! `l7proxy`: one tenant's proxy process.
+//!
+//! Spawned by the splitter, it serves the sockets the splitter hands it over
+//! `SCM_RIGHTS`; run by hand with `--listen`, it is the same tenant on a listener
+//! of its own (the single-tier baseline). Either way it is a Pingora `Server`
+//! terminating TLS with the tenant's own certificate, routing by path, and
+//! proxying to the tenant's upstreams.
+
+mod handed;
+mod proxy;
+mod routes;
+mod service;
+mod tls;
+mod upstream;
+
+use clap::Parser;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use switchyard_shared::config::{HostConfig, TenantFile, UnknownHost};
+use switchyard_shared::handoff::HANDOFF_FD_ENV;
+use switchyard_shared::host::HostTable;
+use tracing::{error, info};
+
+/// Switchyard's tenant process: a Pingora proxy for one site.
+///
+/// Normally spawned by `splitter`, which hands it connections. With `--listen`
+/// it accepts connections itself (no splitter needed).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// The tenant to serve, as named in the host file.
+    #[arg(long, value_name = "NAME")]
+    tenant: String,
+    /// The host file that names the tenant and its tenant file.
+    #[arg(long, value_name = "HOSTFILE")]
+    config: PathBuf,
+    /// Listen here instead of taking connections from the splitter:
+    /// `ADDR` for plaintext HTTP, `ADDR,tls` for TLS (e.g. `127.0.0.1:9443,tls`).
+    #[arg(long, value_name = "ADDR[,tls]")]
+    listen: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    switchyard_shared::logging::init("l7proxy");
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            error!("{message}");
+            eprintln!("l7proxy: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let host = HostConfig::load(&cli.config).map_err(|e| e.to_string())?;
+    let entry = host
+        .tenant(&cli.tenant)
+        .ok_or_else(|| {
+            format!(
+                "tenant {:?} is not in {} (tenants: {})",
+                cli.tenant,
+                cli.config.display(),
+                host.tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })?
+        .clone();
+    let file = TenantFile::load(&entry.config).map_err(|e| e.to_string())?;
+
+    let mut owners = HostTable::new();
+    for tenant in &host.tenants {
+        let owner = if tenant.name == entry.name {
+            proxy::Owner::Us
+        } else {
+            proxy::Owner::Other(tenant.name.clone())
+        };
+        for pattern in &tenant.hosts {
+            owners.insert(pattern.clone(), owner.clone());
+        }
+    }
+    let takes_unknown_hosts = host.splitter.unknown_host == UnknownHost::Tenant(entry.name.clone());
+
+    // Load balancers are filled once before the server starts.
+    let setup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let upstreams = setup.block_on(async {
+        let mut built = Vec::new();
+        for config in &file.upstreams {
+            built.push(upstream::Upstream::build(config.clone()).await?);
+        }
+        Ok::<_, String>(built)
+    })?;
+    drop(setup);
+    let routes = routes::RouteTable::new(&file.routes, &upstreams);
+    let certificate = match &file.tls {
+        Some(source) => Some(tls::load_certificate(source, &entry.hosts).map_err(|e| format!("tenant {}: {e}", entry.name))?),
+        None => None,
+    };
+    let logic = proxy::TenantProxy::new(entry.name.clone(), owners, takes_unknown_hosts, routes);
+
+    let conf = ServerConf {
+        threads: entry.threads,
+        // A draining tenant finishes in-flight requests promptly; Pingora's
+        // defaults would wait 300 s.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(10),
+        pid_file: String::new(),
+        upgrade_sock: String::new(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    match cli.listen {
+        Some(listen) => {
+            let (addr, want_tls) = match listen.split_once(',') {
+                Some((addr, "tls")) => (addr.to_string(), true),
+                Some((_, other)) => return Err(format!("--listen {listen:?}: unknown option {other:?}; use ADDR or ADDR,tls")),
+                None => (listen.clone(), false),
+            };
+            let mut service = pingora::proxy::http_proxy_service_with_name(&conf, logic, &format!("listen {}", entry.name));
+            if want_tls {
+                let cert = certificate.ok_or_else(|| format!("--listen {listen}: tenant {} has no [tls] section", entry.name))?;
+                service.add_tls_with_settings(&addr, None, tls::settings(cert));
+            } else {
+                service.add_tcp(&addr);
+            }
+            info!(tenant = %entry.name, addr = %addr, tls = want_tls, "serving standalone (no splitter)");
+            server.add_service(service);
+        }
+        None => {
+            let fd: i32 = std::env::var(HANDOFF_FD_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| {
+                    format!("no handoff socket: {HANDOFF_FD_ENV} is not set. l7proxy is started by `splitter`; to run it alone pass --listen ADDR[,tls]")
+                })?;
+            // SAFETY: the splitter passed us this descriptor to own.
+            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+            // Keep it out of anything this process might spawn.
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+                .map_err(|e| format!("handoff descriptor {fd} is not open ({e}); was l7proxy started by the splitter?"))?;
+            let app = pingora::proxy::http_proxy(&conf, logic);
+            let acceptor = certificate.map(|cert| tls::settings(cert).build());
+            let service = service::HandoffService::new(&entry.name, socket, app, acceptor, entry.threads);
+            server.add_service(service);
+        }
+    }
+    let _ = Arc::clone(&conf);
+    server.run_forever();
+}

@@ -1,0 +1,324 @@
+//! The tenant's HTTP logic as a Pingora [`ProxyHttp`]: check that a request's
+//! host belongs to this tenant (`421` otherwise), pick its route, answer the
+//! built-in echo or proxy to an upstream group with forwarding headers carrying
+//! the real client address, and log one access line per request.
+
+use crate::routes::{RouteTable, Target};
+use crate::upstream::Upstream;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use serde_json::{json, Map, Value};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use switchyard_shared::host::{normalize, HostTable};
+use tracing::info;
+
+/// Who owns a host name, as far as this tenant is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// One of this tenant's hosts.
+    Us,
+    /// A host of another tenant.
+    Other(String),
+}
+
+/// The largest request body the echo responder reads.
+const ECHO_BODY_LIMIT: usize = 1 << 20;
+
+/// One tenant's proxy logic.
+#[derive(Debug)]
+pub struct TenantProxy {
+    /// The tenant's name.
+    pub tenant: String,
+    /// Every host of every tenant, so a misdirected request can be recognised.
+    pub owners: HostTable<Owner>,
+    /// Whether this tenant is the host file's `unknown_host` tenant, which takes
+    /// every name no tenant claims.
+    pub takes_unknown_hosts: bool,
+    /// The tenant's routes.
+    pub routes: RouteTable,
+    pid: u32,
+    requests: AtomicU64,
+}
+
+impl TenantProxy {
+    /// Creates the proxy logic of `tenant`.
+    pub fn new(tenant: String, owners: HostTable<Owner>, takes_unknown_hosts: bool, routes: RouteTable) -> TenantProxy {
+        TenantProxy {
+            tenant,
+            owners,
+            takes_unknown_hosts,
+            routes,
+            pid: std::process::id(),
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Per-request state.
+#[derive(Debug)]
+pub struct RequestCtx {
+    request_id: String,
+    started: Instant,
+    host: String,
+    route: String,
+    upstream: Option<Arc<Upstream>>,
+    connect_failures: usize,
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// The authority the request is for: `:authority` / absolute URI, else `Host`.
+fn request_authority(req: &RequestHeader) -> Option<&str> {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()))
+}
+
+async fn respond_json(session: &mut Session, status: u16, body: &Value, extra: &[(&str, &str)]) -> Result<()> {
+    let body = Bytes::from(body.to_string() + "\n");
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    for (name, value) in extra {
+        resp.insert_header(name.to_string(), value.to_string())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+impl TenantProxy {
+    fn owner_allows(&self, host: &str) -> std::result::Result<(), Option<String>> {
+        match self.owners.lookup(host) {
+            Some(Owner::Us) => Ok(()),
+            Some(Owner::Other(other)) => Err(Some(other.clone())),
+            None if self.takes_unknown_hosts => Ok(()),
+            None => Err(None),
+        }
+    }
+
+    async fn echo(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
+        let mut body_bytes = 0usize;
+        while let Some(chunk) = session.read_request_body().await? {
+            body_bytes += chunk.len();
+            if body_bytes > ECHO_BODY_LIMIT {
+                return respond_json(session, 413, &json!({"error": "echo reads at most 1 MiB of body"}), &[]).await;
+            }
+        }
+        let req = session.req_header();
+        let mut headers = Map::new();
+        for (name, value) in req.headers.iter() {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            match headers.get_mut(name.as_str()) {
+                Some(Value::String(existing)) => {
+                    existing.push_str(", ");
+                    existing.push_str(&value);
+                }
+                _ => {
+                    headers.insert(name.as_str().to_string(), Value::String(value));
+                }
+            }
+        }
+        let body = json!({
+            "tenant": self.tenant,
+            "pid": self.pid,
+            "request_id": ctx.request_id,
+            "method": req.method.as_str(),
+            "path": req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            "version": format!("{:?}", req.version),
+            "host": ctx.host,
+            "headers": headers,
+            "body_bytes": body_bytes,
+            "client_addr": session.client_addr().map(|a| a.to_string()),
+            "tls": is_tls(session),
+        });
+        respond_json(session, 200, &body, &[]).await
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for TenantProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        RequestCtx {
+            request_id: format!("{:x}-{n:x}", self.pid),
+            started: Instant::now(),
+            host: String::new(),
+            route: String::new(),
+            upstream: None,
+            connect_failures: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let authority = request_authority(session.req_header()).map(str::to_owned);
+        let host = match authority.as_deref().map(normalize) {
+            Some(Some(host)) => host,
+            Some(None) => {
+                respond_json(session, 400, &json!({"error": "the Host header is not a valid host name", "tenant": self.tenant, "request_id": ctx.request_id}), &[]).await?;
+                return Ok(true);
+            }
+            None if self.takes_unknown_hosts => String::new(),
+            None => {
+                respond_json(session, 400, &json!({"error": "a Host header is required", "tenant": self.tenant, "request_id": ctx.request_id}), &[]).await?;
+                return Ok(true);
+            }
+        };
+        if !host.is_empty() {
+            if let Err(other) = self.owner_allows(&host) {
+                let body = json!({
+                    "error": "misdirected request: this connection belongs to another site; open a new connection for this host",
+                    "host": host,
+                    "tenant": self.tenant,
+                    "owner": other,
+                    "request_id": ctx.request_id,
+                });
+                ctx.host = host;
+                respond_json(session, 421, &body, &[]).await?;
+                return Ok(true);
+            }
+        }
+        ctx.host = host;
+        let path = session.req_header().uri.path().to_owned();
+        match self.routes.find(&ctx.host, &path) {
+            Some((prefix, Target::Echo)) => {
+                ctx.route = prefix.to_owned();
+                self.echo(session, ctx).await?;
+                Ok(true)
+            }
+            Some((prefix, Target::Upstream(upstream))) => {
+                ctx.route = prefix.to_owned();
+                ctx.upstream = Some(upstream.clone());
+                Ok(false)
+            }
+            None => {
+                respond_json(session, 404, &json!({"error": "no route for this path", "path": path, "tenant": self.tenant, "request_id": ctx.request_id}), &[]).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let upstream = ctx
+            .upstream
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen for the request"))?;
+        let key = client_ip(session).map(|ip| ip.to_string()).unwrap_or_default();
+        upstream.pick(key.as_bytes()).ok_or_else(|| {
+            Error::explain(
+                ErrorType::ConnectNoRoute,
+                format!("upstream {:?} has no server available", upstream.config.name),
+            )
+        })
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        ctx.connect_failures += 1;
+        let retries = ctx.upstream.as_ref().map_or(0, |u| u.config.retries);
+        if ctx.connect_failures <= retries {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let tls = is_tls(session);
+        let proto = if tls { "https" } else { "http" };
+        let version = if session.is_http2() { "2" } else { "1.1" };
+        let original_host = request_authority(session.req_header()).map(str::to_owned);
+        if let Some(ip) = client_ip(session) {
+            let ip_text = ip.to_string();
+            let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(previous) => format!("{previous}, {ip_text}"),
+                None => ip_text,
+            };
+            upstream_request.insert_header("X-Forwarded-For", xff)?;
+            // RFC 7239: IPv6 addresses are quoted and bracketed.
+            let node = match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("\"[{v6}]\""),
+            };
+            let mut element = format!("for={node};proto={proto}");
+            if let Some(host) = &original_host {
+                element.push_str(&format!(";host=\"{}\"", host.replace('"', "")));
+            }
+            let forwarded = match upstream_request.headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+                Some(previous) => format!("{previous}, {element}"),
+                None => element,
+            };
+            upstream_request.insert_header("Forwarded", forwarded)?;
+        }
+        upstream_request.insert_header("X-Forwarded-Proto", proto)?;
+        if let Some(host) = &original_host {
+            upstream_request.insert_header("X-Forwarded-Host", host.as_str())?;
+        }
+        let via = match upstream_request.headers.get("via").and_then(|v| v.to_str().ok()) {
+            Some(previous) => format!("{previous}, {version} switchyard"),
+            None => format!("{version} switchyard"),
+        };
+        upstream_request.insert_header("Via", via)?;
+        upstream_request.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let body = json!({
+                "error": e.to_string(),
+                "tenant": self.tenant,
+                "upstream": ctx.upstream.as_ref().map(|u| u.config.name.clone()),
+                "request_id": ctx.request_id,
+            });
+            let _ = respond_json(session, code, &body, &[]).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let req = session.req_header();
+        info!(
+            target: "access",
+            tenant = %self.tenant,
+            request_id = %ctx.request_id,
+            client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+            method = %req.method,
+            host = %ctx.host,
+            path = %req.uri.path(),
+            status,
+            route = %ctx.route,
+            upstream = ctx.upstream.as_ref().map_or("", |u| u.config.name.as_str()),
+            duration_us = ctx.started.elapsed().as_micros() as u64,
+            error = e.map(|e| e.to_string()),
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! The tenant's request routing: which route serves a host and path.
+
+use crate::upstream::Upstream;
+use std::sync::Arc;
+use switchyard_shared::config::{RouteConfig, RouteTarget};
+use switchyard_shared::host::HostPattern;
+
+/// Where a matched request goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Proxy to this group.
+    Upstream(Arc<Upstream>),
+    /// Answer with the JSON echo.
+    Echo,
+}
+
+#[derive(Debug)]
+struct Route {
+    host: Option<HostPattern>,
+    path: String,
+    target: Target,
+}
+
+/// Routes ordered so that the first match is the right one: longest path
+/// prefix first and, for equal prefixes, host-specific before any-host.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Builds the table; `upstreams` is indexed as in the tenant file.
+    pub fn new(configs: &[RouteConfig], upstreams: &[Arc<Upstream>]) -> RouteTable {
+        let mut routes: Vec<Route> = configs
+            .iter()
+            .map(|r| Route {
+                host: r.host.clone(),
+                path: r.path.clone(),
+                target: match r.target {
+                    RouteTarget::Upstream(index) => Target::Upstream(upstreams[index].clone()),
+                    RouteTarget::Echo => Target::Echo,
+                },
+            })
+            .collect();
+        routes.sort_by(|a, b| {
+            b.path
+                .len()
+                .cmp(&a.path.len())
+                .then(b.host.is_some().cmp(&a.host.is_some()))
+        });
+        RouteTable { routes }
+    }
+
+    /// The route for a normalised `host` and a request `path`, with its prefix.
+    pub fn find(&self, host: &str, path: &str) -> Option<(&str, &Target)> {
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(&r.path) && r.host.as_ref().is_none_or(|h| h.matches(host)))
+            .map(|r| (r.path.as_str(), &r.target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: Option<&str>, path: &str) -> RouteConfig {
+        RouteConfig {
+            host: host.map(|h| HostPattern::parse(h).unwrap()),
+            path: path.into(),
+            target: RouteTarget::Echo,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_then_host_specific_wins() {
+        let table = RouteTable::new(
+            &[route(None, "/"), route(None, "/api"), route(Some("a.com"), "/api"), route(None, "/api/v2")],
+            &[],
+        );
+        assert_eq!(table.find("b.com", "/api/v2/x").unwrap().0, "/api/v2");
+        assert_eq!(table.find("b.com", "/api/x").unwrap().0, "/api");
+        assert_eq!(table.routes[1].host, Some(HostPattern::Exact("a.com".into())));
+        assert_eq!(table.find("b.com", "/other").unwrap().0, "/");
+        let empty = RouteTable::new(&[route(None, "/api")], &[]);
+        assert!(empty.find("b.com", "/").is_none());
+    }
+}

@@ -1,0 +1,227 @@
+//! The Pingora service that takes sockets from the splitter instead of
+//! accepting them itself.
+//!
+//! It reads `Conn` messages from the inherited `SOCK_SEQPACKET` socket, acknowledges
+//! each batch with one `Ack`, dresses every received socket like one Pingora
+//! accepted ([`HandedStream`]), terminates TLS with the tenant's acceptor when the
+//! splitter saw a ClientHello, and runs the connection through the same
+//! `ServerApp::process_new` loop Pingora's own listening service uses.
+
+use crate::handed::HandedStream;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::Stream;
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard_shared::handoff::{self, ConnMeta, ConnProtocol, Message};
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, error, info, warn};
+
+/// How long a client may take to complete its TLS handshake (as Pingora's listener).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Receives handed-off connections and serves them with `app`.
+pub struct HandoffService<A> {
+    name: String,
+    tenant: String,
+    socket: Mutex<Option<OwnedFd>>,
+    app: Arc<A>,
+    tls: Option<Arc<Acceptor>>,
+    threads: usize,
+}
+
+impl<A> HandoffService<A> {
+    /// A service reading `socket` (the inherited handoff descriptor).
+    pub fn new(tenant: &str, socket: OwnedFd, app: A, tls: Option<Acceptor>, threads: usize) -> Self {
+        HandoffService {
+            name: format!("handoff {tenant}"),
+            tenant: tenant.to_string(),
+            socket: Mutex::new(Some(socket)),
+            app: Arc::new(app),
+            tls: tls.map(Arc::new),
+            threads,
+        }
+    }
+}
+
+/// Asks the whole process for a graceful stop, the way an operator would.
+fn request_graceful_stop() {
+    // SAFETY: kill(2) on our own pid; Pingora's SIGTERM handler does the rest.
+    unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffService<A> {
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+        ready: ServiceReadyNotifier,
+    ) {
+        let Some(socket) = self.socket.lock().ok().and_then(|mut s| s.take()) else {
+            error!(tenant = %self.tenant, "handoff service started twice");
+            return;
+        };
+        // SAFETY: the OwnedFd is owned by the AsyncFd until this function returns.
+        let socket = match unsafe { AsyncFd::register(socket) } {
+            Ok(socket) => socket,
+            Err(e) => {
+                error!(tenant = %self.tenant, error = %e, "cannot register the handoff socket");
+                request_graceful_stop();
+                return;
+            }
+        };
+        let hello = Message::Hello {
+            tenant: self.tenant.clone(),
+            pid: std::process::id(),
+        };
+        if let Err(e) = handoff::send(socket.get_ref().as_fd(), &hello, None)
+            .and_then(|()| handoff::send(socket.get_ref().as_fd(), &Message::Ready, None))
+        {
+            error!(tenant = %self.tenant, error = %e, "cannot greet the splitter over the handoff socket; exiting");
+            request_graceful_stop();
+            return;
+        }
+        ready.notify_ready();
+        info!(tenant = %self.tenant, pid = std::process::id(), "ready for handed-off connections");
+
+        loop {
+            let mut guard = tokio::select! {
+                guard = socket.readable() => match guard {
+                    Ok(guard) => guard,
+                    Err(e) => { error!(error = %e, "handoff socket failed"); break; }
+                },
+                _ = shutdown.changed() => {
+                    let _ = handoff::send(socket.get_ref().as_fd(), &Message::Draining, None);
+                    info!(tenant = %self.tenant, "draining: no new connections from the splitter");
+                    return;
+                }
+            };
+            let mut acked = None;
+            let outcome = loop {
+                match handoff::recv(socket.get_ref().as_fd()) {
+                    Ok(Some(received)) => {
+                        if let Some(seq) = self.take(received, &shutdown) {
+                            acked = Some(seq);
+                        }
+                    }
+                    Ok(None) => break Some("the splitter closed the handoff socket"),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        guard.clear_ready();
+                        break None;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        warn!(tenant = %self.tenant, error = %e, "bad handoff datagram dropped");
+                    }
+                    Err(e) => {
+                        error!(tenant = %self.tenant, error = %e, "handoff socket read failed");
+                        break Some("handoff socket failed");
+                    }
+                }
+            };
+            if let Some(up_to_seq) = acked {
+                if let Err(e) = handoff::send(socket.get_ref().as_fd(), &Message::Ack { up_to_seq }, None) {
+                    warn!(tenant = %self.tenant, error = %e, "cannot acknowledge handed connections");
+                }
+            }
+            if let Some(reason) = outcome {
+                info!(tenant = %self.tenant, reason, "stopping gracefully");
+                break;
+            }
+        }
+        request_graceful_stop();
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(self.threads)
+    }
+}
+
+impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
+    /// Handles one datagram; returns its sequence number when it is a `Conn`
+    /// (received connections are acknowledged even when unusable: the splitter
+    /// must not hand the same bad descriptor again).
+    fn take(&self, received: handoff::Received, shutdown: &ShutdownWatch) -> Option<u64> {
+        let message = match received.message {
+            Ok(message) => message,
+            Err(e) => {
+                warn!(tenant = %self.tenant, error = %e, fds = received.fds.len(), "undecodable handoff message; its descriptors are closed");
+                return None;
+            }
+        };
+        match message {
+            Message::Conn(meta) => {
+                let seq = meta.seq;
+                let mut fds = received.fds.into_iter();
+                match (fds.next(), fds.next()) {
+                    (Some(fd), None) => self.serve(fd, meta, shutdown.clone()),
+                    (None, _) => warn!(tenant = %self.tenant, seq, "Conn message without a descriptor; ignored"),
+                    (Some(_), Some(_)) => warn!(tenant = %self.tenant, seq, "Conn message with several descriptors; all closed"),
+                }
+                Some(seq)
+            }
+            Message::Drain => {
+                info!(tenant = %self.tenant, "the splitter asked this process to drain");
+                request_graceful_stop();
+                None
+            }
+            other => {
+                warn!(tenant = %self.tenant, message = ?other, fds = received.fds.len(), "unexpected handoff message; ignored");
+                None
+            }
+        }
+    }
+
+    fn serve(&self, fd: OwnedFd, meta: ConnMeta, shutdown: ShutdownWatch) {
+        let stream = match HandedStream::from_fd(fd) {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(tenant = %self.tenant, seq = meta.seq, error = %e, "unusable descriptor received; closed");
+                return;
+            }
+        };
+        let app = self.app.clone();
+        let tls = match meta.protocol {
+            ConnProtocol::Tls => match &self.tls {
+                Some(tls) => Some(tls.clone()),
+                None => {
+                    warn!(tenant = %self.tenant, sni = ?meta.server_name, "TLS connection for a tenant without [tls]; closed (add a [tls] section to the tenant file)");
+                    return;
+                }
+            },
+            ConnProtocol::Http => None,
+        };
+        tokio::spawn(async move {
+            let stream: Stream = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(e)) => {
+                            debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!("TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+                None => Box::new(stream),
+            };
+            let mut next = app.process_new(stream, &shutdown).await;
+            while let Some(stream) = next {
+                next = app.process_new(stream, &shutdown).await;
+            }
+        });
+    }
+}
