@@ -10,9 +10,13 @@
 //! Pingora's default sizes and delegates Pingora's digest traits to it.
 
 use async_trait::async_trait;
+use pingora::protocols::l4::stream::{
+    Stream as L4Stream, DEFAULT_L4_READ_BUFFER_SIZE, DEFAULT_L4_WRITE_BUFFER_SIZE,
+};
 use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest};
-use pingora::protocols::l4::stream::{Stream as L4Stream, DEFAULT_L4_READ_BUFFER_SIZE, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
+};
 use pingora::protocols::{Peek, Shutdown, Ssl, UniqueID, UniqueIDType};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -46,7 +50,11 @@ impl HandedStream {
             .map_err(|e| io::Error::other(format!("TCP_NODELAY: {e}")))?;
         l4.set_socket_digest(SocketDigest::from_raw_fd(raw));
         Ok(HandedStream {
-            inner: BufStream::with_capacity(DEFAULT_L4_READ_BUFFER_SIZE, DEFAULT_L4_WRITE_BUFFER_SIZE, l4),
+            inner: BufStream::with_capacity(
+                DEFAULT_L4_READ_BUFFER_SIZE,
+                DEFAULT_L4_WRITE_BUFFER_SIZE,
+                l4,
+            ),
         })
     }
 
@@ -59,9 +67,13 @@ fn check_tcp_socket(fd: &OwnedFd) -> io::Result<()> {
     use nix::sys::socket::{getsockopt, sockopt, AddressFamily, SockType, SockaddrLike};
     let kind = getsockopt(fd, sockopt::SockType).map_err(io::Error::from)?;
     if kind != SockType::Stream {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "received descriptor is not a stream socket"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "received descriptor is not a stream socket",
+        ));
     }
-    let addr: nix::sys::socket::SockaddrStorage = nix::sys::socket::getsockname(fd.as_raw_fd()).map_err(io::Error::from)?;
+    let addr: nix::sys::socket::SockaddrStorage =
+        nix::sys::socket::getsockname(fd.as_raw_fd()).map_err(io::Error::from)?;
     match addr.family() {
         Some(AddressFamily::Inet | AddressFamily::Inet6) => Ok(()),
         other => Err(io::Error::new(
@@ -72,13 +84,21 @@ fn check_tcp_socket(fd: &OwnedFd) -> io::Result<()> {
 }
 
 impl AsyncRead for HandedStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for HandedStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

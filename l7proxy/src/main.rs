@@ -66,7 +66,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 "tenant {:?} is not in {} (tenants: {})",
                 cli.tenant,
                 cli.config.display(),
-                host.tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                host.tenants
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?
         .clone();
@@ -100,7 +104,10 @@ fn run(cli: Cli) -> Result<(), String> {
     drop(setup);
     let routes = routes::RouteTable::new(&file.routes, &upstreams);
     let certificate = match &file.tls {
-        Some(source) => Some(tls::load_certificate(source, &entry.hosts).map_err(|e| format!("tenant {}: {e}", entry.name))?),
+        Some(source) => Some(
+            tls::load_certificate(source, &entry.hosts)
+                .map_err(|e| format!("tenant {}: {e}", entry.name))?,
+        ),
         None => None,
     };
     let logic = proxy::TenantProxy::new(entry.name.clone(), owners, takes_unknown_hosts, routes);
@@ -123,12 +130,25 @@ fn run(cli: Cli) -> Result<(), String> {
         Some(listen) => {
             let (addr, want_tls) = match listen.split_once(',') {
                 Some((addr, "tls")) => (addr.to_string(), true),
-                Some((_, other)) => return Err(format!("--listen {listen:?}: unknown option {other:?}; use ADDR or ADDR,tls")),
+                Some((_, other)) => {
+                    return Err(format!(
+                        "--listen {listen:?}: unknown option {other:?}; use ADDR or ADDR,tls"
+                    ))
+                }
                 None => (listen.clone(), false),
             };
-            let mut service = pingora::proxy::http_proxy_service_with_name(&conf, logic, &format!("listen {}", entry.name));
+            let mut service = pingora::proxy::http_proxy_service_with_name(
+                &conf,
+                logic,
+                &format!("listen {}", entry.name),
+            );
             if want_tls {
-                let cert = certificate.ok_or_else(|| format!("--listen {listen}: tenant {} has no [tls] section", entry.name))?;
+                let cert = certificate.ok_or_else(|| {
+                    format!(
+                        "--listen {listen}: tenant {} has no [tls] section",
+                        entry.name
+                    )
+                })?;
                 service.add_tls_with_settings(&addr, None, tls::settings(cert));
             } else {
                 service.add_tcp(&addr);
@@ -150,7 +170,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("handoff descriptor {fd} is not open ({e}); was l7proxy started by the splitter?"))?;
             let app = pingora::proxy::http_proxy(&conf, logic);
             let acceptor = certificate.map(|cert| tls::settings(cert).build());
-            let service = service::HandoffService::new(&entry.name, socket, app, acceptor, entry.threads);
+            let service =
+                service::HandoffService::new(&entry.name, socket, app, acceptor, entry.threads);
             server.add_service(service);
         }
     }

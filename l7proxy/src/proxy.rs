@@ -49,7 +49,12 @@ pub struct TenantProxy {
 
 impl TenantProxy {
     /// Creates the proxy logic of `tenant`.
-    pub fn new(tenant: String, owners: HostTable<Owner>, takes_unknown_hosts: bool, routes: RouteTable) -> TenantProxy {
+    pub fn new(
+        tenant: String,
+        owners: HostTable<Owner>,
+        takes_unknown_hosts: bool,
+        routes: RouteTable,
+    ) -> TenantProxy {
         TenantProxy {
             tenant,
             owners,
@@ -73,7 +78,10 @@ pub struct RequestCtx {
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 fn is_tls(session: &Session) -> bool {
@@ -82,13 +90,19 @@ fn is_tls(session: &Session) -> bool {
 
 /// The authority the request is for: `:authority` / absolute URI, else `Host`.
 fn request_authority(req: &RequestHeader) -> Option<&str> {
-    req.uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()))
+    req.uri.authority().map(|a| a.as_str()).or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    })
 }
 
-async fn respond_json(session: &mut Session, status: u16, body: &Value, extra: &[(&str, &str)]) -> Result<()> {
+async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    body: &Value,
+    extra: &[(&str, &str)],
+) -> Result<()> {
     let body = Bytes::from(body.to_string() + "\n");
     let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
@@ -115,7 +129,13 @@ impl TenantProxy {
         while let Some(chunk) = session.read_request_body().await? {
             body_bytes += chunk.len();
             if body_bytes > ECHO_BODY_LIMIT {
-                return respond_json(session, 413, &json!({"error": "echo reads at most 1 MiB of body"}), &[]).await;
+                return respond_json(
+                    session,
+                    413,
+                    &json!({"error": "echo reads at most 1 MiB of body"}),
+                    &[],
+                )
+                .await;
             }
         }
         let req = session.req_header();
@@ -213,21 +233,38 @@ impl ProxyHttp for TenantProxy {
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let upstream = ctx
-            .upstream
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen for the request"))?;
-        let key = client_ip(session).map(|ip| ip.to_string()).unwrap_or_default();
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let upstream = ctx.upstream.as_ref().ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "no upstream chosen for the request",
+            )
+        })?;
+        let key = client_ip(session)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
         upstream.pick(key.as_bytes()).ok_or_else(|| {
             Error::explain(
                 ErrorType::ConnectNoRoute,
-                format!("upstream {:?} has no server available", upstream.config.name),
+                format!(
+                    "upstream {:?} has no server available",
+                    upstream.config.name
+                ),
             )
         })
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         ctx.connect_failures += 1;
         let retries = ctx.upstream.as_ref().map_or(0, |u| u.config.retries);
         if ctx.connect_failures <= retries {
@@ -236,14 +273,23 @@ impl ProxyHttp for TenantProxy {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         let tls = is_tls(session);
         let proto = if tls { "https" } else { "http" };
         let version = if session.is_http2() { "2" } else { "1.1" };
         let original_host = request_authority(session.req_header()).map(str::to_owned);
         if let Some(ip) = client_ip(session) {
             let ip_text = ip.to_string();
-            let xff = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(previous) => format!("{previous}, {ip_text}"),
                 None => ip_text,
             };
@@ -257,7 +303,11 @@ impl ProxyHttp for TenantProxy {
             if let Some(host) = &original_host {
                 element.push_str(&format!(";host=\"{}\"", host.replace('"', "")));
             }
-            let forwarded = match upstream_request.headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+            let forwarded = match upstream_request
+                .headers
+                .get("forwarded")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(previous) => format!("{previous}, {element}"),
                 None => element,
             };
@@ -267,7 +317,11 @@ impl ProxyHttp for TenantProxy {
         if let Some(host) = &original_host {
             upstream_request.insert_header("X-Forwarded-Host", host.as_str())?;
         }
-        let via = match upstream_request.headers.get("via").and_then(|v| v.to_str().ok()) {
+        let via = match upstream_request
+            .headers
+            .get("via")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(previous) => format!("{previous}, {version} switchyard"),
             None => format!("{version} switchyard"),
         };
@@ -276,7 +330,12 @@ impl ProxyHttp for TenantProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {

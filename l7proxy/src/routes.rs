@@ -75,12 +75,20 @@ mod tests {
     #[test]
     fn longest_prefix_then_host_specific_wins() {
         let table = RouteTable::new(
-            &[route(None, "/"), route(None, "/api"), route(Some("a.com"), "/api"), route(None, "/api/v2")],
+            &[
+                route(None, "/"),
+                route(None, "/api"),
+                route(Some("a.com"), "/api"),
+                route(None, "/api/v2"),
+            ],
             &[],
         );
         assert_eq!(table.find("b.com", "/api/v2/x").unwrap().0, "/api/v2");
         assert_eq!(table.find("b.com", "/api/x").unwrap().0, "/api");
-        assert_eq!(table.routes[1].host, Some(HostPattern::Exact("a.com".into())));
+        assert_eq!(
+            table.routes[1].host,
+            Some(HostPattern::Exact("a.com".into()))
+        );
         assert_eq!(table.find("b.com", "/other").unwrap().0, "/");
         let empty = RouteTable::new(&[route(None, "/api")], &[]);
         assert!(empty.find("b.com", "/").is_none());

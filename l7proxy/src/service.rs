@@ -37,7 +37,13 @@ pub struct HandoffService<A> {
 
 impl<A> HandoffService<A> {
     /// A service reading `socket` (the inherited handoff descriptor).
-    pub fn new(tenant: &str, socket: OwnedFd, app: A, tls: Option<Acceptor>, threads: usize) -> Self {
+    pub fn new(
+        tenant: &str,
+        socket: OwnedFd,
+        app: A,
+        tls: Option<Acceptor>,
+        threads: usize,
+    ) -> Self {
         HandoffService {
             name: format!("handoff {tenant}"),
             tenant: tenant.to_string(),
@@ -112,6 +118,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
                         }
                     }
                     Ok(None) => break Some("the splitter closed the handoff socket"),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                        break Some("the splitter went away (handoff socket reset)")
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         guard.clear_ready();
                         break None;
@@ -126,7 +135,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
                 }
             };
             if let Some(up_to_seq) = acked {
-                if let Err(e) = handoff::send(socket.get_ref().as_fd(), &Message::Ack { up_to_seq }, None) {
+                if let Err(e) =
+                    handoff::send(socket.get_ref().as_fd(), &Message::Ack { up_to_seq }, None)
+                {
                     warn!(tenant = %self.tenant, error = %e, "cannot acknowledge handed connections");
                 }
             }
@@ -165,8 +176,12 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
                 let mut fds = received.fds.into_iter();
                 match (fds.next(), fds.next()) {
                     (Some(fd), None) => self.serve(fd, meta, shutdown.clone()),
-                    (None, _) => warn!(tenant = %self.tenant, seq, "Conn message without a descriptor; ignored"),
-                    (Some(_), Some(_)) => warn!(tenant = %self.tenant, seq, "Conn message with several descriptors; all closed"),
+                    (None, _) => {
+                        warn!(tenant = %self.tenant, seq, "Conn message without a descriptor; ignored")
+                    }
+                    (Some(_), Some(_)) => {
+                        warn!(tenant = %self.tenant, seq, "Conn message with several descriptors; all closed")
+                    }
                 }
                 Some(seq)
             }
@@ -204,7 +219,9 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
         tokio::spawn(async move {
             let stream: Stream = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream))
+                        .await
+                    {
                         Ok(Ok(tls)) => Box::new(tls),
                         Ok(Err(e)) => {
                             debug!(error = %e, "TLS handshake failed");

@@ -22,14 +22,22 @@ impl ResolvesServerCert for OneCertificate {
 }
 
 /// Loads or generates the tenant's certificate and key.
-pub fn load_certificate(source: &TlsSource, hosts: &[HostPattern]) -> Result<Arc<CertifiedKey>, String> {
+pub fn load_certificate(
+    source: &TlsSource,
+    hosts: &[HostPattern],
+) -> Result<Arc<CertifiedKey>, String> {
     let (certs, key) = match source {
         TlsSource::Files { cert, key } => {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
                 .and_then(|iter| iter.collect())
-                .map_err(|e| format!("{}: cannot read the certificate chain: {e}", cert.display()))?;
+                .map_err(|e| {
+                    format!("{}: cannot read the certificate chain: {e}", cert.display())
+                })?;
             if certs.is_empty() {
-                return Err(format!("{}: no certificate in the file (PEM expected)", cert.display()));
+                return Err(format!(
+                    "{}: no certificate in the file (PEM expected)",
+                    cert.display()
+                ));
             }
             let key = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| format!("{}: cannot read the private key: {e}", key.display()))?;

@@ -24,7 +24,9 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.config.name).finish()
+        f.debug_struct("Upstream")
+            .field("name", &self.config.name)
+            .finish()
     }
 }
 
@@ -36,8 +38,13 @@ impl Upstream {
             let addr = match server {
                 ServerAddr::Tcp(addr) => SocketAddr::Inet(*addr),
                 ServerAddr::Unix(path) => SocketAddr::Unix(
-                    std::os::unix::net::SocketAddr::from_pathname(path)
-                        .map_err(|e| format!("upstream {}: bad unix path {}: {e}", config.name, path.display()))?,
+                    std::os::unix::net::SocketAddr::from_pathname(path).map_err(|e| {
+                        format!(
+                            "upstream {}: bad unix path {}: {e}",
+                            config.name,
+                            path.display()
+                        )
+                    })?,
                 ),
             };
             backends.insert(Backend {

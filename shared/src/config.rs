@@ -222,7 +222,10 @@ fn default_one() -> Spanned<usize> {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     nofile: Option<u64>,
-    #[serde(default, deserialize_with = "crate::units::serde_size_opt::deserialize")]
+    #[serde(
+        default,
+        deserialize_with = "crate::units::serde_size_opt::deserialize"
+    )]
     memory: Option<u64>,
     cpu: Option<f64>,
 }
@@ -371,16 +374,19 @@ impl HostConfig {
                 "splitter.max_peek_bytes must be between 512 and 1048576 (a post-quantum ClientHello needs about 2000)",
             );
         }
-        let admin = raw_splitter.admin.as_ref().and_then(|a| match a.get_ref().parse() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                src.error(
-                    a.span(),
-                    format!("admin = {:?} is not an IP:port address", a.get_ref()),
-                );
-                None
-            }
-        });
+        let admin = raw_splitter
+            .admin
+            .as_ref()
+            .and_then(|a| match a.get_ref().parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    src.error(
+                        a.span(),
+                        format!("admin = {:?} is not an IP:port address", a.get_ref()),
+                    );
+                    None
+                }
+            });
 
         let mut listeners = Vec::new();
         for listen in &raw.listen {
@@ -410,13 +416,19 @@ impl HostConfig {
             };
             if let (Some(addr), Some(protocol)) = (addr, protocol) {
                 if listeners.iter().any(|l: &ListenerConfig| l.addr == addr) {
-                    src.error(listen.addr.span(), format!("listen addr {addr} appears twice"));
+                    src.error(
+                        listen.addr.span(),
+                        format!("listen addr {addr} appears twice"),
+                    );
                 }
                 listeners.push(ListenerConfig { addr, protocol });
             }
         }
         if raw.listen.is_empty() {
-            src.error(0..0, "no [[listen]] section: the splitter needs at least one listener");
+            src.error(
+                0..0,
+                "no [[listen]] section: the splitter needs at least one listener",
+            );
         }
 
         let mut tenants: Vec<TenantConfig> = Vec::new();
@@ -463,7 +475,10 @@ impl HostConfig {
             }
             for (field, value) in [("processes", &t.processes), ("threads", &t.threads)] {
                 if *value.get_ref() == 0 || *value.get_ref() > 64 {
-                    src.error(value.span(), format!("tenant {name:?}: {field} must be between 1 and 64"));
+                    src.error(
+                        value.span(),
+                        format!("tenant {name:?}: {field} must be between 1 and 64"),
+                    );
                 }
             }
             let config = src.resolve(t.config.get_ref());
@@ -730,39 +745,53 @@ impl TenantFile {
     }
 
     fn validate(src: &mut Source, raw: RawTenantFile) -> TenantFile {
-        let tls = raw.tls.as_ref().and_then(|tls| match (&tls.cert, &tls.key, tls.self_signed) {
-            (None, None, true) => Some(TlsSource::SelfSigned),
-            (Some(cert), Some(key), false) => {
-                let cert_path = src.resolve(cert.get_ref());
-                let key_path = src.resolve(key.get_ref());
-                for (what, value, path) in [("certificate", cert, &cert_path), ("key", key, &key_path)] {
-                    if let Err(e) = readable(path) {
-                        src.error(
-                            value.span(),
-                            format!("cannot read TLS {what} {}: {e}", path.display()),
-                        );
+        let tls = raw
+            .tls
+            .as_ref()
+            .and_then(|tls| match (&tls.cert, &tls.key, tls.self_signed) {
+                (None, None, true) => Some(TlsSource::SelfSigned),
+                (Some(cert), Some(key), false) => {
+                    let cert_path = src.resolve(cert.get_ref());
+                    let key_path = src.resolve(key.get_ref());
+                    for (what, value, path) in
+                        [("certificate", cert, &cert_path), ("key", key, &key_path)]
+                    {
+                        if let Err(e) = readable(path) {
+                            src.error(
+                                value.span(),
+                                format!("cannot read TLS {what} {}: {e}", path.display()),
+                            );
+                        }
                     }
+                    Some(TlsSource::Files {
+                        cert: cert_path,
+                        key: key_path,
+                    })
                 }
-                Some(TlsSource::Files {
-                    cert: cert_path,
-                    key: key_path,
-                })
-            }
-            (_, _, true) => {
-                src.error(0..0, "[tls] sets self_signed = true and a cert/key; choose one");
-                None
-            }
-            _ => {
-                src.error(0..0, "[tls] needs both cert and key (or self_signed = true)");
-                None
-            }
-        });
+                (_, _, true) => {
+                    src.error(
+                        0..0,
+                        "[tls] sets self_signed = true and a cert/key; choose one",
+                    );
+                    None
+                }
+                _ => {
+                    src.error(
+                        0..0,
+                        "[tls] needs both cert and key (or self_signed = true)",
+                    );
+                    None
+                }
+            });
 
         let mut upstreams: Vec<UpstreamConfig> = Vec::new();
         for u in &raw.upstream {
             let name = u.name.get_ref().clone();
             if upstreams.iter().any(|other| other.name == name) {
-                src.error(u.name.span(), format!("upstream name {name:?} is used twice"));
+                src.error(
+                    u.name.span(),
+                    format!("upstream name {name:?} is used twice"),
+                );
             }
             let lb = match u.lb.as_ref().map(|l| (l.get_ref().as_str(), l.span())) {
                 None | Some(("round_robin", _)) => LbKind::RoundRobin,
@@ -819,7 +848,10 @@ impl TenantFile {
 
         let mut routes = Vec::new();
         for r in &raw.route {
-            let path = r.path.as_ref().map_or("/".to_string(), |p| p.get_ref().clone());
+            let path = r
+                .path
+                .as_ref()
+                .map_or("/".to_string(), |p| p.get_ref().clone());
             if !path.starts_with('/') {
                 let span = r.path.as_ref().map_or(0..0, |p| p.span());
                 src.error(span, format!("route path {path:?} must start with '/'"));
@@ -827,7 +859,10 @@ impl TenantFile {
             let host = r.host.as_ref().and_then(|h| {
                 let pattern = HostPattern::parse(h.get_ref());
                 if pattern.is_none() {
-                    src.error(h.span(), format!("route host {:?} is not a valid host name", h.get_ref()));
+                    src.error(
+                        h.span(),
+                        format!("route host {:?} is not a valid host name", h.get_ref()),
+                    );
                 }
                 pattern
             });
@@ -836,13 +871,18 @@ impl TenantFile {
                     match upstreams.iter().position(|u| &u.name == upstream.get_ref()) {
                         Some(index) => RouteTarget::Upstream(index),
                         None => {
-                            let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                            let known: Vec<&str> =
+                                upstreams.iter().map(|u| u.name.as_str()).collect();
                             src.error(
                                 upstream.span(),
                                 format!(
                                     "route names upstream {:?}, which is not defined (defined: {})",
                                     upstream.get_ref(),
-                                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                                    if known.is_empty() {
+                                        "none".to_string()
+                                    } else {
+                                        known.join(", ")
+                                    }
                                 ),
                             );
                             continue;
@@ -853,7 +893,10 @@ impl TenantFile {
                 (None, Some(respond)) => {
                     src.error(
                         respond.span(),
-                        format!("respond = {:?} is unknown; the built-in responder is \"echo\"", respond.get_ref()),
+                        format!(
+                            "respond = {:?} is unknown; the built-in responder is \"echo\"",
+                            respond.get_ref()
+                        ),
                     );
                     continue;
                 }
@@ -866,7 +909,10 @@ impl TenantFile {
             routes.push(RouteConfig { host, path, target });
         }
         if raw.route.is_empty() {
-            src.error(0..0, "no [[route]]: the tenant would answer every request with 404");
+            src.error(
+                0..0,
+                "no [[route]]: the tenant would answer every request with 404",
+            );
         }
 
         TenantFile {
@@ -885,9 +931,13 @@ fn parse_server(src: &Source, text: &str) -> Result<ServerAddr, String> {
         }
         return Ok(ServerAddr::Unix(src.resolve(path)));
     }
-    text.parse::<SocketAddr>().map(ServerAddr::Tcp).map_err(|_| {
-        format!("server {text:?} is not IP:port or unix:PATH (host names are not resolved here)")
-    })
+    text.parse::<SocketAddr>()
+        .map(ServerAddr::Tcp)
+        .map_err(|_| {
+            format!(
+                "server {text:?} is not IP:port or unix:PATH (host names are not resolved here)"
+            )
+        })
 }
 
 fn readable(path: &Path) -> std::io::Result<()> {
@@ -948,7 +998,10 @@ mod tests {
         let (host, tenants) = HostConfig::load_all(&path).unwrap();
         assert_eq!(host.splitter.runtime_dir, dir.0.join("run"));
         assert_eq!(host.splitter.peek_timeout, Duration::from_secs(10));
-        assert_eq!(host.tenants[0].hosts[0], HostPattern::Exact("a.example.com".into()));
+        assert_eq!(
+            host.tenants[0].hosts[0],
+            HostPattern::Exact("a.example.com".into())
+        );
         assert_eq!(host.tenants[0].processes, 1);
         assert_eq!(tenants[0].tls, Some(TlsSource::SelfSigned));
         assert_eq!(tenants[0].routes[0].target, RouteTarget::Echo);
@@ -959,7 +1012,10 @@ mod tests {
         let dir = Dir::new("unknown");
         let errors = errors_of(&dir, "[splitter]\nthreads = 1\npeek_timout = \"1s\"\n");
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].contains("host.toml:3:1: unknown field `peek_timout`"), "{errors:?}");
+        assert!(
+            errors[0].contains("host.toml:3:1: unknown field `peek_timout`"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -982,9 +1038,15 @@ mod tests {
             ),
         );
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].contains(":11:8: tenant name \"a\" is used twice"), "{errors:?}");
+        assert!(
+            errors[0].contains(":11:8: tenant name \"a\" is used twice"),
+            "{errors:?}"
+        );
         assert!(errors[1].contains(":12:10: host \"X.com.\""), "{errors:?}");
-        assert!(errors[1].contains("already claimed by tenant \"a\""), "{errors:?}");
+        assert!(
+            errors[1].contains("already claimed by tenant \"a\""),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -997,11 +1059,21 @@ mod tests {
         dir.write("tenants/a.pem", "not really a cert");
         let errors = errors_of(
             &dir,
-            &host_file("[[tenant]]\nname = \"a\"\nhosts = [\"a.com\"]\nconfig = \"tenants/a.toml\"\n"),
+            &host_file(
+                "[[tenant]]\nname = \"a\"\nhosts = [\"a.com\"]\nconfig = \"tenants/a.toml\"\n",
+            ),
         );
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].contains("a.toml:3:7: cannot read TLS key"), "{errors:?}");
-        assert!(errors[1].contains("a.toml:8:12: route names upstream \"ap\", which is not defined (defined: app)"), "{errors:?}");
+        assert!(
+            errors[0].contains("a.toml:3:7: cannot read TLS key"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains(
+                "a.toml:8:12: route names upstream \"ap\", which is not defined (defined: app)"
+            ),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -1015,7 +1087,10 @@ mod tests {
             ),
         );
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].contains(":2:16: unknown_host = \"b\" names no tenant"), "{errors:?}");
+        assert!(
+            errors[0].contains(":2:16: unknown_host = \"b\" names no tenant"),
+            "{errors:?}"
+        );
         assert!(errors[1].contains("config file"), "{errors:?}");
     }
 }

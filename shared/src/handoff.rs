@@ -240,7 +240,11 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 ///
 /// Never blocks: on a full socket this returns `WouldBlock` and nothing was sent
 /// (a `SOCK_SEQPACKET` datagram is sent whole or not at all).
-pub fn send(socket: BorrowedFd<'_>, message: &Message, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+pub fn send(
+    socket: BorrowedFd<'_>,
+    message: &Message,
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let mut buf = Vec::with_capacity(64);
     message.encode(&mut buf);
     let fds: [RawFd; 1] = [fd.map_or(-1, |fd| fd.as_raw_fd())];
@@ -289,7 +293,10 @@ pub fn recv(socket: BorrowedFd<'_>) -> io::Result<Option<Received>> {
                     if let ControlMessageOwned::ScmRights(raw) = cmsg {
                         // SAFETY: the kernel just installed these descriptors in
                         // our table for us; nothing else owns them.
-                        fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        fds.extend(
+                            raw.into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
                     }
                 }
                 break (msg.bytes, fds, msg.flags);
@@ -336,9 +343,14 @@ mod tests {
 
     fn all_messages() -> Vec<Message> {
         vec![
-            Message::Hello { tenant: "alpha".into(), pid: 4242 },
+            Message::Hello {
+                tenant: "alpha".into(),
+                pid: 4242,
+            },
             Message::Ready,
-            Message::Ack { up_to_seq: u64::MAX - 1 },
+            Message::Ack {
+                up_to_seq: u64::MAX - 1,
+            },
             Message::Draining,
             Message::Conn(ConnMeta {
                 seq: 7,
@@ -374,13 +386,23 @@ mod tests {
         Message::Ready.encode(&mut buf);
         buf[0] = 9;
         assert_eq!(Message::decode(&buf), Err(DecodeError::Version { got: 9 }));
-        assert!(Message::decode(&buf).unwrap_err().to_string().contains("same release"));
+        assert!(Message::decode(&buf)
+            .unwrap_err()
+            .to_string()
+            .contains("same release"));
         assert_eq!(Message::decode(&[]), Err(DecodeError::Truncated));
-        assert_eq!(Message::decode(&[PROTOCOL_VERSION, 99]), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            Message::decode(&[PROTOCOL_VERSION, 99]),
+            Err(DecodeError::UnknownKind(99))
+        );
         let mut conn = Vec::new();
         all_messages()[4].encode(&mut conn);
         for cut in 2..conn.len() {
-            assert_eq!(Message::decode(&conn[..cut]), Err(DecodeError::Truncated), "cut at {cut}");
+            assert_eq!(
+                Message::decode(&conn[..cut]),
+                Err(DecodeError::Truncated),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -397,7 +419,12 @@ mod tests {
             local_port: 8080,
             accepted_at_us: now_us(),
         };
-        send(splitter.as_fd(), &Message::Conn(meta.clone()), Some(handed.as_fd())).unwrap();
+        send(
+            splitter.as_fd(),
+            &Message::Conn(meta.clone()),
+            Some(handed.as_fd()),
+        )
+        .unwrap();
         drop(handed); // the splitter's copy; the datagram holds its own reference
 
         let received = recv(proxy.as_fd()).unwrap().expect("a datagram");
@@ -405,7 +432,11 @@ mod tests {
         assert_eq!(received.fds.len(), 1);
         let fd = received.fds.into_iter().next().unwrap();
         let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
-        assert_ne!(flags & libc::FD_CLOEXEC, 0, "received fd must be close-on-exec");
+        assert_ne!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "received fd must be close-on-exec"
+        );
         let mut stream = std::os::unix::net::UnixStream::from(fd);
         let mut first = [0u8; 16];
         stream.read_exact(&mut first).unwrap();
@@ -416,7 +447,10 @@ mod tests {
         assert_eq!(&reply, b"ok");
 
         // Nothing more waiting, then EOF once the other end closes.
-        assert_eq!(recv(proxy.as_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            recv(proxy.as_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
         drop(splitter);
         assert!(recv(proxy.as_fd()).unwrap().is_none());
     }
@@ -424,10 +458,24 @@ mod tests {
     #[test]
     fn messages_without_fds_and_acks_flow_back() {
         let (splitter, proxy) = seqpacket_pair().unwrap();
-        send(proxy.as_fd(), &Message::Hello { tenant: "a".into(), pid: 1 }, None).unwrap();
+        send(
+            proxy.as_fd(),
+            &Message::Hello {
+                tenant: "a".into(),
+                pid: 1,
+            },
+            None,
+        )
+        .unwrap();
         send(proxy.as_fd(), &Message::Ack { up_to_seq: 3 }, None).unwrap();
         let first = recv(splitter.as_fd()).unwrap().unwrap();
-        assert_eq!(first.message, Ok(Message::Hello { tenant: "a".into(), pid: 1 }));
+        assert_eq!(
+            first.message,
+            Ok(Message::Hello {
+                tenant: "a".into(),
+                pid: 1
+            })
+        );
         assert!(first.fds.is_empty());
         let second = recv(splitter.as_fd()).unwrap().unwrap();
         assert_eq!(second.message, Ok(Message::Ack { up_to_seq: 3 }));

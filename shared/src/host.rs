@@ -32,13 +32,20 @@ pub fn normalize(raw: &str) -> Option<String> {
         if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
             return None;
         }
-        if literal.is_empty() || !literal.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+        if literal.is_empty()
+            || !literal
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
             return None;
         }
         return Some(literal.to_ascii_lowercase());
     } else if raw.matches(':').count() > 1 {
         // A bare IPv6 literal (as SNI never carries, but a config might).
-        if !raw.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+        if !raw
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
             return None;
         }
         return Some(raw.to_ascii_lowercase());
@@ -185,10 +192,22 @@ mod tests {
 
     #[test]
     fn normalizes_case_port_dot_and_ipv6() {
-        assert_eq!(normalize("Alpha.LocalHost").as_deref(), Some("alpha.localhost"));
-        assert_eq!(normalize("alpha.localhost.").as_deref(), Some("alpha.localhost"));
-        assert_eq!(normalize("alpha.localhost:8443").as_deref(), Some("alpha.localhost"));
-        assert_eq!(normalize("alpha.localhost.:8443").as_deref(), Some("alpha.localhost"));
+        assert_eq!(
+            normalize("Alpha.LocalHost").as_deref(),
+            Some("alpha.localhost")
+        );
+        assert_eq!(
+            normalize("alpha.localhost.").as_deref(),
+            Some("alpha.localhost")
+        );
+        assert_eq!(
+            normalize("alpha.localhost:8443").as_deref(),
+            Some("alpha.localhost")
+        );
+        assert_eq!(
+            normalize("alpha.localhost.:8443").as_deref(),
+            Some("alpha.localhost")
+        );
         assert_eq!(normalize("[::1]:8080").as_deref(), Some("::1"));
         assert_eq!(normalize("[FE80::1]").as_deref(), Some("fe80::1"));
         assert_eq!(normalize("127.0.0.1:80").as_deref(), Some("127.0.0.1"));
@@ -196,7 +215,18 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_host_name() {
-        for bad in ["", ".", "a..b", "exa mple.com", "a/b", "host:", "host:port", "[::1", "a\0b", "ü.com"] {
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "exa mple.com",
+            "a/b",
+            "host:",
+            "host:port",
+            "[::1",
+            "a\0b",
+            "ü.com",
+        ] {
             assert_eq!(normalize(bad), None, "{bad:?} should be refused");
         }
         assert_eq!(normalize(&"a".repeat(64)), None, "label over 63 bytes");

@@ -19,7 +19,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("duration {text:?} has unknown unit {unit:?}; use ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "duration {text:?} has unknown unit {unit:?}; use ms, s, m or h"
+            ))
+        }
     };
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -27,7 +31,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a size such as `"512KiB"`, `"256MiB"`, `"1GiB"` or `"4096"` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: u64 = number
         .parse()
@@ -37,7 +43,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KiB" | "K" => 1 << 10,
         "MiB" | "M" => 1 << 20,
         "GiB" | "G" => 1 << 30,
-        _ => return Err(format!("size {text:?} has unknown unit {unit:?}; use B, KiB, MiB or GiB")),
+        _ => {
+            return Err(format!(
+                "size {text:?} has unknown unit {unit:?}; use B, KiB, MiB or GiB"
+            ))
+        }
     };
     value
         .checked_mul(factor)

@@ -38,7 +38,11 @@ pub struct Front {
 /// backlog, non-blocking, close-on-exec.
 pub fn bind(config: &ListenerConfig) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(config.addr), Type::STREAM.cloexec(), None)?;
+    let socket = Socket::new(
+        Domain::for_address(config.addr),
+        Type::STREAM.cloexec(),
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     if config.addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -161,14 +165,26 @@ async fn wait_and_route(front: Arc<Front>, mut conn: ClientConn) {
         Ok(Ok(name)) => route(&front, conn, name),
         Ok(Err(PeekFailure::Invalid(reject))) => refuse(conn, reject),
         Ok(Err(PeekFailure::Closed)) => {}
-        Err(_) => debug!(port = conn.local_port, "peek_timeout: client sent too little; closed"),
+        Err(_) => debug!(
+            port = conn.local_port,
+            "peek_timeout: client sent too little; closed"
+        ),
     }
 }
 
 fn refuse(conn: ClientConn, reject: crate::peek::Reject) {
-    debug!(port = conn.local_port, reason = reject.as_str(), "connection refused while peeking");
+    debug!(
+        port = conn.local_port,
+        reason = reject.as_str(),
+        "connection refused while peeking"
+    );
     if reject.answer_400() {
-        turn_away(conn, 400, "bad request: missing or invalid Host, or headers too large", None);
+        turn_away(
+            conn,
+            400,
+            "bad request: missing or invalid Host, or headers too large",
+            None,
+        );
     }
 }
 
@@ -181,7 +197,12 @@ fn route(front: &Front, mut conn: ClientConn, name: Option<String>) {
         None => {
             debug!(port = conn.local_port, name = ?name, "no tenant serves this name");
             match name {
-                Some(name) => turn_away(conn, 404, &format!("no site is configured for {name}"), None),
+                Some(name) => turn_away(
+                    conn,
+                    404,
+                    &format!("no site is configured for {name}"),
+                    None,
+                ),
                 None => turn_away(conn, 400, "bad request: a Host header is required", None),
             }
         }

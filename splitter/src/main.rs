@@ -73,7 +73,9 @@ fn run(config: HostConfig) -> ExitCode {
     switchyard_shared::logging::init("splitter");
     let threads = config.splitter.threads;
     let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -146,11 +148,19 @@ async fn serve(config: HostConfig) -> Result<(), String> {
         }
     }
     for (socket, protocol) in listeners {
-        tokio::spawn(listener::accept_loop(front.clone(), socket, protocol, stop_rx.clone()));
+        tokio::spawn(listener::accept_loop(
+            front.clone(),
+            socket,
+            protocol,
+            stop_rx.clone(),
+        ));
     }
 
     let signal = wait_for_stop_signal().await;
-    info!(signal, "stopping: no new connections; tenants get SIGTERM and finish in-flight requests");
+    info!(
+        signal,
+        "stopping: no new connections; tenants get SIGTERM and finish in-flight requests"
+    );
     let _ = stop_tx.send(true);
     for supervisor in supervisors {
         let _ = supervisor.await;
@@ -161,7 +171,10 @@ async fn serve(config: HostConfig) -> Result<(), String> {
 
 async fn wait_for_stop_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         unreachable!()
     };

@@ -32,7 +32,12 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Environment variables passed through to tenant processes; everything else
 /// is cleared.
-const PASSED_ENV: &[&str] = &["PATH", "RUST_LOG", "RUST_BACKTRACE", "SWITCHYARD_LOG_FORMAT"];
+const PASSED_ENV: &[&str] = &[
+    "PATH",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "SWITCHYARD_LOG_FORMAT",
+];
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 

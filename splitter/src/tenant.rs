@@ -85,7 +85,9 @@ impl Tenant {
     }
 
     fn state(&self) -> MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Hands `conn` to a ready process, or holds it until one is ready.
@@ -108,7 +110,11 @@ impl Tenant {
             }
             let seq = proc.next_seq;
             let message = Message::Conn(conn.meta(seq));
-            match handoff::send(proc.socket.get_ref().as_fd(), &message, Some(conn.fd.as_fd())) {
+            match handoff::send(
+                proc.socket.get_ref().as_fd(),
+                &message,
+                Some(conn.fd.as_fd()),
+            ) {
                 Ok(()) => {
                     proc.next_seq += 1;
                     conn.slot.release();
@@ -132,7 +138,9 @@ impl Tenant {
 
     fn hold(&self, state: &mut PoolState, conn: ClientConn) {
         self.counters.held.fetch_add(1, Ordering::Relaxed);
-        state.held.push_back((Instant::now() + self.hold_timeout, conn));
+        state
+            .held
+            .push_back((Instant::now() + self.hold_timeout, conn));
         self.hold_changed.notify_one();
     }
 
@@ -188,7 +196,11 @@ impl Tenant {
     pub fn acknowledge(&self, key: ProcKey, up_to_seq: u64) {
         let mut state = self.state();
         if let Some(proc) = state.procs.iter_mut().find(|p| p.key == key) {
-            while proc.unacked.front().is_some_and(|(seq, _)| *seq <= up_to_seq) {
+            while proc
+                .unacked
+                .front()
+                .is_some_and(|(seq, _)| *seq <= up_to_seq)
+            {
                 proc.unacked.pop_front();
             }
         }
@@ -231,7 +243,11 @@ impl Tenant {
             let expired: Vec<ClientConn> = {
                 let mut state = self.state();
                 let mut expired = Vec::new();
-                while state.held.front().is_some_and(|(deadline, _)| *deadline <= now) {
+                while state
+                    .held
+                    .front()
+                    .is_some_and(|(deadline, _)| *deadline <= now)
+                {
                     expired.extend(state.held.pop_front().map(|(_, conn)| conn));
                 }
                 expired

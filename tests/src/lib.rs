@@ -1,1 +1,479 @@
+//! Test kit for Switchyard's black-box tests: temporary configurations, the real
+//! binaries started as child processes, and small real clients (plain HTTP/1.1
+//! and rustls) that talk to them over loopback.
 
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Path of a binary built from this workspace: `$SWITCHYARD_BIN_DIR/NAME`, else
+/// the target directory the running test binary was built into.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("SWITCHYARD_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().unwrap();
+            let mut dir = exe.parent().unwrap().to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (`cargo build --workspace`; ./test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates a fresh directory named after `tag`.
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tenants")).unwrap();
+        TempDir(dir)
+    }
+
+    /// Writes `text` to `name` inside the directory and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts an `echo-upstream` on `addr` called `name`, and waits until it accepts.
+pub fn start_upstream(addr: SocketAddr, name: &str) -> Proc {
+    let child = Command::new(bin("echo-upstream"))
+        .args(["--listen", &addr.to_string(), "--name", name])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok());
+    proc
+}
+
+/// Polls `check` every 20 ms until it holds; panics after `limit`.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One tenant of a generated host file.
+pub struct TenantSpec {
+    /// Tenant name.
+    pub name: String,
+    /// Its hosts.
+    pub hosts: Vec<String>,
+    /// Tenant file body.
+    pub file: String,
+    /// Pool size.
+    pub processes: usize,
+}
+
+impl TenantSpec {
+    /// A tenant answering with the built-in echo, TLS with a generated certificate.
+    pub fn echo(name: &str, hosts: &[&str]) -> TenantSpec {
+        TenantSpec {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            file: "[tls]\nself_signed = true\n[[route]]\npath = \"/\"\nrespond = \"echo\"\n".into(),
+            processes: 1,
+        }
+    }
+
+    /// A tenant proxying `/` to `servers`.
+    pub fn proxy(name: &str, hosts: &[&str], servers: &[SocketAddr]) -> TenantSpec {
+        let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+        TenantSpec {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            file: format!(
+                "[tls]\nself_signed = true\n[[upstream]]\nname = \"app\"\nservers = [{}]\nconnect_timeout = \"500ms\"\nretries = 1\n[[route]]\npath = \"/\"\nupstream = \"app\"\n[[route]]\npath = \"/echo\"\nrespond = \"echo\"\n",
+                servers.join(", ")
+            ),
+            processes: 1,
+        }
+    }
+}
+
+/// A running splitter with its generated configuration.
+pub struct Splitter {
+    /// The splitter process.
+    pub proc: Proc,
+    /// Its TLS listener.
+    pub tls: SocketAddr,
+    /// Its HTTP listener.
+    pub http: SocketAddr,
+    /// The host file.
+    pub config: PathBuf,
+    /// The directory holding the configuration (removed on drop).
+    pub dir: TempDir,
+}
+
+/// Builds a host file with a TLS and an HTTP listener on free ports.
+pub struct SplitterBuilder {
+    tenants: Vec<TenantSpec>,
+    splitter_extra: String,
+}
+
+impl SplitterBuilder {
+    /// A splitter serving `tenants`.
+    pub fn new(tenants: Vec<TenantSpec>) -> SplitterBuilder {
+        SplitterBuilder {
+            tenants,
+            splitter_extra: String::new(),
+        }
+    }
+
+    /// Extra lines for the `[splitter]` section.
+    pub fn splitter_lines(mut self, lines: &str) -> SplitterBuilder {
+        self.splitter_extra.push_str(lines);
+        self.splitter_extra.push('\n');
+        self
+    }
+
+    /// Writes the configuration, starts the splitter and waits until every
+    /// tenant answers through it.
+    pub fn start(self) -> Splitter {
+        let dir = TempDir::new("splitter");
+        let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut host = format!(
+            "[splitter]\nruntime_dir = \"run\"\npeek_timeout = \"2s\"\n{}\n[[listen]]\naddr = \"{tls}\"\nprotocol = \"tls\"\n[[listen]]\naddr = \"{http}\"\nprotocol = \"http\"\n",
+            self.splitter_extra
+        );
+        for t in &self.tenants {
+            dir.write(&format!("tenants/{}.toml", t.name), &t.file);
+            let hosts: Vec<String> = t.hosts.iter().map(|h| format!("\"{h}\"")).collect();
+            host.push_str(&format!(
+                "[[tenant]]\nname = \"{}\"\nhosts = [{}]\nconfig = \"tenants/{}.toml\"\nprocesses = {}\n",
+                t.name,
+                hosts.join(", "),
+                t.name,
+                t.processes
+            ));
+        }
+        let config = dir.write("host.toml", &host);
+        let child = Command::new(bin("splitter"))
+            .arg("--config")
+            .arg(&config)
+            .env("SWITCHYARD_L7PROXY", bin("l7proxy"))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .spawn()
+            .unwrap();
+        let splitter = Splitter {
+            proc: Proc(child),
+            tls,
+            http,
+            config,
+            dir,
+        };
+        for t in &self.tenants {
+            // A concrete name for wildcard-only tenants.
+            let host = t.hosts[0].replace("*.", "www.");
+            wait_until(Duration::from_secs(20), || {
+                // The echo route answers on every tenant the kit generates.
+                matches!(http_get(splitter.http, &host, "/echo"), Ok(r) if r.status == 200)
+            });
+        }
+        splitter
+    }
+}
+
+impl Splitter {
+    /// Number of open descriptors of the splitter process.
+    pub fn fd_count(&self) -> usize {
+        fd_count(self.proc.pid())
+    }
+
+    /// Pids of the splitter's children (the tenant processes).
+    pub fn children(&self) -> Vec<u32> {
+        children_of(self.proc.pid())
+    }
+}
+
+/// Number of open descriptors of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Direct children of `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                kids.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    kids.sort_unstable();
+    kids
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends one request on `stream` and reads the response (Content-Length bodies,
+/// or until close).
+pub fn request<S: Read + Write + ?Sized>(
+    stream: &mut S,
+    host: &str,
+    path: &str,
+    extra: &str,
+) -> io::Result<Response> {
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: switchyard-tests\r\n{extra}\r\n"
+    )?;
+    stream.flush()?;
+    read_response(stream)
+}
+
+/// Reads one HTTP/1.1 response.
+pub fn read_response<S: Read + ?Sized>(stream: &mut S) -> io::Result<Response> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad status line {line:?}"),
+            )
+        })?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = trimmed.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body)?;
+        }
+        None => {
+            reader.read_to_end(&mut body)?;
+        }
+    }
+    // The BufReader may hold bytes of a pipelined response; the tests never pipeline.
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Connects to `addr` over plaintext and sends one request.
+pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> io::Result<Response> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    request(&mut stream, host, path, "")
+}
+
+/// Accepts any server certificate: the tests' tenants use generated ones.
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A rustls client configuration for the tests (HTTP/1.1 ALPN, any certificate).
+pub fn tls_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A TLS stream over TCP.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A client connection for `server_name` (a DNS name sends SNI, an IP does not).
+pub fn tls_client(server_name: &str) -> rustls::ClientConnection {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    rustls::ClientConnection::new(tls_config(), name).unwrap()
+}
+
+/// Connects over TLS with SNI `server_name`.
+pub fn tls_connect(addr: SocketAddr, server_name: &str) -> io::Result<TlsStream> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(rustls::StreamOwned::new(tls_client(server_name), tcp))
+}
+
+/// Connects over TLS and sends one request.
+pub fn https_get(addr: SocketAddr, server_name: &str, path: &str) -> io::Result<Response> {
+    let mut stream = tls_connect(addr, server_name)?;
+    request(&mut stream, server_name, path, "")
+}
+
+/// Runs `splitter check` on `config`; returns (exit code, stdout, stderr).
+pub fn splitter_check(config: &Path) -> (i32, String, String) {
+    let out = Command::new(bin("splitter"))
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

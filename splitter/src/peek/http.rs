@@ -49,7 +49,11 @@ fn absolute_form_authority(target: &str) -> Option<&str> {
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..end];
     // Drop userinfo, which has no place in routing.
-    Some(authority.rsplit_once('@').map_or(authority, |(_, host)| host))
+    Some(
+        authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host),
+    )
 }
 
 fn name(raw: &[u8]) -> Peeked {
@@ -82,7 +86,9 @@ mod tests {
     #[test]
     fn absolute_form_wins_over_host() {
         assert_eq!(
-            name_of("GET http://user@alpha.localhost:8080/x?y HTTP/1.1\r\nHost: beta.localhost\r\n\r\n"),
+            name_of(
+                "GET http://user@alpha.localhost:8080/x?y HTTP/1.1\r\nHost: beta.localhost\r\n\r\n"
+            ),
             Peeked::Name(Some("alpha.localhost".into()))
         );
     }
@@ -98,15 +104,30 @@ mod tests {
         assert_eq!(name_of(partial), Peeked::NeedMore);
         assert_eq!(name_of("G"), Peeked::NeedMore);
         let long = format!("GET / HTTP/1.1\r\nX-Long: {}", "a".repeat(200));
-        assert_eq!(peek_request(long.as_bytes(), 100), Peeked::Invalid(Reject::TooLarge));
+        assert_eq!(
+            peek_request(long.as_bytes(), 100),
+            Peeked::Invalid(Reject::TooLarge)
+        );
     }
 
     #[test]
     fn refuses_what_is_not_http1() {
-        assert_eq!(name_of("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Peeked::Invalid(Reject::NotHttp));
-        assert_eq!(peek_request(&[22, 3, 1, 0, 200, 1], 16384), Peeked::Invalid(Reject::NotHttp));
-        assert_eq!(name_of("GET / HTTP/1.1\r\nHo\0st: a\r\n\r\n"), Peeked::Invalid(Reject::NotHttp));
-        assert_eq!(name_of("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), Peeked::Invalid(Reject::BadHost));
+        assert_eq!(
+            name_of("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Peeked::Invalid(Reject::NotHttp)
+        );
+        assert_eq!(
+            peek_request(&[22, 3, 1, 0, 200, 1], 16384),
+            Peeked::Invalid(Reject::NotHttp)
+        );
+        assert_eq!(
+            name_of("GET / HTTP/1.1\r\nHo\0st: a\r\n\r\n"),
+            Peeked::Invalid(Reject::NotHttp)
+        );
+        assert_eq!(
+            name_of("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
+            Peeked::Invalid(Reject::BadHost)
+        );
         assert_eq!(
             name_of("GET / HTTP/1.1\r\nHost: a.com\r\nHost: b.com\r\n\r\n"),
             Peeked::Invalid(Reject::BadHost)

@@ -7,6 +7,9 @@
 //! with the clear, so the task sleeps until *new* bytes arrive and costs nothing
 //! while a slow client dawdles.
 //!
+//! A read-closed readiness (the client shut its side) is never cleared by tokio,
+//! so an incomplete request from a client that has shut its side ends the peek.
+//!
 //! The peek buffer is a per-thread scratch buffer, not a per-connection one: a
 //! waiting connection holds no buffer at all.
 
@@ -84,6 +87,10 @@ pub async fn peek_until_named(
         let mut guard = socket.readable().await.map_err(|_| PeekFailure::Closed)?;
         match peek_now(socket.get_ref().as_fd(), protocol, max)? {
             Peeked::Name(name) => return Ok(name),
+            // The client shut its side with the request incomplete: nothing
+            // more will come, and tokio never clears a read-closed readiness,
+            // so waiting again would spin.
+            Peeked::NeedMore if guard.ready().is_read_closed() => return Err(PeekFailure::Closed),
             Peeked::NeedMore => guard.clear_ready(),
             Peeked::Invalid(reject) => return Err(PeekFailure::Invalid(reject)),
         }

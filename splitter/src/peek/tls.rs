@@ -96,7 +96,7 @@ fn server_name(message: &[u8]) -> Peeked {
         return Peeked::Name(None);
     };
     let extensions = match tls_parser::parse_tls_client_hello_extensions(ext) {
-        Ok((rest, extensions)) if rest.is_empty() => extensions,
+        Ok((&[], extensions)) => extensions,
         _ => return Peeked::Invalid(Reject::BadClientHello),
     };
     let mut names = extensions.iter().filter_map(|e| match e {
@@ -159,14 +159,21 @@ pub(crate) mod tests {
     #[test]
     fn finds_sni_of_a_real_client_hello() {
         let hello = rustls_client_hello("Alpha.Localhost");
-        assert_eq!(peek_client_hello(&hello, 16384), Peeked::Name(Some("alpha.localhost".into())));
+        assert_eq!(
+            peek_client_hello(&hello, 16384),
+            Peeked::Name(Some("alpha.localhost".into()))
+        );
     }
 
     #[test]
     fn every_prefix_asks_for_more() {
         let hello = rustls_client_hello("alpha.localhost");
         for cut in 0..hello.len() {
-            assert_eq!(peek_client_hello(&hello[..cut], 16384), Peeked::NeedMore, "cut at {cut}");
+            assert_eq!(
+                peek_client_hello(&hello[..cut], 16384),
+                Peeked::NeedMore,
+                "cut at {cut}"
+            );
         }
     }
 
@@ -191,30 +198,60 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_what_is_not_a_client_hello() {
-        assert_eq!(peek_client_hello(b"GET / HTTP/1.1\r\n", 16384), Peeked::Invalid(Reject::NotTls));
-        assert_eq!(peek_client_hello(&[0x80, 0x2e, 0x01, 0x03, 0x01], 16384), Peeked::Invalid(Reject::Sslv2));
-        assert_eq!(peek_client_hello(&[22, 3, 1, 0, 0], 16384), Peeked::Invalid(Reject::BadRecord));
-        assert_eq!(peek_client_hello(&[22, 3, 1, 0x48, 0x01], 16384), Peeked::Invalid(Reject::BadRecord));
-        assert_eq!(peek_client_hello(&[22, 9, 1, 0, 4], 16384), Peeked::Invalid(Reject::NotTls));
+        assert_eq!(
+            peek_client_hello(b"GET / HTTP/1.1\r\n", 16384),
+            Peeked::Invalid(Reject::NotTls)
+        );
+        assert_eq!(
+            peek_client_hello(&[0x80, 0x2e, 0x01, 0x03, 0x01], 16384),
+            Peeked::Invalid(Reject::Sslv2)
+        );
+        assert_eq!(
+            peek_client_hello(&[22, 3, 1, 0, 0], 16384),
+            Peeked::Invalid(Reject::BadRecord)
+        );
+        assert_eq!(
+            peek_client_hello(&[22, 3, 1, 0x48, 0x01], 16384),
+            Peeked::Invalid(Reject::BadRecord)
+        );
+        assert_eq!(
+            peek_client_hello(&[22, 9, 1, 0, 4], 16384),
+            Peeked::Invalid(Reject::NotTls)
+        );
         // A ServerHello where a ClientHello belongs.
-        assert_eq!(peek_client_hello(&[22, 3, 1, 0, 4, 2, 0, 0, 0], 16384), Peeked::Invalid(Reject::BadClientHello));
+        assert_eq!(
+            peek_client_hello(&[22, 3, 1, 0, 4, 2, 0, 0, 0], 16384),
+            Peeked::Invalid(Reject::BadClientHello)
+        );
         // A ClientHello whose body is garbage.
-        assert_eq!(peek_client_hello(&[22, 3, 1, 0, 6, 1, 0, 0, 2, 0xff, 0xff], 16384), Peeked::Invalid(Reject::BadClientHello));
+        assert_eq!(
+            peek_client_hello(&[22, 3, 1, 0, 6, 1, 0, 0, 2, 0xff, 0xff], 16384),
+            Peeked::Invalid(Reject::BadClientHello)
+        );
     }
 
     #[test]
     fn refuses_hellos_beyond_max_peek_bytes() {
         let hello = rustls_client_hello("alpha.localhost");
         assert_eq!(peek_client_hello(&hello[..3], 100), Peeked::NeedMore);
-        assert_eq!(peek_client_hello(&hello, 100), Peeked::Invalid(Reject::TooLarge));
+        assert_eq!(
+            peek_client_hello(&hello, 100),
+            Peeked::Invalid(Reject::TooLarge)
+        );
     }
 
     #[test]
     fn refuses_an_invalid_server_name() {
         let hello = rustls_client_hello("alpha.localhost");
-        let at = hello.windows(15).position(|w| w == b"alpha.localhost").unwrap();
+        let at = hello
+            .windows(15)
+            .position(|w| w == b"alpha.localhost")
+            .unwrap();
         let mut bad = hello.clone();
         bad[at + 5] = b'/';
-        assert_eq!(peek_client_hello(&bad, 16384), Peeked::Invalid(Reject::BadServerName));
+        assert_eq!(
+            peek_client_hello(&bad, 16384),
+            Peeked::Invalid(Reject::BadServerName)
+        );
     }
 }

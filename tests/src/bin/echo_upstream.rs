@@ -27,10 +27,16 @@ fn options() -> Result<Options, String> {
             "--listen" => listen = args.next(),
             "--name" => name = args.next().ok_or("--name needs a value")?,
             "--body-size" => {
-                body_size = Some(args.next().and_then(|v| v.parse().ok()).ok_or("--body-size needs a number")?)
+                body_size = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--body-size needs a number")?,
+                )
             }
             "-h" | "--help" => {
-                return Err("usage: echo-upstream --listen ADDR [--name NAME] [--body-size BYTES]".into())
+                return Err(
+                    "usage: echo-upstream --listen ADDR [--name NAME] [--body-size BYTES]".into(),
+                )
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
@@ -50,7 +56,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     match runtime.block_on(serve(options)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -62,9 +71,15 @@ fn main() -> std::process::ExitCode {
 
 async fn serve(options: Options) -> io::Result<()> {
     let listener = TcpListener::bind(&options.listen).await?;
-    eprintln!("echo-upstream {} listening on {}", options.name, listener.local_addr()?);
+    eprintln!(
+        "echo-upstream {} listening on {}",
+        options.name,
+        listener.local_addr()?
+    );
     let name: &'static str = Box::leak(options.name.into_boxed_str());
-    let fixed_body: Option<&'static [u8]> = options.body_size.map(|n| &*Box::leak(vec![b'x'; n].into_boxed_slice()));
+    let fixed_body: Option<&'static [u8]> = options
+        .body_size
+        .map(|n| &*Box::leak(vec![b'x'; n].into_boxed_slice()));
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
@@ -73,7 +88,11 @@ async fn serve(options: Options) -> io::Result<()> {
     }
 }
 
-async fn connection(mut stream: TcpStream, name: &str, fixed_body: Option<&[u8]>) -> io::Result<()> {
+async fn connection(
+    mut stream: TcpStream,
+    name: &str,
+    fixed_body: Option<&[u8]>,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?.to_string();
     let mut buf = Vec::with_capacity(8192);
@@ -95,7 +114,10 @@ async fn connection(mut stream: TcpStream, name: &str, fixed_body: Option<&[u8]>
                         if h.name.eq_ignore_ascii_case("connection") {
                             close = value.eq_ignore_ascii_case("close");
                         }
-                        header_map.insert(h.name.to_ascii_lowercase(), serde_json::Value::String(value));
+                        header_map.insert(
+                            h.name.to_ascii_lowercase(),
+                            serde_json::Value::String(value),
+                        );
                     }
                     let body = match fixed_body {
                         Some(body) => body.to_vec(),
@@ -114,7 +136,11 @@ async fn connection(mut stream: TcpStream, name: &str, fixed_body: Option<&[u8]>
                     };
                     let mut response = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
-                        if fixed_body.is_some() { "text/plain" } else { "application/json" },
+                        if fixed_body.is_some() {
+                            "text/plain"
+                        } else {
+                            "application/json"
+                        },
                         body.len(),
                         if close { "Connection: close\r\n" } else { "" }
                     )
@@ -132,7 +158,8 @@ async fn connection(mut stream: TcpStream, name: &str, fixed_body: Option<&[u8]>
                 return Ok(());
             }
             let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut chunk)).await??;
+            let n =
+                tokio::time::timeout(Duration::from_secs(60), stream.read(&mut chunk)).await??;
             if n == 0 {
                 return Ok(());
             }
