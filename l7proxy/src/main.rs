@@ -6,6 +6,8 @@
 //! terminating TLS with the tenant's own certificate, routing by path, and
 //! proxying to the tenant's upstreams.
 
+#![forbid(unsafe_code)]
+
 mod handed;
 mod proxy;
 mod routes;
@@ -16,7 +18,6 @@ mod upstream;
 use clap::Parser;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -157,17 +158,9 @@ fn run(cli: Cli) -> Result<(), String> {
             server.add_service(service);
         }
         None => {
-            let fd: i32 = std::env::var(HANDOFF_FD_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| {
-                    format!("no handoff socket: {HANDOFF_FD_ENV} is not set. l7proxy is started by `splitter`; to run it alone pass --listen ADDR[,tls]")
-                })?;
-            // SAFETY: the splitter passed us this descriptor to own.
-            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-            // Keep it out of anything this process might spawn.
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-                .map_err(|e| format!("handoff descriptor {fd} is not open ({e}); was l7proxy started by the splitter?"))?;
+            let socket = switchyard_shared::sys::take_inherited_fd(HANDOFF_FD_ENV).map_err(|e| {
+                format!("no handoff socket: {e}. l7proxy is started by `splitter`; to run it alone pass --listen ADDR[,tls]")
+            })?;
             let app = pingora::proxy::http_proxy(&conf, logic);
             let acceptor = certificate.map(|cert| tls::settings(cert).build());
             let service =

@@ -19,7 +19,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_shared::handoff::{self, ConnMeta, ConnProtocol, Message};
-use tokio::io::unix::AsyncFd;
 use tracing::{debug, error, info, warn};
 
 /// How long a client may take to complete its TLS handshake (as Pingora's listener).
@@ -57,8 +56,8 @@ impl<A> HandoffService<A> {
 
 /// Asks the whole process for a graceful stop, the way an operator would.
 fn request_graceful_stop() {
-    // SAFETY: kill(2) on our own pid; Pingora's SIGTERM handler does the rest.
-    unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
+    // Pingora's SIGTERM handler does the rest.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
 }
 
 #[async_trait]
@@ -74,8 +73,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
             error!(tenant = %self.tenant, "handoff service started twice");
             return;
         };
-        // SAFETY: the OwnedFd is owned by the AsyncFd until this function returns.
-        let socket = match unsafe { AsyncFd::register(socket) } {
+        let socket = match switchyard_shared::sys::register(socket) {
             Ok(socket) => socket,
             Err(e) => {
                 error!(tenant = %self.tenant, error = %e, "cannot register the handoff socket");

@@ -8,11 +8,20 @@
 //! * [`units`]: duration and size strings (`"500ms"`, `"256MiB"`).
 //! * [`logging`]: the `tracing` subscriber both binaries install.
 //!
+//! * [`sys`]: safe wrappers over the system calls the binaries need.
+//!
 //! The splitter links this crate, so it must stay free of Pingora and of anything
-//! that reads private keys.
+//! that reads private keys. `unsafe` code lives only in [`handoff`] (descriptors
+//! received with `SCM_RIGHTS`) and [`sys`]; the binaries forbid it.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod config;
+#[allow(unsafe_code)]
 pub mod handoff;
 pub mod host;
 pub mod logging;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod units;

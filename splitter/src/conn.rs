@@ -97,11 +97,3 @@ impl AsFd for ClientConn {
         self.fd.as_fd()
     }
 }
-
-/// Registers a descriptor-owning value with tokio's reactor.
-pub fn register<T: std::os::fd::AsRawFd>(io: T) -> std::io::Result<tokio::io::unix::AsyncFd<T>> {
-    // SAFETY: every `T` used here owns its descriptor (`OwnedFd`, `TcpListener`);
-    // it is neither closed nor replaced while registered, and `into_inner`
-    // deregisters before the descriptor is handed on.
-    Ok(unsafe { tokio::io::unix::AsyncFd::register(io) }?)
-}

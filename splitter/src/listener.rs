@@ -13,7 +13,7 @@ use crate::routing::RoutingTable;
 use crate::tenant::Tenant;
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_shared::config::{ListenerConfig, Protocol, SplitterSettings};
@@ -61,7 +61,7 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let listener = match crate::conn::register(listener) {
+    let listener = match switchyard_shared::sys::register(listener) {
         Ok(listener) => listener,
         Err(e) => {
             warn!(port, error = %e, "cannot register listener");
@@ -79,22 +79,13 @@ pub async fn accept_loop(
         };
         // Several accepts per wake-up, until the queue is empty.
         loop {
-            // SAFETY: accept4 on our listening socket; a returned fd is ours.
-            let fd = unsafe {
-                libc::accept4(
-                    listener.get_ref().as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                )
+            let err = match switchyard_shared::sys::accept(listener.get_ref().as_fd()) {
+                Ok(fd) => {
+                    accepted(&front, fd, protocol, port);
+                    continue;
+                }
+                Err(err) => err,
             };
-            if fd >= 0 {
-                // SAFETY: accept4 just returned this new descriptor.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                accepted(&front, fd, protocol, port);
-                continue;
-            }
-            let err = io::Error::last_os_error();
             match err.raw_os_error() {
                 Some(libc::EAGAIN) => {
                     guard.clear_ready();
@@ -147,7 +138,7 @@ fn accepted(front: &Arc<Front>, fd: OwnedFd, protocol: Protocol, port: u16) {
 }
 
 async fn wait_and_route(front: Arc<Front>, mut conn: ClientConn) {
-    let socket = match crate::conn::register(conn.fd) {
+    let socket = match switchyard_shared::sys::register(conn.fd) {
         Ok(socket) => socket,
         Err(e) => {
             warn!(error = %e, "cannot register a connection for peeking");

@@ -6,6 +6,8 @@
 //! splitter touches no byte of the connection. It links no TLS stack and never
 //! opens a tenant's private key.
 
+#![forbid(unsafe_code)]
+
 mod conn;
 mod listener;
 mod peek;

@@ -117,39 +117,26 @@ pub async fn supervise(tenant: Arc<Tenant>, spec: SpawnSpec, mut stop: watch::Re
 
 fn spawn(tenant: &Arc<Tenant>, spec: &SpawnSpec) -> io::Result<(ProcKey, Child, HandoffSocket)> {
     let (ours, theirs) = handoff::seqpacket_pair()?;
-    let their_fd = theirs.as_raw_fd();
-    let mut command = Command::new(&spec.l7proxy);
+    let mut command = std::process::Command::new(&spec.l7proxy);
     command
         .arg("--tenant")
         .arg(tenant.name())
         .arg("--config")
         .arg(&spec.host_config)
         .env_clear()
-        .env(HANDOFF_FD_ENV, their_fd.to_string())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+        .env(HANDOFF_FD_ENV, theirs.as_raw_fd().to_string())
+        .stdin(Stdio::null());
     for name in PASSED_ENV {
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
         }
     }
-    // SAFETY: only async-signal-safe calls (fcntl, prctl) between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            // Let the child inherit its end of the handoff socket.
-            if libc::fcntl(their_fd, libc::F_SETFD, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // A tenant must not outlive a splitter that was killed outright.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn()?;
+    // The child inherits its end of the handoff socket, and a tenant must not
+    // outlive a splitter that was killed outright.
+    switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
+    let child = Command::from(command).kill_on_drop(true).spawn()?;
     drop(theirs);
-    let socket: HandoffSocket = Arc::new(crate::conn::register(ours)?);
+    let socket: HandoffSocket = Arc::new(switchyard_shared::sys::register(ours)?);
     let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
     tenant.add_process(key, socket.clone());
     Ok((key, child, socket))
@@ -177,8 +164,11 @@ async fn run(
 
 async fn terminate(child: &mut Child, pid: u32) -> String {
     if pid != 0 {
-        // SAFETY: plain kill(2) on our own child's pid, which we have not reaped.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        // Our own child, not yet reaped: the pid cannot have been reused.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
     match tokio::time::timeout(STOP_GRACE, child.wait()).await {
         Ok(status) => describe(status),

@@ -15,7 +15,6 @@
 
 use super::{http, tls, Peeked, Reject};
 use std::cell::RefCell;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use switchyard_shared::config::Protocol;
 use tokio::io::unix::AsyncFd;
@@ -42,33 +41,27 @@ pub fn peek_now(fd: BorrowedFd<'_>, protocol: Protocol, max: usize) -> Result<Pe
         if buf.len() < max {
             buf.resize(max, 0);
         }
-        // SAFETY: `buf` is valid for `max` bytes of writes.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                max,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
+        use nix::sys::socket::{recv, MsgFlags};
+        let n = match recv(
+            fd.as_raw_fd(),
+            &mut buf[..max],
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => return Err(PeekFailure::Closed),
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
+                return Ok(Peeked::NeedMore)
+            }
+            Err(_) => return Err(PeekFailure::Closed),
         };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            return match err.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(Peeked::NeedMore),
-                _ => Err(PeekFailure::Closed),
-            };
-        }
-        if n == 0 {
-            return Err(PeekFailure::Closed);
-        }
-        let bytes = &buf[..n as usize];
+        let bytes = &buf[..n];
         let peeked = match protocol {
             Protocol::Tls => tls::peek_client_hello(bytes, max),
             Protocol::Http => http::peek_request(bytes, max),
         };
         match peeked {
             // The whole allowance is there and still no answer.
-            Peeked::NeedMore if n as usize >= max => Err(PeekFailure::Invalid(Reject::TooLarge)),
+            Peeked::NeedMore if n >= max => Err(PeekFailure::Invalid(Reject::TooLarge)),
             Peeked::Invalid(reject) => Err(PeekFailure::Invalid(reject)),
             other => Ok(other),
         }

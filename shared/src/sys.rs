@@ -1,0 +1,68 @@
+//! The few system calls Switchyard makes that Rust cannot check, wrapped so the
+//! binaries need no `unsafe` of their own (they `forbid` it). Every descriptor
+//! becomes an [`OwnedFd`] in the function that received it from the kernel.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use tokio::io::unix::AsyncFd;
+
+/// Accepts one connection: non-blocking and close-on-exec from the start.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let fd = nix::sys::socket::accept4(
+        listener.as_raw_fd(),
+        nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: accept4 just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Registers a descriptor-owning value with tokio's reactor.
+///
+/// The value must own its descriptor (`OwnedFd`, `TcpListener`, …); it stays open
+/// and unchanged while registered, and `AsyncFd::into_inner` deregisters it
+/// before it is handed on.
+pub fn register<T: AsRawFd>(io: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: `T` owns its descriptor, which lives as long as the AsyncFd
+    // (tokio's requirement since the I/O-safety change of `AsyncFd::new`).
+    Ok(unsafe { AsyncFd::register(io) }?)
+}
+
+/// Takes ownership of a descriptor inherited from the parent, named by the
+/// environment variable `env`, and marks it close-on-exec.
+pub fn take_inherited_fd(env: &str) -> Result<OwnedFd, String> {
+    let value = std::env::var(env).map_err(|_| format!("{env} is not set"))?;
+    let fd: RawFd = value
+        .parse()
+        .ok()
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| format!("{env}={value:?} is not a descriptor number above 2"))?;
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| format!("descriptor {fd} from {env} is not open ({e})"))?;
+    // SAFETY: the descriptor is open (fcntl succeeded) and the parent passed it
+    // for this process to own; the variable is removed so nothing takes it twice.
+    std::env::remove_var(env);
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Prepares `command` so the child inherits `fd` (under the same number) and
+/// receives SIGTERM if the thread that spawned it dies (the splitter exiting).
+pub fn inherit_and_die_with_parent(command: &mut std::process::Command, fd: BorrowedFd<'_>) {
+    use std::os::unix::process::CommandExt;
+    let raw = fd.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (fcntl, prctl), on a descriptor number valid in the child.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
