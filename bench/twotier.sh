@@ -43,7 +43,7 @@ addr = "127.0.0.1:18080"
 protocol = "http"
 [[tenant]]
 name = "bench"
-hosts = ["bench.localhost"]
+hosts = ["localhost"]
 config = "tenants/bench.toml"
 processes = 1
 threads = 1
@@ -60,7 +60,7 @@ taskset -c 1 ./target/release/l7proxy --tenant bench --config "$OUT/host.toml" -
 single_tls_pid=$!
 taskset -c 1 ./target/release/l7proxy --tenant bench --config "$OUT/host.toml" --listen 127.0.0.1:18180 & pids+=($!)
 single_http_pid=$!
-for url in https://bench.localhost:18443/ http://bench.localhost:18080/ https://bench.localhost:18543/ http://bench.localhost:18180/; do
+for url in https://localhost:18443/ http://localhost:18080/ https://localhost:18543/ http://localhost:18180/; do
     for _ in $(seq 100); do curl -skf -o /dev/null "$url" && break; sleep 0.1; done
 done
 
@@ -96,14 +96,14 @@ run() { # setup scheme url conn_header pids...
 echo "==> $ROUNDS rounds × ${DURATION}s, wrk -t1 -c$CONNS; proxies on CPU 1, wrk + upstream on CPU 0"
 for round in $(seq "$ROUNDS"); do
     echo "-- round $round"
-    run single  tls-keepalive  https://bench.localhost:18543/ "" $single_tls_pid
-    run twotier tls-keepalive  https://bench.localhost:18443/ "" $splitter_pid
-    run single  http-keepalive http://bench.localhost:18180/  "" $single_http_pid
-    run twotier http-keepalive http://bench.localhost:18080/  "" $splitter_pid
-    run single  tls-close      https://bench.localhost:18543/ "Connection: close" $single_tls_pid
-    run twotier tls-close      https://bench.localhost:18443/ "Connection: close" $splitter_pid
-    run single  http-close     http://bench.localhost:18180/  "Connection: close" $single_http_pid
-    run twotier http-close     http://bench.localhost:18080/  "Connection: close" $splitter_pid
+    run single  tls-keepalive  https://localhost:18543/ "" $single_tls_pid
+    run twotier tls-keepalive  https://localhost:18443/ "" $splitter_pid
+    run single  http-keepalive http://localhost:18180/  "" $single_http_pid
+    run twotier http-keepalive http://localhost:18080/  "" $splitter_pid
+    run single  tls-close      https://localhost:18543/ "Connection: close" $single_tls_pid
+    run twotier tls-close      https://localhost:18443/ "Connection: close" $splitter_pid
+    run single  http-close     http://localhost:18180/  "Connection: close" $single_http_pid
+    run twotier http-close     http://localhost:18080/  "Connection: close" $splitter_pid
 done
 
 python3 - "$results" "$OUT/twotier.md" "$ROUNDS" "$DURATION" "$CONNS" <<'PY'
