@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Switchyard's tests: builds every binary (the black-box tests start the
-# real splitter and l7proxy), then runs unit and black-box tests.
+# real splitter and l7proxy), then runs unit and black-box tests, and closes with
+# one summary line over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/setup.sh
@@ -8,4 +9,12 @@ switchyard_need_packages
 echo "==> building the workspace (the first build compiles Pingora: several minutes)"
 cargo build --workspace --bins
 echo "==> running the tests"
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+passed=$(awk '/^test result:/ { sum += $4 } END { print sum + 0 }' "$log")
+failed=$(awk '/^test result:/ { sum += $6 } END { print sum + 0 }' "$log")
+echo
+echo "all tests: ${passed} passed, ${failed} failed"
+exit "$status"
