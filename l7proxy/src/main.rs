@@ -21,9 +21,8 @@ use pingora::server::Server;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use switchyard_shared::config::{HostConfig, TenantFile, UnknownHost};
+use switchyard_shared::config::{HostConfig, TenantFile};
 use switchyard_shared::handoff::HANDOFF_FD_ENV;
-use switchyard_shared::host::HostTable;
 use tracing::{error, info};
 
 /// Switchyard's tenant process: a Pingora proxy for one site.
@@ -77,18 +76,10 @@ fn run(cli: Cli) -> Result<(), String> {
         .clone();
     let file = TenantFile::load(&entry.config).map_err(|e| e.to_string())?;
 
-    let mut owners = HostTable::new();
-    for tenant in &host.tenants {
-        let owner = if tenant.name == entry.name {
-            proxy::Owner::Us
-        } else {
-            proxy::Owner::Other(tenant.name.clone())
-        };
-        for pattern in &tenant.hosts {
-            owners.insert(pattern.clone(), owner.clone());
-        }
-    }
-    let takes_unknown_hosts = host.splitter.unknown_host == UnknownHost::Tenant(entry.name.clone());
+    let hosts = Arc::new(arc_swap::ArcSwap::from_pointee(proxy::HostView::new(
+        &host,
+        &entry.name,
+    )));
 
     // Load balancers are filled once before the server starts.
     let setup = tokio::runtime::Builder::new_current_thread()
@@ -111,7 +102,7 @@ fn run(cli: Cli) -> Result<(), String> {
         ),
         None => None,
     };
-    let logic = proxy::TenantProxy::new(entry.name.clone(), owners, takes_unknown_hosts, routes);
+    let logic = proxy::TenantProxy::new(entry.name.clone(), hosts.clone(), routes);
 
     let conf = ServerConf {
         threads: entry.threads,
@@ -164,10 +155,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let app = pingora::proxy::http_proxy(&conf, logic);
             let acceptor = certificate.map(|cert| tls::settings(cert).build());
             let service =
-                service::HandoffService::new(&entry.name, socket, app, acceptor, entry.threads);
+                service::HandoffService::new(&entry.name, socket, app, acceptor, entry.threads)
+                    .reload_hosts_on_sighup(cli.config.clone(), hosts);
             server.add_service(service);
         }
     }
-    let _ = Arc::clone(&conf);
     server.run_forever();
 }

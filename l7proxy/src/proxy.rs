@@ -5,6 +5,7 @@
 
 use crate::routes::{RouteTable, Target};
 use crate::upstream::Upstream;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -16,6 +17,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use switchyard_shared::config::{HostConfig, UnknownHost};
 use switchyard_shared::host::{normalize, HostTable};
 use tracing::info;
 
@@ -31,16 +33,46 @@ pub enum Owner {
 /// The largest request body the echo responder reads.
 const ECHO_BODY_LIMIT: usize = 1 << 20;
 
-/// One tenant's proxy logic.
+/// Which names this tenant answers, from the host file; replaced whole when the
+/// splitter reloads the host file and signals the tenant (SIGHUP).
 #[derive(Debug)]
-pub struct TenantProxy {
-    /// The tenant's name.
-    pub tenant: String,
+pub struct HostView {
     /// Every host of every tenant, so a misdirected request can be recognised.
     pub owners: HostTable<Owner>,
     /// Whether this tenant is the host file's `unknown_host` tenant, which takes
     /// every name no tenant claims.
     pub takes_unknown_hosts: bool,
+}
+
+impl HostView {
+    /// The view of `tenant` in a host file.
+    pub fn new(host: &HostConfig, tenant: &str) -> HostView {
+        let mut owners = HostTable::new();
+        for entry in &host.tenants {
+            let owner = if entry.name == tenant {
+                Owner::Us
+            } else {
+                Owner::Other(entry.name.clone())
+            };
+            for pattern in &entry.hosts {
+                owners.insert(pattern.clone(), owner.clone());
+            }
+        }
+        HostView {
+            owners,
+            takes_unknown_hosts: host.splitter.unknown_host
+                == UnknownHost::Tenant(tenant.to_string()),
+        }
+    }
+}
+
+/// One tenant's proxy logic.
+#[derive(Debug)]
+pub struct TenantProxy {
+    /// The tenant's name.
+    pub tenant: String,
+    /// The names it answers.
+    pub hosts: Arc<ArcSwap<HostView>>,
     /// The tenant's routes.
     pub routes: RouteTable,
     pid: u32,
@@ -49,16 +81,10 @@ pub struct TenantProxy {
 
 impl TenantProxy {
     /// Creates the proxy logic of `tenant`.
-    pub fn new(
-        tenant: String,
-        owners: HostTable<Owner>,
-        takes_unknown_hosts: bool,
-        routes: RouteTable,
-    ) -> TenantProxy {
+    pub fn new(tenant: String, hosts: Arc<ArcSwap<HostView>>, routes: RouteTable) -> TenantProxy {
         TenantProxy {
             tenant,
-            owners,
-            takes_unknown_hosts,
+            hosts,
             routes,
             pid: std::process::id(),
             requests: AtomicU64::new(0),
@@ -116,10 +142,11 @@ async fn respond_json(
 
 impl TenantProxy {
     fn owner_allows(&self, host: &str) -> std::result::Result<(), Option<String>> {
-        match self.owners.lookup(host) {
+        let view = self.hosts.load();
+        match view.owners.lookup(host) {
             Some(Owner::Us) => Ok(()),
             Some(Owner::Other(other)) => Err(Some(other.clone())),
-            None if self.takes_unknown_hosts => Ok(()),
+            None if view.takes_unknown_hosts => Ok(()),
             None => Err(None),
         }
     }
@@ -193,7 +220,7 @@ impl ProxyHttp for TenantProxy {
                 respond_json(session, 400, &json!({"error": "the Host header is not a valid host name", "tenant": self.tenant, "request_id": ctx.request_id}), &[]).await?;
                 return Ok(true);
             }
-            None if self.takes_unknown_hosts => String::new(),
+            None if self.hosts.load().takes_unknown_hosts => String::new(),
             None => {
                 respond_json(session, 400, &json!({"error": "a Host header is required", "tenant": self.tenant, "request_id": ctx.request_id}), &[]).await?;
                 return Ok(true);

@@ -8,6 +8,8 @@
 //! `ServerApp::process_new` loop Pingora's own listening service uses.
 
 use crate::handed::HandedStream;
+use crate::proxy::HostView;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
@@ -16,8 +18,10 @@ use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use switchyard_shared::config::HostConfig;
 use switchyard_shared::handoff::{self, ConnMeta, ConnProtocol, Message};
 use tracing::{debug, error, info, warn};
 
@@ -32,6 +36,7 @@ pub struct HandoffService<A> {
     app: Arc<A>,
     tls: Option<Arc<Acceptor>>,
     threads: usize,
+    host_reload: Option<(PathBuf, Arc<ArcSwap<HostView>>)>,
 }
 
 impl<A> HandoffService<A> {
@@ -50,6 +55,50 @@ impl<A> HandoffService<A> {
             app: Arc::new(app),
             tls: tls.map(Arc::new),
             threads,
+            host_reload: None,
+        }
+    }
+
+    /// On SIGHUP, re-read the tenant's hosts from `host_file` into `view` (the
+    /// splitter signals a tenant whose hosts changed in a reload).
+    pub fn reload_hosts_on_sighup(
+        mut self,
+        host_file: PathBuf,
+        view: Arc<ArcSwap<HostView>>,
+    ) -> Self {
+        self.host_reload = Some((host_file, view));
+        self
+    }
+}
+
+async fn reload_hosts_on_sighup(tenant: String, host_file: PathBuf, view: Arc<ArcSwap<HostView>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        warn!(tenant = %tenant, "cannot watch SIGHUP; host changes need a restart of this tenant");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match HostConfig::load(&host_file) {
+            Ok(host) => {
+                view.store(Arc::new(HostView::new(&host, &tenant)));
+                info!(tenant = %tenant, "SIGHUP: host names re-read");
+            }
+            Err(e) => {
+                warn!(tenant = %tenant, error = %e, "SIGHUP: host file invalid; keeping the host names in use")
+            }
+        }
+    }
+}
+
+/// The test-only fault switch of [`handoff::FAULT_DIE_ON_CONN_ENV`].
+fn die_if_fault_requested(seq: u64) {
+    if let Some(path) = std::env::var_os(handoff::FAULT_DIE_ON_CONN_ENV) {
+        if std::fs::remove_file(&path).is_ok() {
+            error!(
+                seq,
+                "fault injection: dying before acknowledging a connection"
+            );
+            std::process::abort();
         }
     }
 }
@@ -91,6 +140,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
             error!(tenant = %self.tenant, error = %e, "cannot greet the splitter over the handoff socket; exiting");
             request_graceful_stop();
             return;
+        }
+        if let Some((host_file, view)) = self.host_reload.clone() {
+            tokio::spawn(reload_hosts_on_sighup(self.tenant.clone(), host_file, view));
         }
         ready.notify_ready();
         info!(tenant = %self.tenant, pid = std::process::id(), "ready for handed-off connections");
@@ -171,6 +223,7 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
         match message {
             Message::Conn(meta) => {
                 let seq = meta.seq;
+                die_if_fault_requested(seq);
                 let mut fds = received.fds.into_iter();
                 match (fds.next(), fds.next()) {
                     (Some(fd), None) => self.serve(fd, meta, shutdown.clone()),

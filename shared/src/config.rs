@@ -300,7 +300,7 @@ pub struct Limits {
 }
 
 /// One `[[tenant]]` entry of the host file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantConfig {
     /// Unique tenant name (letters, digits, `-`, `_`).
     pub name: String,

@@ -31,6 +31,11 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// its inherited handoff descriptor.
 pub const HANDOFF_FD_ENV: &str = "SWITCHYARD_HANDOFF_FD";
 
+/// Fault injection for tests: when this variable names a file that exists, the
+/// l7proxy that next receives a `Conn` deletes the file and dies at once, before
+/// acknowledging it (so the splitter must hand the connection to another process).
+pub const FAULT_DIE_ON_CONN_ENV: &str = "SWITCHYARD_FAULT_DIE_ON_CONN";
+
 /// Largest encoded message (a `Conn` with a 255-byte server name is 279 bytes).
 pub const MAX_MESSAGE_LEN: usize = 512;
 

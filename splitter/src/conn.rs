@@ -22,6 +22,11 @@ impl PendingLimit {
         })
     }
 
+    /// Connections peeking or held right now.
+    pub fn current(&self) -> usize {
+        self.now.load(Ordering::Relaxed)
+    }
+
     /// Takes a place, or `None` when all `max` are taken.
     pub fn try_acquire(self: &Arc<Self>) -> Option<PendingSlot> {
         let mut now = self.now.load(Ordering::Relaxed);

@@ -10,7 +10,7 @@ use crate::peek::socket::{peek_now, peek_until_named, PeekFailure};
 use crate::peek::Peeked;
 use crate::reject::turn_away;
 use crate::routing::RoutingTable;
-use crate::tenant::Tenant;
+use arc_swap::ArcSwap;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
@@ -26,10 +26,8 @@ use tracing::{debug, warn};
 pub struct Front {
     /// `[splitter]` settings.
     pub settings: SplitterSettings,
-    /// Name → tenant index.
-    pub routes: RoutingTable,
-    /// The tenants, by index.
-    pub tenants: Vec<Arc<Tenant>>,
+    /// Name → tenant; replaced whole on reload.
+    pub routes: ArcSwap<RoutingTable>,
     /// Connections peeking or held.
     pub pending: Arc<PendingLimit>,
 }
@@ -180,10 +178,11 @@ fn refuse(conn: ClientConn, reject: crate::peek::Reject) {
 }
 
 fn route(front: &Front, mut conn: ClientConn, name: Option<String>) {
-    match front.routes.route(name.as_deref()) {
-        Some(index) => {
+    let routes = front.routes.load();
+    match routes.route(name.as_deref()) {
+        Some(tenant) => {
             conn.server_name = name;
-            front.tenants[index].dispatch(conn);
+            tenant.dispatch(conn);
         }
         None => {
             debug!(port = conn.local_port, name = ?name, "no tenant serves this name");

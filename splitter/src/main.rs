@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 mod conn;
+mod control;
+mod fleet;
 mod listener;
 mod peek;
 mod process;
@@ -41,6 +43,32 @@ enum Command {
     /// Validate the host file and every tenant file it names, like `nginx -t`.
     /// Prints `FILE:LINE:COL: message` for each problem; exits 0 when valid, 2 when not.
     Check,
+    /// Control a running splitter through `runtime_dir/control.sock`.
+    Ctl {
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlAction {
+    /// Tenants, their processes (pid, state, uptime, connections handed off),
+    /// held connections, restarts.
+    Status {
+        /// Print the JSON document instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rolling restart of one tenant: new processes first, then the old ones
+    /// drain; no connection is lost. Picks up a changed tenant file.
+    Restart {
+        /// The tenant's name.
+        tenant: String,
+    },
+    /// Re-read the host file: add and remove tenants, change hosts (as SIGHUP).
+    Reload,
+    /// Graceful stop: stop accepting, drain every tenant, exit (as SIGTERM).
+    Stop,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +77,11 @@ fn main() -> ExitCode {
         eprintln!("splitter: --config FILE is required (the host file, e.g. config/demo.toml)");
         return ExitCode::from(2);
     };
+    if let Some(Command::Ctl { action }) = cli.command {
+        return ctl(&config_path, action);
+    }
+    // One absolute path, so a reload compares like with like.
+    let config_path = std::fs::canonicalize(&config_path).unwrap_or(config_path);
     let config = match HostConfig::load_all(&config_path) {
         Ok((config, _tenant_files)) => config,
         Err(errors) => {
@@ -67,7 +100,59 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Some(Command::Ctl { .. }) => unreachable!("handled above"),
         None => run(config),
+    }
+}
+
+fn ctl(config_path: &std::path::Path, action: CtlAction) -> ExitCode {
+    // Only the runtime directory is needed to find the splitter; a reload is
+    // validated by the splitter itself, which reports any error.
+    let config = match HostConfig::load(config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("splitter ctl: the host file is invalid; fix it first (`splitter check --config {}`)", config_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let (request, json_output) = match &action {
+        CtlAction::Status { json } => (serde_json::json!({"command": "status"}), *json),
+        CtlAction::Restart { tenant } => (
+            serde_json::json!({"command": "restart", "tenant": tenant}),
+            false,
+        ),
+        CtlAction::Reload => (serde_json::json!({"command": "reload"}), false),
+        CtlAction::Stop => (serde_json::json!({"command": "stop"}), false),
+    };
+    let timeout = std::time::Duration::from_secs(90);
+    match control::request(&config.splitter.runtime_dir, &request, timeout) {
+        Ok(answer) if answer["ok"] == true => {
+            if let Some(status) = answer.get("status") {
+                if json_output {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(status).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", control::render_status(status));
+                }
+            } else if let Some(message) = answer["message"].as_str() {
+                println!("{message}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprintln!(
+                "splitter ctl: {}",
+                answer["message"].as_str().unwrap_or("request failed")
+            );
+            ExitCode::FAILURE
+        }
+        Err(message) => {
+            eprintln!("splitter ctl: {message}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -102,9 +187,8 @@ fn run(config: HostConfig) -> ExitCode {
 }
 
 async fn serve(config: HostConfig) -> Result<(), String> {
-    let config_path = std::fs::canonicalize(&config.path)
-        .map_err(|e| format!("cannot resolve {}: {e}", config.path.display()))?;
-    let spec = process::SpawnSpec::locate(config_path).map_err(|e| e.to_string())?;
+    let config_path = config.path.clone();
+    let spec = process::SpawnSpec::locate(config_path.clone()).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&config.splitter.runtime_dir).map_err(|e| {
         format!(
             "cannot create runtime_dir {}: {e}",
@@ -125,63 +209,76 @@ async fn serve(config: HostConfig) -> Result<(), String> {
         listeners.push((socket, listen.protocol));
     }
 
-    let tenants: Vec<Arc<tenant::Tenant>> = config
-        .tenants
-        .iter()
-        .map(|t| tenant::Tenant::new(t.clone(), config.splitter.hold_timeout))
-        .collect();
+    let control_listener = control::bind(&control::socket_path(&config.splitter.runtime_dir))?;
     let front = Arc::new(listener::Front {
-        routes: routing::RoutingTable::new(&config),
+        routes: arc_swap::ArcSwap::from_pointee(routing::RoutingTable::default()),
         pending: conn::PendingLimit::new(config.splitter.max_pending),
         settings: config.splitter.clone(),
-        tenants: tenants.clone(),
     });
+    let fleet = fleet::Fleet::start(&config, spec, front.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut supervisors = Vec::new();
-    for tenant in &tenants {
-        tokio::spawn(tenant.clone().expire_held());
-        for _ in 0..tenant.config.processes {
-            supervisors.push(tokio::spawn(process::supervise(
-                tenant.clone(),
-                spec.clone(),
-                stop_rx.clone(),
-            )));
-        }
-    }
+    let mut accept_loops = Vec::new();
     for (socket, protocol) in listeners {
-        tokio::spawn(listener::accept_loop(
+        accept_loops.push(tokio::spawn(listener::accept_loop(
             front.clone(),
             socket,
             protocol,
             stop_rx.clone(),
-        ));
+        )));
     }
+    let stop_requested = Arc::new(tokio::sync::Notify::new());
+    let control_path = control::socket_path(&config.splitter.runtime_dir);
+    let control = tokio::spawn(control::serve(
+        control_listener,
+        fleet.clone(),
+        config_path.clone(),
+        stop_requested.clone(),
+    ));
 
-    let signal = wait_for_stop_signal().await;
+    let reason = wait_for_stop(&fleet, &config_path, &stop_requested).await;
     info!(
-        signal,
-        "stopping: no new connections; tenants get SIGTERM and finish in-flight requests"
+        reason,
+        "stopping: no new connections; tenants drain and finish in-flight requests"
     );
     let _ = stop_tx.send(true);
-    for supervisor in supervisors {
-        let _ = supervisor.await;
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
     }
+    fleet.stop().await;
+    control.abort();
+    let _ = std::fs::remove_file(control_path);
     info!("stopped");
     Ok(())
 }
 
-async fn wait_for_stop_signal() -> &'static str {
+/// Waits for SIGTERM, SIGINT or `ctl stop`, reloading on SIGHUP meanwhile.
+async fn wait_for_stop(
+    fleet: &fleet::Fleet,
+    config_path: &std::path::Path,
+    stop: &tokio::sync::Notify,
+) -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
-        std::future::pending::<()>().await;
-        unreachable!()
+        error!("cannot install signal handlers; stop with `splitter ctl stop`");
+        stop.notified().await;
+        return "ctl stop";
     };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = int.recv() => return "SIGINT",
+            _ = stop.notified() => return "ctl stop",
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the host file");
+                if let Err(e) = fleet.reload(config_path).await {
+                    error!("{e}");
+                }
+            }
+        }
     }
 }

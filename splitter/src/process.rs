@@ -73,12 +73,18 @@ impl SpawnSpec {
     }
 }
 
-/// Keeps one slot of `tenant`'s pool filled until `stop` turns true.
-pub async fn supervise(tenant: Arc<Tenant>, spec: SpawnSpec, mut stop: watch::Receiver<bool>) {
+/// Keeps one slot of `tenant`'s pool (in pool generation `generation`) filled
+/// until `stop` turns true; then drains the slot's process.
+pub async fn supervise(
+    tenant: Arc<Tenant>,
+    spec: SpawnSpec,
+    generation: u64,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = MIN_BACKOFF;
     while !*stop.borrow() {
         let started = Instant::now();
-        match spawn(&tenant, &spec) {
+        match spawn(&tenant, &spec, generation) {
             Ok((key, child, socket)) => {
                 let pid = child.id().unwrap_or(0);
                 info!(tenant = %tenant.name(), pid, "tenant process started");
@@ -89,6 +95,7 @@ pub async fn supervise(tenant: Arc<Tenant>, spec: SpawnSpec, mut stop: watch::Re
                     return;
                 }
                 let lived = started.elapsed();
+                tenant.counters.restarts.fetch_add(1, Ordering::Relaxed);
                 error!(
                     tenant = %tenant.name(),
                     pid,
@@ -98,6 +105,12 @@ pub async fn supervise(tenant: Arc<Tenant>, spec: SpawnSpec, mut stop: watch::Re
                 );
                 if lived >= STABLE_AFTER {
                     backoff = MIN_BACKOFF;
+                } else if backoff >= MAX_BACKOFF {
+                    error!(
+                        tenant = %tenant.name(),
+                        backoff_s = backoff.as_secs(),
+                        "tenant keeps crashing; respawning at the slowest rate (fix its configuration or upstream, then `splitter ctl restart`)"
+                    );
                 }
             }
             Err(e) => error!(
@@ -115,7 +128,11 @@ pub async fn supervise(tenant: Arc<Tenant>, spec: SpawnSpec, mut stop: watch::Re
     }
 }
 
-fn spawn(tenant: &Arc<Tenant>, spec: &SpawnSpec) -> io::Result<(ProcKey, Child, HandoffSocket)> {
+fn spawn(
+    tenant: &Arc<Tenant>,
+    spec: &SpawnSpec,
+    generation: u64,
+) -> io::Result<(ProcKey, Child, HandoffSocket)> {
     let (ours, theirs) = handoff::seqpacket_pair()?;
     let mut command = std::process::Command::new(&spec.l7proxy);
     command
@@ -138,7 +155,7 @@ fn spawn(tenant: &Arc<Tenant>, spec: &SpawnSpec) -> io::Result<(ProcKey, Child, 
     drop(theirs);
     let socket: HandoffSocket = Arc::new(switchyard_shared::sys::register(ours)?);
     let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-    tenant.add_process(key, socket.clone());
+    tenant.add_process(key, generation, socket.clone());
     Ok((key, child, socket))
 }
 
@@ -159,7 +176,14 @@ async fn run(
         _ = stop.changed() => {}
     }
     tenant.mark_draining(key);
-    terminate(&mut child, pid).await
+    // Ask for a graceful drain; the process finishes in-flight requests and exits.
+    if let Err(e) = handoff::send(socket.get_ref().as_fd(), &Message::Drain, None) {
+        warn!(tenant = %tenant.name(), pid, error = %e, "cannot send Drain; sending SIGTERM");
+    }
+    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+        Ok(status) => describe(status),
+        Err(_) => terminate(&mut child, pid).await,
+    }
 }
 
 async fn terminate(child: &mut Child, pid: u32) -> String {

@@ -36,18 +36,21 @@ pub struct TenantCounters {
     pub rehanded: AtomicU64,
     /// Sends that found a process's handoff socket full.
     pub socket_full: AtomicU64,
+    /// Processes that exited unexpectedly and were respawned.
+    pub restarts: AtomicU64,
 }
 
 /// One tenant: its configuration, pool and hold queue.
 #[derive(Debug)]
 pub struct Tenant {
-    /// The host file's entry.
-    pub config: TenantConfig,
+    name: String,
+    config: Mutex<TenantConfig>,
     /// Counters for logs and status.
     pub counters: TenantCounters,
     hold_timeout: Duration,
     state: Mutex<PoolState>,
     hold_changed: Notify,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -60,28 +63,83 @@ struct PoolState {
 #[derive(Debug)]
 struct ProcEntry {
     key: ProcKey,
+    generation: u64,
     pid: u32,
     socket: HandoffSocket,
-    ready: bool,
+    state: ProcState,
+    started: Instant,
+    handed: u64,
     next_seq: u64,
     unacked: VecDeque<(u64, ClientConn)>,
+}
+
+/// Where a tenant process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcState {
+    /// Spawned, not yet `Ready`.
+    Starting,
+    /// Takes connections.
+    Ready,
+    /// Takes no new connections; finishing what it has.
+    Draining,
+}
+
+impl ProcState {
+    /// Name for status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcState::Starting => "starting",
+            ProcState::Ready => "ready",
+            ProcState::Draining => "draining",
+        }
+    }
+}
+
+/// A process as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct ProcStatus {
+    /// Its pid (0 until its `Hello`).
+    pub pid: u32,
+    /// Its state.
+    pub state: ProcState,
+    /// Seconds since it was spawned.
+    pub uptime_s: f64,
+    /// Connections handed to it.
+    pub handed: u64,
+    /// Its pool generation (bumped by each rolling restart).
+    pub generation: u64,
 }
 
 impl Tenant {
     /// A tenant with no processes yet.
     pub fn new(config: TenantConfig, hold_timeout: Duration) -> Arc<Tenant> {
         Arc::new(Tenant {
-            config,
+            name: config.name.clone(),
+            config: Mutex::new(config),
             counters: TenantCounters::default(),
             hold_timeout,
             state: Mutex::new(PoolState::default()),
             hold_changed: Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// The tenant's name.
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.name
+    }
+
+    /// The tenant's current entry of the host file.
+    pub fn config(&self) -> TenantConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the tenant's entry (after a reload).
+    pub fn set_config(&self, config: TenantConfig) {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     fn state(&self) -> MutexGuard<'_, PoolState> {
@@ -105,7 +163,7 @@ impl Tenant {
         for i in 0..count {
             let index = (state.next + i) % count;
             let proc = &mut state.procs[index];
-            if !proc.ready {
+            if proc.state != ProcState::Ready {
                 continue;
             }
             let seq = proc.next_seq;
@@ -117,6 +175,7 @@ impl Tenant {
             ) {
                 Ok(()) => {
                     proc.next_seq += 1;
+                    proc.handed += 1;
                     conn.slot.release();
                     proc.unacked.push_back((seq, conn));
                     state.next = index + 1;
@@ -129,7 +188,7 @@ impl Tenant {
                 }
                 Err(e) => {
                     warn!(tenant = %self.name(), pid = proc.pid, error = %e, "handoff failed; the process is taken out of rotation");
-                    proc.ready = false;
+                    proc.state = ProcState::Draining;
                 }
             }
         }
@@ -145,12 +204,15 @@ impl Tenant {
     }
 
     /// Registers a freshly spawned process (not ready until it says so).
-    pub fn add_process(&self, key: ProcKey, socket: HandoffSocket) {
+    pub fn add_process(&self, key: ProcKey, generation: u64, socket: HandoffSocket) {
         self.state().procs.push(ProcEntry {
             key,
+            generation,
             pid: 0,
             socket,
-            ready: false,
+            state: ProcState::Starting,
+            started: Instant::now(),
+            handed: 0,
             next_seq: 1,
             unacked: VecDeque::new(),
         });
@@ -169,17 +231,66 @@ impl Tenant {
         let Some(proc) = state.procs.iter_mut().find(|p| p.key == key) else {
             return;
         };
-        proc.ready = true;
+        if proc.state != ProcState::Starting {
+            return;
+        }
+        proc.state = ProcState::Ready;
         let pid = proc.pid;
         info!(tenant = %self.name(), pid, held = state.held.len(), "tenant process ready");
         self.flush_held(&mut state);
     }
 
-    /// A process said `Draining`: no new connections for it.
+    /// A process said `Draining`, or is being stopped: no new connections for it.
     pub fn mark_draining(&self, key: ProcKey) {
         if let Some(proc) = self.state().procs.iter_mut().find(|p| p.key == key) {
-            proc.ready = false;
+            proc.state = ProcState::Draining;
         }
+    }
+
+    /// Processes of `generation` that are ready.
+    pub fn ready_in_generation(&self, generation: u64) -> usize {
+        self.state()
+            .procs
+            .iter()
+            .filter(|p| p.generation == generation && p.state == ProcState::Ready)
+            .count()
+    }
+
+    /// Takes every process of a generation other than `keep` out of rotation,
+    /// so new connections go only to the generation kept.
+    pub fn retire_other_generations(&self, keep: u64) {
+        for proc in self.state().procs.iter_mut() {
+            if proc.generation != keep {
+                proc.state = ProcState::Draining;
+            }
+        }
+    }
+
+    /// Pids of the tenant's live processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.state()
+            .procs
+            .iter()
+            .map(|p| p.pid)
+            .filter(|p| *p != 0)
+            .collect()
+    }
+
+    /// The processes as `status` shows them, and the number of held connections.
+    pub fn snapshot(&self) -> (Vec<ProcStatus>, usize) {
+        let state = self.state();
+        let procs = state
+            .procs
+            .iter()
+            .map(|p| ProcStatus {
+                pid: p.pid,
+                state: p.state,
+                uptime_s: p.started.elapsed().as_secs_f64(),
+                handed: p.handed,
+                generation: p.generation,
+            })
+            .collect();
+        (procs, state.held.len())
     }
 
     fn flush_held(&self, state: &mut PoolState) {
@@ -225,10 +336,30 @@ impl Tenant {
         }
     }
 
-    /// Turns away held connections whose `hold_timeout` passed; runs for the life
-    /// of the splitter and sleeps while nothing is held.
+    /// The tenant is removed: connections still held are turned away and
+    /// [`Tenant::expire_held`] ends.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.hold_changed.notify_one();
+    }
+
+    /// Turns away held connections whose `hold_timeout` passed; runs until the
+    /// tenant is closed and sleeps while nothing is held.
     pub async fn expire_held(self: Arc<Self>) {
         loop {
+            if self.closed.load(Ordering::Acquire) {
+                let held: Vec<ClientConn> =
+                    self.state().held.drain(..).map(|(_, conn)| conn).collect();
+                for conn in held {
+                    turn_away(
+                        conn,
+                        503,
+                        &format!("site {} was removed", self.name()),
+                        None,
+                    );
+                }
+                return;
+            }
             let next_deadline = self.state().held.front().map(|(deadline, _)| *deadline);
             match next_deadline {
                 None => self.hold_changed.notified().await,

@@ -1,0 +1,281 @@
+//! The tenants and their supervisors: start, rolling restart, reload, stop.
+//!
+//! Each tenant runs one *generation* of supervisors at a time (one per process
+//! slot). A rolling restart starts a new generation, waits until all its
+//! processes are `Ready`, takes the old generation out of rotation and asks its
+//! processes to drain; no connection is refused meanwhile. A reload builds a new
+//! routing table and swaps it in atomically.
+
+use crate::listener::Front;
+use crate::process::{supervise, SpawnSpec};
+use crate::routing::RoutingTable;
+use crate::tenant::Tenant;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_shared::config::{HostConfig, TenantConfig, TenantFile};
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// How long a rolling restart waits for the new processes to say `Ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Generation {
+    id: u64,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Generation {
+    fn start(tenant: &Arc<Tenant>, spec: &SpawnSpec, id: u64) -> Generation {
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = (0..tenant.config().processes)
+            .map(|_| tokio::spawn(supervise(tenant.clone(), spec.clone(), id, stop_rx.clone())))
+            .collect();
+        Generation { id, stop, tasks }
+    }
+
+    /// Drains the generation's processes; resolves when they have exited.
+    async fn retire(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Running {
+    tenant: Arc<Tenant>,
+    generation: Generation,
+}
+
+/// Every tenant the splitter runs.
+pub struct Fleet {
+    spec: SpawnSpec,
+    front: Arc<Front>,
+    started: Instant,
+    running: Mutex<Vec<Running>>,
+    /// Serialises restarts, reloads and stop; `running` is only held briefly.
+    operations: Mutex<()>,
+}
+
+impl Fleet {
+    /// Starts every tenant of `config` and routes to them through `front`.
+    pub fn start(config: &HostConfig, spec: SpawnSpec, front: Arc<Front>) -> Arc<Fleet> {
+        let running: Vec<Running> = config
+            .tenants
+            .iter()
+            .map(|t| start_tenant(t.clone(), &spec, config))
+            .collect();
+        let tenants: Vec<Arc<Tenant>> = running.iter().map(|r| r.tenant.clone()).collect();
+        front
+            .routes
+            .store(Arc::new(RoutingTable::new(config, &tenants)));
+        Arc::new(Fleet {
+            spec,
+            front,
+            started: Instant::now(),
+            running: Mutex::new(running),
+            operations: Mutex::new(()),
+        })
+    }
+
+    /// Rolling restart of `name`: new processes first, then the old ones drain.
+    /// A tenant file changed on disk is picked up; an invalid one is refused.
+    pub async fn restart(&self, name: &str) -> Result<String, String> {
+        let _operation = self.operations.lock().await;
+        self.restart_now(name).await
+    }
+
+    async fn restart_now(&self, name: &str) -> Result<String, String> {
+        let (tenant, old_id) = {
+            let running = self.running.lock().await;
+            let run = running
+                .iter()
+                .find(|r| r.tenant.name() == name)
+                .ok_or_else(|| unknown_tenant(name, &running))?;
+            (run.tenant.clone(), run.generation.id)
+        };
+        let config = tenant.config();
+        TenantFile::load(&config.config)
+            .map_err(|e| format!("tenant {name} not restarted: its file is invalid:\n{e}"))?;
+        let new = Generation::start(&tenant, &self.spec, old_id + 1);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while tenant.ready_in_generation(new.id) < config.processes {
+            if Instant::now() >= deadline {
+                let id = new.id;
+                new.retire().await;
+                return Err(format!(
+                    "tenant {name}: the new processes (generation {id}) were not ready within {READY_TIMEOUT:?}; the old ones keep serving (see the tenant's log lines)"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tenant.retire_other_generations(new.id);
+        let old = {
+            let mut running = self.running.lock().await;
+            match running.iter_mut().find(|r| Arc::ptr_eq(&r.tenant, &tenant)) {
+                Some(run) => std::mem::replace(&mut run.generation, new),
+                None => new, // removed meanwhile: drain what was just started
+            }
+        };
+        info!(
+            tenant = name,
+            generation = old_id + 1,
+            "rolling restart: new processes ready; draining the old ones"
+        );
+        tokio::spawn(old.retire());
+        Ok(format!(
+            "tenant {name} restarted: generation {} ready ({} processes); generation {old_id} draining",
+            old_id + 1,
+            config.processes
+        ))
+    }
+
+    /// Re-reads the host file: new tenants are spawned, removed ones drained,
+    /// changed ones updated (hosts) or restarted (anything else), and the routing
+    /// table is swapped atomically. An invalid file changes nothing.
+    pub async fn reload(&self, config_path: &std::path::Path) -> Result<String, String> {
+        let _operation = self.operations.lock().await;
+        let (config, _files) = HostConfig::load_all(config_path)
+            .map_err(|e| format!("reload refused, nothing changed:\n{e}"))?;
+        let mut running = self.running.lock().await;
+        let mut notes = Vec::new();
+        let mut kept: Vec<Running> = Vec::new();
+        let mut to_restart = Vec::new();
+        let mut to_retire = Vec::new();
+        for run in running.drain(..) {
+            match config.tenant(run.tenant.name()) {
+                Some(new) => {
+                    let old = run.tenant.config();
+                    if new == &old {
+                        kept.push(run);
+                        continue;
+                    }
+                    let hosts_only = TenantConfig {
+                        hosts: old.hosts.clone(),
+                        ..new.clone()
+                    } == old;
+                    run.tenant.set_config(new.clone());
+                    if hosts_only {
+                        notes.push(format!("tenant {}: hosts changed", new.name));
+                        // Its processes re-read the host file for their 421 checks.
+                        for pid in run.tenant.pids() {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid as i32),
+                                nix::sys::signal::Signal::SIGHUP,
+                            );
+                        }
+                    } else {
+                        notes.push(format!(
+                            "tenant {}: settings changed, rolling restart",
+                            new.name
+                        ));
+                        to_restart.push(new.name.clone());
+                    }
+                    kept.push(run);
+                }
+                None => {
+                    notes.push(format!("tenant {}: removed, draining", run.tenant.name()));
+                    to_retire.push(run);
+                }
+            }
+        }
+        for t in &config.tenants {
+            if !kept.iter().any(|r| r.tenant.name() == t.name) {
+                notes.push(format!("tenant {}: added", t.name));
+                kept.push(start_tenant(t.clone(), &self.spec, &config));
+            }
+        }
+        let tenants: Vec<Arc<Tenant>> = kept.iter().map(|r| r.tenant.clone()).collect();
+        self.front
+            .routes
+            .store(Arc::new(RoutingTable::new(&config, &tenants)));
+        *running = kept;
+        drop(running);
+        for run in to_retire {
+            run.tenant.close();
+            tokio::spawn(run.generation.retire());
+        }
+        for name in to_restart {
+            if let Err(e) = self.restart_now(&name).await {
+                notes.push(e);
+            }
+        }
+        if notes.is_empty() {
+            notes.push("no change".into());
+        }
+        info!(changes = %notes.join("; "), "reloaded the host file");
+        Ok(notes.join("\n"))
+    }
+
+    /// Drains every tenant; resolves when all their processes have exited.
+    pub async fn stop(&self) {
+        let _operation = self.operations.lock().await;
+        let mut running = self.running.lock().await;
+        let waits: Vec<_> = running
+            .drain(..)
+            .map(|run| {
+                run.tenant.close();
+                tokio::spawn(run.generation.retire())
+            })
+            .collect();
+        for wait in waits {
+            let _ = wait.await;
+        }
+    }
+
+    /// The state of every tenant and process, as `ctl status --json` prints it.
+    pub async fn status(&self) -> Value {
+        let running = self.running.lock().await;
+        let tenants: Vec<Value> = running
+            .iter()
+            .map(|run| {
+                let t = &run.tenant;
+                let config = t.config();
+                let (procs, held) = t.snapshot();
+                json!({
+                    "name": t.name(),
+                    "hosts": config.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                    "processes_wanted": config.processes,
+                    "generation": run.generation.id,
+                    "held_now": held,
+                    "handed_off": t.counters.handed.load(Ordering::Relaxed),
+                    "held_total": t.counters.held.load(Ordering::Relaxed),
+                    "hold_timeouts": t.counters.hold_timeouts.load(Ordering::Relaxed),
+                    "rehanded": t.counters.rehanded.load(Ordering::Relaxed),
+                    "socket_full": t.counters.socket_full.load(Ordering::Relaxed),
+                    "restarts": t.counters.restarts.load(Ordering::Relaxed),
+                    "processes": procs.iter().map(|p| json!({
+                        "pid": p.pid,
+                        "state": p.state.as_str(),
+                        "uptime_s": (p.uptime_s * 10.0).round() / 10.0,
+                        "handed_off": p.handed,
+                        "generation": p.generation,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "pid": std::process::id(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "pending": self.front.pending.current(),
+            "tenants": tenants,
+        })
+    }
+}
+
+fn start_tenant(config: TenantConfig, spec: &SpawnSpec, host: &HostConfig) -> Running {
+    let tenant = Tenant::new(config, host.splitter.hold_timeout);
+    tokio::spawn(tenant.clone().expire_held());
+    let generation = Generation::start(&tenant, spec, 1);
+    Running { tenant, generation }
+}
+
+fn unknown_tenant(name: &str, running: &[Running]) -> String {
+    let known: Vec<&str> = running.iter().map(|r| r.tenant.name()).collect();
+    warn!(tenant = name, "control: unknown tenant");
+    format!("no tenant named {name:?} (tenants: {})", known.join(", "))
+}
