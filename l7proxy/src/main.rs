@@ -44,6 +44,9 @@ struct Cli {
     listen: Option<String>,
 }
 
+/// The longest a draining process waits for in-flight requests before it exits.
+const DRAIN_GRACE_SECONDS: u64 = 10;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     switchyard_shared::logging::init("l7proxy");
@@ -106,10 +109,10 @@ fn run(cli: Cli) -> Result<(), String> {
 
     let conf = ServerConf {
         threads: entry.threads,
-        // A draining tenant finishes in-flight requests promptly; Pingora's
-        // defaults would wait 300 s.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(10),
+        // A draining process exits as soon as its connections are done (see
+        // `HandoffService::drain`); this caps the wait. Pingora's default is 300 s.
+        grace_period_seconds: Some(DRAIN_GRACE_SECONDS),
+        graceful_shutdown_timeout_seconds: Some(1),
         pid_file: String::new(),
         upgrade_sock: String::new(),
         ..ServerConf::default()

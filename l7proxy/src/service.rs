@@ -19,6 +19,7 @@ use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_shared::config::HostConfig;
@@ -27,6 +28,26 @@ use tracing::{debug, error, info, warn};
 
 /// How long a client may take to complete its TLS handshake (as Pingora's listener).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// While draining, how long active connections get to finish their current
+/// request before idle keep-alive connections are closed.
+const IDLE_CLOSE_AFTER: Duration = Duration::from_secs(1);
+
+/// Counts a connection as active while alive.
+struct Active(Arc<AtomicUsize>);
+
+impl Active {
+    fn new(count: &Arc<AtomicUsize>) -> Active {
+        count.fetch_add(1, Ordering::AcqRel);
+        Active(count.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Receives handed-off connections and serves them with `app`.
 pub struct HandoffService<A> {
@@ -37,6 +58,7 @@ pub struct HandoffService<A> {
     tls: Option<Arc<Acceptor>>,
     threads: usize,
     host_reload: Option<(PathBuf, Arc<ArcSwap<HostView>>)>,
+    active: Arc<AtomicUsize>,
 }
 
 impl<A> HandoffService<A> {
@@ -56,6 +78,7 @@ impl<A> HandoffService<A> {
             tls: tls.map(Arc::new),
             threads,
             host_reload: None,
+            active: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -155,7 +178,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
                 },
                 _ = shutdown.changed() => {
                     let _ = handoff::send(socket.get_ref().as_fd(), &Message::Draining, None);
-                    info!(tenant = %self.tenant, "draining: no new connections from the splitter");
+                    self.drain().await;
                     return;
                 }
             };
@@ -209,6 +232,27 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
 }
 
 impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
+    /// Finishes in-flight work and exits as soon as no connection is left.
+    ///
+    /// Pingora answers requests that arrive after the shutdown signal with
+    /// `Connection: close` (HTTP/2: GOAWAY); after [`IDLE_CLOSE_AFTER`] the
+    /// keep-alive connections still idle are closed; the process exits once the
+    /// last connection is done, or when Pingora's grace period ends.
+    async fn drain(&self) {
+        info!(
+            tenant = %self.tenant,
+            active = self.active.load(Ordering::Acquire),
+            "draining: no new connections; finishing in-flight requests"
+        );
+        tokio::time::sleep(IDLE_CLOSE_AFTER).await;
+        self.app.cleanup().await;
+        while self.active.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        info!(tenant = %self.tenant, "drained: every connection finished; exiting");
+        std::process::exit(0);
+    }
+
     /// Handles one datagram; returns its sequence number when it is a `Conn`
     /// (received connections are acknowledged even when unusable: the splitter
     /// must not hand the same bad descriptor again).
@@ -257,6 +301,7 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             }
         };
         let app = self.app.clone();
+        let active = Active::new(&self.active);
         let tls = match meta.protocol {
             ConnProtocol::Tls => match &self.tls {
                 Some(tls) => Some(tls.clone()),
@@ -268,6 +313,7 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             ConnProtocol::Http => None,
         };
         tokio::spawn(async move {
+            let _active = active;
             let stream: Stream = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream))

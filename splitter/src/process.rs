@@ -29,6 +29,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How long a stopping process may take before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a draining process may take (its own cap is 10 s plus shutdown).
+const DRAIN_GRACE: Duration = Duration::from_secs(15);
 
 /// Environment variables passed through to tenant processes; everything else
 /// is cleared.
@@ -37,6 +39,7 @@ const PASSED_ENV: &[&str] = &[
     "RUST_LOG",
     "RUST_BACKTRACE",
     "SWITCHYARD_LOG_FORMAT",
+    switchyard_shared::handoff::FAULT_DIE_ON_CONN_ENV,
 ];
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
@@ -180,7 +183,7 @@ async fn run(
     if let Err(e) = handoff::send(socket.get_ref().as_fd(), &Message::Drain, None) {
         warn!(tenant = %tenant.name(), pid, error = %e, "cannot send Drain; sending SIGTERM");
     }
-    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+    match tokio::time::timeout(DRAIN_GRACE, child.wait()).await {
         Ok(status) => describe(status),
         Err(_) => terminate(&mut child, pid).await,
     }

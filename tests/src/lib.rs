@@ -167,6 +167,7 @@ pub struct Splitter {
 pub struct SplitterBuilder {
     tenants: Vec<TenantSpec>,
     splitter_extra: String,
+    env: Vec<(String, String)>,
 }
 
 impl SplitterBuilder {
@@ -175,7 +176,15 @@ impl SplitterBuilder {
         SplitterBuilder {
             tenants,
             splitter_extra: String::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// An environment variable for the splitter (and, where it passes them on,
+    /// its tenant processes).
+    pub fn env(mut self, key: &str, value: &str) -> SplitterBuilder {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Extra lines for the `[splitter]` section.
@@ -211,6 +220,7 @@ impl SplitterBuilder {
             .arg("--config")
             .arg(&config)
             .env("SWITCHYARD_L7PROXY", bin("l7proxy"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -476,4 +486,121 @@ pub fn splitter_check(config: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+impl Splitter {
+    /// Runs `splitter ctl --config … ARGS`; returns (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin("splitter"))
+            .arg("ctl")
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `ctl status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, stdout, stderr) = self.ctl(&["status", "--json"]);
+        assert_eq!(code, 0, "ctl status failed: {stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    }
+
+    /// Pids of a tenant's processes in a given state ("ready", …), sorted.
+    pub fn tenant_pids(&self, tenant: &str, state: &str) -> Vec<u64> {
+        let status = self.status();
+        let mut pids: Vec<u64> = status["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"] == tenant)
+            .flat_map(|t| t["processes"].as_array().unwrap().clone())
+            .filter(|p| p["state"] == state)
+            .filter_map(|p| p["pid"].as_u64())
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+}
+
+/// What wrk reported.
+#[derive(Debug, Clone)]
+pub struct WrkReport {
+    /// Completed requests.
+    pub requests: u64,
+    /// Responses that were not 2xx/3xx.
+    pub non_2xx: u64,
+    /// Connect, read, write and timeout errors together.
+    pub socket_errors: u64,
+    /// Read errors alone: a request sent, the connection closed before the answer.
+    pub read_errors: u64,
+    /// The raw output.
+    pub output: String,
+}
+
+/// Runs wrk (installed by test.sh) against `url` with `Host: host` for `seconds`.
+pub fn wrk(url: &str, host: &str, seconds: u32, connections: u32, close: bool) -> WrkReport {
+    let mut command = Command::new("wrk");
+    command
+        .arg("-t1")
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("-H")
+        .arg(format!("Host: {host}"));
+    if close {
+        command.arg("-H").arg("Connection: close");
+    }
+    let out = command
+        .arg(url)
+        .output()
+        .expect("wrk is installed (test.sh installs it)");
+    let output = String::from_utf8_lossy(&out.stdout).into_owned();
+    let requests = output
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let non_2xx = output
+        .lines()
+        .find(|l| l.contains("Non-2xx or 3xx responses:"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    // "Socket errors: connect 0, read 0, write 12, timeout 0"
+    let errors: Vec<(String, u64)> = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|l| {
+            l.split(',')
+                .filter_map(|part| {
+                    let mut words = part.split_whitespace();
+                    Some((words.next()?.to_string(), words.next()?.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    WrkReport {
+        requests,
+        non_2xx,
+        socket_errors: errors.iter().map(|(_, n)| n).sum(),
+        read_errors: errors
+            .iter()
+            .filter(|(kind, _)| kind == "read")
+            .map(|(_, n)| n)
+            .sum(),
+        output,
+    }
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, signal) };
 }

@@ -1,0 +1,257 @@
+//! The tenant lifecycle under real load: rolling restart, crash and respawn,
+//! death before acknowledgement, reload, graceful stop, and `splitter ctl`.
+
+use std::net::SocketAddr;
+use std::thread;
+use std::time::Duration;
+use switchyard_tests::*;
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}/")
+}
+
+fn assert_clean(report: &WrkReport, what: &str) {
+    assert!(
+        report.requests > 100,
+        "{what}: too few requests\n{}",
+        report.output
+    );
+    assert_eq!(
+        report.socket_errors, 0,
+        "{what}: socket errors\n{}",
+        report.output
+    );
+    assert_eq!(
+        report.non_2xx, 0,
+        "{what}: non-2xx responses\n{}",
+        report.output
+    );
+}
+
+#[test]
+fn rolling_restart_under_load_loses_nothing() {
+    let s = SplitterBuilder::new(vec![
+        TenantSpec::echo("alpha", &["alpha.test"]),
+        TenantSpec::echo("beta", &["beta.test"]),
+    ])
+    .start();
+    for close in [false, true] {
+        let alpha_before = s.tenant_pids("alpha", "ready");
+        let beta_before = s.tenant_pids("beta", "ready");
+        let http = s.http;
+        let a = thread::spawn(move || wrk(&url(http), "alpha.test", 4, 16, close));
+        let b = thread::spawn(move || wrk(&url(http), "beta.test", 4, 16, close));
+        thread::sleep(Duration::from_millis(1500));
+        let (code, stdout, stderr) = s.ctl(&["restart", "alpha"]);
+        assert_eq!(code, 0, "restart failed: {stdout}{stderr}");
+        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        assert_clean(&a, &format!("alpha during restart (close={close})"));
+        assert_clean(&b, &format!("beta during alpha's restart (close={close})"));
+        let alpha_after = s.tenant_pids("alpha", "ready");
+        assert_eq!(alpha_after.len(), 1);
+        assert_ne!(alpha_after, alpha_before, "alpha has new processes");
+        assert_eq!(
+            s.tenant_pids("beta", "ready"),
+            beta_before,
+            "beta was not touched"
+        );
+    }
+    // The old processes drained and exited.
+    wait_until(Duration::from_secs(20), || {
+        s.status()["tenants"][0]["processes"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+}
+
+#[test]
+fn ctl_reports_unknown_tenants_and_a_splitter_that_is_not_running() {
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])]).start();
+    let (code, _, stderr) = s.ctl(&["restart", "nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no tenant named \"nope\" (tenants: alpha)"),
+        "{stderr}"
+    );
+    let (code, stdout, _) = s.ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("tenant alpha") && stdout.contains("ready"),
+        "{stdout}"
+    );
+    let mode = std::fs::metadata(s.dir.0.join("run/control.sock")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+
+    let (code, stdout, _) = s.ctl(&["stop"]);
+    assert_eq!(code, 0, "{stdout}");
+    let mut s = s;
+    let status = s.proc.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "ctl stop ends the splitter with exit 0: {status}"
+    );
+    let (code, _, stderr) = s.ctl(&["status"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("the splitter is not running"), "{stderr}");
+}
+
+#[test]
+fn a_killed_process_is_respawned_and_its_new_connections_are_held_meanwhile() {
+    let s = SplitterBuilder::new(vec![
+        TenantSpec::echo("alpha", &["alpha.test"]),
+        TenantSpec::echo("beta", &["beta.test"]),
+    ])
+    .start();
+    let http = s.http;
+    let b = thread::spawn(move || wrk(&url(http), "beta.test", 3, 8, false));
+    thread::sleep(Duration::from_millis(500));
+    let victim = s.tenant_pids("alpha", "ready")[0];
+    signal(victim as u32, libc::SIGKILL);
+    // Connections arriving during the outage are held, then answered.
+    let answers: Vec<_> = (0..5)
+        .map(|_| thread::spawn(move || http_get(http, "alpha.test", "/").map(|r| r.status)))
+        .collect();
+    for answer in answers {
+        assert_eq!(answer.join().unwrap().unwrap(), 200);
+    }
+    assert_clean(&b.join().unwrap(), "beta while alpha crashed");
+    let after = s.tenant_pids("alpha", "ready");
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0], victim);
+    assert_eq!(s.status()["tenants"][0]["restarts"], 1);
+}
+
+#[test]
+fn with_two_processes_killing_one_loses_no_new_connection() {
+    let mut spec = TenantSpec::echo("alpha", &["alpha.test"]);
+    spec.processes = 2;
+    let s = SplitterBuilder::new(vec![spec]).start();
+    wait_until(Duration::from_secs(10), || {
+        s.tenant_pids("alpha", "ready").len() == 2
+    });
+    let http = s.http;
+    let load = thread::spawn(move || wrk(&url(http), "alpha.test", 3, 8, true));
+    thread::sleep(Duration::from_millis(1000));
+    signal(s.tenant_pids("alpha", "ready")[0] as u32, libc::SIGKILL);
+    let report = load.join().unwrap();
+    // Connection-per-request: every request is a new connection. The killed
+    // process takes its in-flight requests with it (at most one per wrk
+    // connection); no new connection may be refused.
+    assert!(report.requests > 100, "{}", report.output);
+    assert!(
+        report.socket_errors + report.non_2xx <= 8,
+        "only requests in flight in the killed process may fail\n{}",
+        report.output
+    );
+}
+
+#[test]
+fn a_connection_handed_to_a_process_that_dies_before_acking_is_served_by_another() {
+    let dir = TempDir::new("fault");
+    let marker = dir.0.join("die-on-next-conn");
+    let mut spec = TenantSpec::echo("alpha", &["alpha.test"]);
+    spec.processes = 2;
+    let s = SplitterBuilder::new(vec![spec])
+        .env("SWITCHYARD_FAULT_DIE_ON_CONN", marker.to_str().unwrap())
+        .start();
+    wait_until(Duration::from_secs(10), || {
+        s.tenant_pids("alpha", "ready").len() == 2
+    });
+    std::fs::write(&marker, b"").unwrap();
+    let answer = http_get(s.http, "alpha.test", "/").unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(!marker.exists(), "a process took the fault and died");
+    let status = s.status();
+    assert_eq!(status["tenants"][0]["rehanded"], 1, "{status}");
+}
+
+#[test]
+fn reload_adds_and_removes_tenants_while_a_third_serves_without_error() {
+    let s = SplitterBuilder::new(vec![
+        TenantSpec::echo("keep", &["keep.test"]),
+        TenantSpec::echo("gone", &["gone.test"]),
+    ])
+    .start();
+    let keep_pids = s.tenant_pids("keep", "ready");
+    let http = s.http;
+    let load = thread::spawn(move || wrk(&url(http), "keep.test", 4, 16, false));
+    thread::sleep(Duration::from_millis(1000));
+    // Rewrite the host file: "gone" removed, "new" added, "keep" gains a host.
+    let host = std::fs::read_to_string(&s.config).unwrap();
+    let host = host.replace(
+        "name = \"gone\"\nhosts = [\"gone.test\"]",
+        "name = \"new\"\nhosts = [\"new.test\"]",
+    );
+    let host = host.replace(
+        "hosts = [\"keep.test\"]",
+        "hosts = [\"keep.test\", \"also-keep.test\"]",
+    );
+    std::fs::copy(
+        s.dir.0.join("tenants/gone.toml"),
+        s.dir.0.join("tenants/new.toml"),
+    )
+    .unwrap();
+    let host = host.replace("tenants/gone.toml", "tenants/new.toml");
+    std::fs::write(&s.config, host).unwrap();
+    let (code, stdout, stderr) = s.ctl(&["reload"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("tenant new: added") && stdout.contains("tenant gone: removed"),
+        "{stdout}"
+    );
+    assert_clean(&load.join().unwrap(), "keep during reload");
+    assert_eq!(
+        s.tenant_pids("keep", "ready"),
+        keep_pids,
+        "keep's processes stay"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        || matches!(http_get(s.http, "new.test", "/"), Ok(r) if r.status == 200),
+    );
+    assert_eq!(http_get(s.http, "gone.test", "/").unwrap().status, 404);
+    // keep answers its new name (its processes re-read their hosts on SIGHUP).
+    wait_until(
+        Duration::from_secs(5),
+        || matches!(http_get(s.http, "also-keep.test", "/"), Ok(r) if r.status == 200 && r.json()["tenant"] == "keep"),
+    );
+
+    // An invalid host file changes nothing and says why.
+    std::fs::write(&s.config, "[splitter]\nbogus = 1\n").unwrap();
+    let (code, _, stderr) = s.ctl(&["reload"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("unknown field `bogus`"), "{stderr}");
+    assert_eq!(http_get(s.http, "keep.test", "/").unwrap().status, 200);
+}
+
+#[test]
+fn sigterm_under_load_answers_every_in_flight_request_and_exits_0() {
+    let mut s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])]).start();
+    let children = s.children();
+    let http = s.http;
+    let load = thread::spawn(move || wrk(&url(http), "alpha.test", 3, 16, false));
+    thread::sleep(Duration::from_millis(1000));
+    signal(s.proc.pid(), libc::SIGTERM);
+    let status = s.proc.0.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let report = load.join().unwrap();
+    // After the stop, new connections are refused (wrk counts connect errors);
+    // what was in flight was answered: no read errors, no non-2xx.
+    assert!(report.requests > 100, "{}", report.output);
+    assert_eq!(report.non_2xx, 0, "{}", report.output);
+    assert_eq!(
+        report.read_errors, 0,
+        "no request lost mid-flight\n{}",
+        report.output
+    );
+    for pid in children {
+        wait_until(Duration::from_secs(5), || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+    }
+}
