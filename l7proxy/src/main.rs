@@ -152,9 +152,25 @@ fn run(cli: Cli) -> Result<(), String> {
             server.add_service(service);
         }
         None => {
-            let socket = switchyard_shared::sys::take_inherited_fd(HANDOFF_FD_ENV).map_err(|e| {
-                format!("no handoff socket: {e}. l7proxy is started by `splitter`; to run it alone pass --listen ADDR[,tls]")
-            })?;
+            let socket = match std::env::var_os(HANDOFF_FD_ENV) {
+                // Spawned by the splitter: the socket is inherited.
+                Some(_) => switchyard_shared::sys::take_inherited_fd(HANDOFF_FD_ENV)?,
+                // Started by hand (e.g. a systemd unit per site): join the pool.
+                None => {
+                    let path = host
+                        .splitter
+                        .runtime_dir
+                        .join(switchyard_shared::handoff::HANDOFF_SOCKET_NAME);
+                    let socket = switchyard_shared::handoff::seqpacket_connect(&path).map_err(|e| {
+                        format!(
+                            "cannot join the splitter at {} ({e}); is it running with this host file? To run without a splitter pass --listen ADDR[,tls]",
+                            path.display()
+                        )
+                    })?;
+                    info!(tenant = %entry.name, path = %path.display(), "joining the splitter's pool over handoff.sock");
+                    socket
+                }
+            };
             let app = pingora::proxy::http_proxy(&conf, logic);
             let acceptor = certificate.map(|cert| tls::settings(cert).build());
             let service =

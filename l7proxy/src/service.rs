@@ -220,6 +220,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
             }
         }
         request_graceful_stop();
+        self.drain().await;
     }
 
     fn name(&self) -> &str {

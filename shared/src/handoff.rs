@@ -230,6 +230,49 @@ impl Reader<'_> {
     }
 }
 
+/// The listening socket, under `runtime_dir`, where l7proxy processes started
+/// by hand (not by the splitter) connect to join their tenant's pool.
+pub const HANDOFF_SOCKET_NAME: &str = "handoff.sock";
+
+/// Binds a non-blocking `SOCK_SEQPACKET` listener at `path` (replacing a stale
+/// socket file).
+pub fn seqpacket_listen(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{bind, listen, socket, Backlog, UnixAddr};
+    let _ = std::fs::remove_file(path);
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    listen(&fd, Backlog::new(64).map_err(io::Error::from)?)?;
+    Ok(fd)
+}
+
+/// Connects to a `SOCK_SEQPACKET` listener at `path` (non-blocking once connected).
+pub fn seqpacket_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{connect, socket, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok(fd)
+}
+
+/// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub fn peer_uid(socket: BorrowedFd<'_>) -> io::Result<u32> {
+    let creds = nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::PeerCredentials)?;
+    Ok(creds.uid())
+}
+
 /// Creates a connected, non-blocking, close-on-exec `SOCK_SEQPACKET` pair.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     socketpair(

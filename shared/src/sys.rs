@@ -47,8 +47,10 @@ pub fn take_inherited_fd(env: &str) -> Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Prepares `command` so the child inherits `fd` (under the same number) and
-/// receives SIGTERM if the thread that spawned it dies (the splitter exiting).
+/// Prepares `command` so the child inherits `fd` (under the same number),
+/// receives SIGTERM if the thread that spawned it dies (the splitter exiting),
+/// and can never gain privileges (`PR_SET_NO_NEW_PRIVS`: no setuid binaries,
+/// no file capabilities).
 pub fn inherit_and_die_with_parent(command: &mut std::process::Command, fd: BorrowedFd<'_>) {
     use std::os::unix::process::CommandExt;
     let raw = fd.as_raw_fd();
@@ -60,6 +62,29 @@ pub fn inherit_and_die_with_parent(command: &mut std::process::Command, fd: Borr
                 return Err(io::Error::last_os_error());
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes `command`'s child set its open-file limit (`RLIMIT_NOFILE`, soft and
+/// hard) to `limit` before it runs. Lowering always works; raising works up to
+/// the splitter's own hard limit.
+pub fn limit_open_files(command: &mut std::process::Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; `value` lives in the closure.
+    unsafe {
+        command.pre_exec(move || {
+            let value = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &value) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

@@ -211,6 +211,16 @@ impl Fleet {
         Ok(notes.join("\n"))
     }
 
+    /// The running tenant called `name`.
+    pub async fn tenant(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.running
+            .lock()
+            .await
+            .iter()
+            .find(|r| r.tenant.name() == name)
+            .map(|r| r.tenant.clone())
+    }
+
     /// Drains every tenant; resolves when all their processes have exited.
     pub async fn stop(&self) {
         let _operation = self.operations.lock().await;

@@ -11,6 +11,7 @@
 mod conn;
 mod control;
 mod fleet;
+mod isolation;
 mod listener;
 mod peek;
 mod process;
@@ -188,7 +189,8 @@ fn run(config: HostConfig) -> ExitCode {
 
 async fn serve(config: HostConfig) -> Result<(), String> {
     let config_path = config.path.clone();
-    let spec = process::SpawnSpec::locate(config_path.clone()).map_err(|e| e.to_string())?;
+    let spec = process::SpawnSpec::locate(config_path.clone(), config.splitter.runtime_dir.clone())
+        .map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&config.splitter.runtime_dir).map_err(|e| {
         format!(
             "cannot create runtime_dir {}: {e}",
@@ -216,6 +218,20 @@ async fn serve(config: HostConfig) -> Result<(), String> {
         settings: config.splitter.clone(),
     });
     let fleet = fleet::Fleet::start(&config, spec, front.clone());
+    let handoff_path = config
+        .splitter
+        .runtime_dir
+        .join(switchyard_shared::handoff::HANDOFF_SOCKET_NAME);
+    let handoff_listener = switchyard_shared::handoff::seqpacket_listen(&handoff_path)
+        .map_err(|e| format!("cannot listen on {}: {e}", handoff_path.display()))?;
+    // Anyone may connect; SO_PEERCRED decides who joins which tenant.
+    let _ = std::fs::set_permissions(
+        &handoff_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    );
+    // Every socket is bound: keep only what starting tenants needs.
+    isolation::drop_privileges();
+    let attach = tokio::spawn(process::admit_attached(handoff_listener, fleet.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_loops = Vec::new();
@@ -247,7 +263,9 @@ async fn serve(config: HostConfig) -> Result<(), String> {
     }
     fleet.stop().await;
     control.abort();
+    attach.abort();
     let _ = std::fs::remove_file(control_path);
+    let _ = std::fs::remove_file(handoff_path);
     info!("stopped");
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! unacknowledged connections to the rest of the pool and respawn it after a
 //! backoff that doubles while the process keeps dying young.
 
+use crate::isolation;
 use crate::tenant::{HandoffSocket, ProcKey, Tenant};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -51,11 +52,13 @@ pub struct SpawnSpec {
     pub l7proxy: PathBuf,
     /// The host file, passed as `--config`.
     pub host_config: PathBuf,
+    /// The splitter's runtime directory (tenant directories go under it).
+    pub runtime_dir: PathBuf,
 }
 
 impl SpawnSpec {
     /// The l7proxy beside this executable, or `$SWITCHYARD_L7PROXY`.
-    pub fn locate(host_config: PathBuf) -> io::Result<SpawnSpec> {
+    pub fn locate(host_config: PathBuf, runtime_dir: PathBuf) -> io::Result<SpawnSpec> {
         let l7proxy = match std::env::var_os("SWITCHYARD_L7PROXY") {
             Some(path) => PathBuf::from(path),
             None => std::env::current_exe()?.with_file_name("l7proxy"),
@@ -72,6 +75,7 @@ impl SpawnSpec {
         Ok(SpawnSpec {
             l7proxy,
             host_config,
+            runtime_dir,
         })
     }
 }
@@ -136,8 +140,13 @@ fn spawn(
     spec: &SpawnSpec,
     generation: u64,
 ) -> io::Result<(ProcKey, Child, HandoffSocket)> {
+    let config = tenant.config();
+    let identity = isolation::identity(&config)?;
+    isolation::tenant_dir(&spec.runtime_dir, tenant.name(), identity)?;
     let (ours, theirs) = handoff::seqpacket_pair()?;
     let mut command = std::process::Command::new(&spec.l7proxy);
+    isolation::apply_identity(&mut command, identity);
+    isolation::apply_nofile(&mut command, &config.limits)?;
     command
         .arg("--tenant")
         .arg(tenant.name())
@@ -156,6 +165,9 @@ fn spawn(
     switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
     let child = Command::from(command).kill_on_drop(true).spawn()?;
     drop(theirs);
+    if let Some(pid) = child.id() {
+        isolation::apply_cgroup_limits(tenant.name(), pid, &config.limits);
+    }
     let socket: HandoffSocket = Arc::new(switchyard_shared::sys::register(ours)?);
     let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
     tenant.add_process(key, generation, socket.clone());
@@ -254,4 +266,107 @@ async fn read_messages(tenant: &Arc<Tenant>, key: ProcKey, socket: &AsyncFd<Owne
             }
         }
     }
+}
+
+/// Accepts l7proxy processes started by hand on `runtime_dir/handoff.sock`.
+///
+/// A process is admitted into its tenant's pool only if its `SO_PEERCRED` uid is
+/// the tenant's configured `user` (or the splitter's own uid when the tenant has
+/// none). Such processes are not supervised: they are not respawned, and a
+/// rolling restart leaves them alone (they are pool generation 0).
+pub async fn admit_attached(listener: OwnedFd, fleet: Arc<crate::fleet::Fleet>) {
+    let listener = match switchyard_shared::sys::register(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(error = %e, "cannot watch handoff.sock; processes started by hand cannot join");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = listener.readable().await else {
+            return;
+        };
+        match switchyard_shared::sys::accept(listener.get_ref().as_fd()) {
+            Ok(socket) => {
+                tokio::spawn(attach(socket, fleet.clone()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+            Err(e) => {
+                warn!(error = %e, "accept on handoff.sock failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn attach(socket: OwnedFd, fleet: Arc<crate::fleet::Fleet>) {
+    let uid = match handoff::peer_uid(socket.as_fd()) {
+        Ok(uid) => uid,
+        Err(e) => {
+            warn!(error = %e, "handoff.sock: cannot read the peer's credentials; refused");
+            return;
+        }
+    };
+    let Ok(socket) = switchyard_shared::sys::register(socket) else {
+        return;
+    };
+    // The first message must be Hello, within a few seconds.
+    let hello = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let mut guard = socket.readable().await.ok()?;
+            match handoff::recv(socket.get_ref().as_fd()) {
+                Ok(Some(received)) => return Some(received.message),
+                Ok(None) => return None,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(_) => return None,
+            }
+        }
+    })
+    .await;
+    let (name, pid) = match hello {
+        Ok(Some(Ok(Message::Hello { tenant, pid }))) => (tenant, pid),
+        Ok(Some(Err(e))) => {
+            warn!(uid, error = %e, "handoff.sock: refused a process speaking another protocol");
+            return;
+        }
+        _ => {
+            warn!(
+                uid,
+                "handoff.sock: refused a process that did not say Hello"
+            );
+            return;
+        }
+    };
+    let Some(tenant) = fleet.tenant(&name).await else {
+        warn!(uid, pid, tenant = %name, "handoff.sock: refused a process for an unknown tenant");
+        return;
+    };
+    let allowed = match tenant.config().user {
+        Some(user) => match nix::unistd::User::from_name(&user) {
+            Ok(Some(user)) => user.uid.as_raw(),
+            _ => {
+                warn!(tenant = %name, user = %user, "handoff.sock: the tenant's user does not exist; refused");
+                return;
+            }
+        },
+        None => nix::unistd::getuid().as_raw(),
+    };
+    if uid != allowed {
+        warn!(
+            tenant = %name,
+            pid,
+            uid,
+            expected_uid = allowed,
+            "handoff.sock: refused a process running as the wrong user (start it as the tenant's `user`)"
+        );
+        return;
+    }
+    let socket: HandoffSocket = Arc::new(socket);
+    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+    tenant.add_process(key, 0, socket.clone());
+    tenant.set_pid(key, pid);
+    info!(tenant = %name, pid, uid, "a process started by hand joined the pool");
+    let reason = read_messages(&tenant, key, &socket).await;
+    tenant.remove_process(key);
+    info!(tenant = %name, pid, reason = %reason, "a process started by hand left the pool");
 }

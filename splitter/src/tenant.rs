@@ -256,11 +256,12 @@ impl Tenant {
             .count()
     }
 
-    /// Takes every process of a generation other than `keep` out of rotation,
-    /// so new connections go only to the generation kept.
+    /// Takes every supervised process of a generation other than `keep` out of
+    /// rotation, so new connections go only to the generation kept. Processes
+    /// started by hand (generation 0) are left alone.
     pub fn retire_other_generations(&self, keep: u64) {
         for proc in self.state().procs.iter_mut() {
-            if proc.generation != keep {
+            if proc.generation != keep && proc.generation != 0 {
                 proc.state = ProcState::Draining;
             }
         }

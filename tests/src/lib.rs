@@ -121,6 +121,8 @@ pub struct TenantSpec {
     pub file: String,
     /// Pool size.
     pub processes: usize,
+    /// Extra lines for the tenant's `[[tenant]]` block (`user = …`, limits).
+    pub host_lines: String,
 }
 
 impl TenantSpec {
@@ -131,6 +133,7 @@ impl TenantSpec {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             file: "[tls]\nself_signed = true\n[[route]]\npath = \"/\"\nrespond = \"echo\"\n".into(),
             processes: 1,
+            host_lines: String::new(),
         }
     }
 
@@ -145,6 +148,7 @@ impl TenantSpec {
                 servers.join(", ")
             ),
             processes: 1,
+            host_lines: String::new(),
         }
     }
 }
@@ -208,11 +212,12 @@ impl SplitterBuilder {
             dir.write(&format!("tenants/{}.toml", t.name), &t.file);
             let hosts: Vec<String> = t.hosts.iter().map(|h| format!("\"{h}\"")).collect();
             host.push_str(&format!(
-                "[[tenant]]\nname = \"{}\"\nhosts = [{}]\nconfig = \"tenants/{}.toml\"\nprocesses = {}\n",
+                "[[tenant]]\nname = \"{}\"\nhosts = [{}]\nconfig = \"tenants/{}.toml\"\nprocesses = {}\n{}\n",
                 t.name,
                 hosts.join(", "),
                 t.name,
-                t.processes
+                t.processes,
+                t.host_lines
             ));
         }
         let config = dir.write("host.toml", &host);

@@ -1,0 +1,184 @@
+//! What keeps tenants apart: their user and group, a runtime directory only
+//! they can enter, resource limits (`RLIMIT_NOFILE`; memory and CPU through a
+//! cgroup v2 child group where the host allows), and a splitter that gives up
+//! the privileges it no longer needs once its sockets are bound.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use switchyard_shared::config::{Limits, TenantConfig};
+use tracing::{info, warn};
+
+/// The uid and gid a tenant's processes run as (`None`: the splitter's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// User id.
+    pub uid: Option<u32>,
+    /// Group id.
+    pub gid: Option<u32>,
+}
+
+/// Resolves the tenant's `user` and `group` names.
+pub fn identity(config: &TenantConfig) -> io::Result<Identity> {
+    let mut identity = Identity {
+        uid: None,
+        gid: None,
+    };
+    if let Some(name) = &config.user {
+        let user = nix::unistd::User::from_name(name)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("user {name:?} does not exist (tenant {})", config.name),
+            )
+        })?;
+        identity.uid = Some(user.uid.as_raw());
+        identity.gid = Some(user.gid.as_raw());
+    }
+    if let Some(name) = &config.group {
+        let group = nix::unistd::Group::from_name(name)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("group {name:?} does not exist (tenant {})", config.name),
+            )
+        })?;
+        identity.gid = Some(group.gid.as_raw());
+    }
+    Ok(identity)
+}
+
+/// Applies `identity` to a command (supplementary groups are cleared by the
+/// standard library when the uid changes).
+pub fn apply_identity(command: &mut std::process::Command, identity: Identity) {
+    use std::os::unix::process::CommandExt;
+    if let Some(gid) = identity.gid {
+        command.gid(gid);
+    }
+    if let Some(uid) = identity.uid {
+        command.uid(uid);
+    }
+}
+
+/// Creates `runtime_dir/tenants/NAME`, owned by the tenant's identity, mode 0700.
+pub fn tenant_dir(runtime_dir: &Path, name: &str, identity: Identity) -> io::Result<PathBuf> {
+    let dir = runtime_dir.join("tenants").join(name);
+    std::fs::create_dir_all(&dir)?;
+    std::os::unix::fs::chown(&dir, identity.uid, identity.gid)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// Makes the command's process take the `nofile` limit (checked against the
+/// splitter's own hard limit, which a child may not exceed).
+pub fn apply_nofile(command: &mut std::process::Command, limits: &Limits) -> io::Result<()> {
+    let Some(nofile) = limits.nofile else {
+        return Ok(());
+    };
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    if nofile > hard {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("limits.nofile = {nofile} is above the splitter's own hard limit {hard}; raise the splitter's (e.g. LimitNOFILE= in its unit)"),
+        ));
+    }
+    switchyard_shared::sys::limit_open_files(command, nofile);
+    Ok(())
+}
+
+/// Puts a freshly spawned process of `tenant` under its memory and CPU limits.
+pub fn apply_cgroup_limits(tenant: &str, pid: u32, limits: &Limits) {
+    if limits.memory.is_none() && limits.cpu.is_none() {
+        return;
+    }
+    match cgroup_root() {
+        Some(root) => {
+            if let Err(e) = join_cgroup(&root, tenant, pid, limits) {
+                warn!(
+                    tenant,
+                    pid,
+                    cgroup = %root.join(tenant).display(),
+                    error = %e,
+                    "memory/cpu limits not applied: cannot set up the tenant's cgroup (delegate a writable cgroup v2 subtree to the splitter)"
+                );
+            }
+        }
+        None => warn!(
+            tenant,
+            "memory/cpu limits not applied: no writable cgroup v2 hierarchy on this host (nofile still applies)"
+        ),
+    }
+}
+
+fn cgroup_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| {
+            p.join("cgroup.controllers").is_file()
+                && nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::W_OK).is_ok()
+        })
+        .map(|p| p.join("switchyard"))
+}
+
+fn join_cgroup(root: &Path, tenant: &str, pid: u32, limits: &Limits) -> io::Result<()> {
+    std::fs::create_dir_all(root)?;
+    // Delegate the controllers to our children.
+    let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu");
+    let group = root.join(tenant);
+    std::fs::create_dir_all(&group)?;
+    if let Some(memory) = limits.memory {
+        std::fs::write(group.join("memory.max"), memory.to_string())?;
+    }
+    if let Some(cpu) = limits.cpu {
+        let period = 100_000u64;
+        std::fs::write(
+            group.join("cpu.max"),
+            format!("{} {period}", (cpu * period as f64) as u64),
+        )?;
+    }
+    std::fs::write(group.join("cgroup.procs"), pid.to_string())?;
+    Ok(())
+}
+
+/// Capabilities the splitter keeps after its sockets are bound, when it runs as
+/// root: to start tenants as their users (SETUID, SETGID), prepare their runtime
+/// directories (CHOWN, FOWNER, DAC_OVERRIDE, DAC_READ_SEARCH), signal them (KILL)
+/// and raise their limits (SYS_RESOURCE).
+const KEPT: &[caps::Capability] = &[
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_DAC_READ_SEARCH,
+    caps::Capability::CAP_KILL,
+    caps::Capability::CAP_SYS_RESOURCE,
+];
+
+/// Drops every capability but [`KEPT`] from the splitter (effective, permitted,
+/// inheritable and bounding sets). Does nothing when not running as root.
+pub fn drop_privileges() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let permitted = caps::read(None, caps::CapSet::Permitted).unwrap_or_default();
+    let keep: caps::CapsHashSet = KEPT
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
+    let result = (|| -> Result<(), caps::errors::CapsError> {
+        for cap in caps::all() {
+            if !keep.contains(&cap) && caps::has_cap(None, caps::CapSet::Bounding, cap)? {
+                caps::drop(None, caps::CapSet::Bounding, cap)?;
+            }
+        }
+        caps::set(None, caps::CapSet::Inheritable, &caps::CapsHashSet::new())?;
+        caps::set(None, caps::CapSet::Effective, &keep)?;
+        caps::set(None, caps::CapSet::Permitted, &keep)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => info!(kept = ?keep, "dropped every other capability"),
+        Err(e) => warn!(error = %e, "cannot drop capabilities; running with all of root's"),
+    }
+}
