@@ -79,6 +79,12 @@ pub struct ClientConn {
     pub accepted_at_us: u64,
     /// Its place under `max_pending` while it is peeked or held.
     pub slot: PendingSlot,
+    /// The listener that accepted it (`IP:port`), for metrics.
+    pub listener: Arc<str>,
+    /// When it was accepted.
+    pub accepted: std::time::Instant,
+    /// When its routing name became known.
+    pub named: Option<std::time::Instant>,
 }
 
 impl ClientConn {

@@ -258,6 +258,7 @@ impl Fleet {
                     "rehanded": t.counters.rehanded.load(Ordering::Relaxed),
                     "socket_full": t.counters.socket_full.load(Ordering::Relaxed),
                     "restarts": t.counters.restarts.load(Ordering::Relaxed),
+                    "respawn_backoff_ms": t.counters.backoff_ms.load(Ordering::Relaxed),
                     "processes": procs.iter().map(|p| json!({
                         "pid": p.pid,
                         "state": p.state.as_str(),

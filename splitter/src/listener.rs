@@ -6,6 +6,7 @@
 //! task, and they wait without spinning (see [`crate::peek::socket`]).
 
 use crate::conn::{ClientConn, PendingLimit};
+use crate::metrics;
 use crate::peek::socket::{peek_now, peek_until_named, PeekFailure};
 use crate::peek::Peeked;
 use crate::reject::turn_away;
@@ -59,6 +60,11 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let label: Arc<str> = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+        .into();
     let listener = match switchyard_shared::sys::register(listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -79,7 +85,7 @@ pub async fn accept_loop(
         loop {
             let err = match switchyard_shared::sys::accept(listener.get_ref().as_fd()) {
                 Ok(fd) => {
-                    accepted(&front, fd, protocol, port);
+                    accepted(&front, fd, protocol, port, &label);
                     continue;
                 }
                 Err(err) => err,
@@ -112,9 +118,10 @@ pub async fn accept_loop(
 }
 
 /// Handles a freshly accepted socket.
-fn accepted(front: &Arc<Front>, fd: OwnedFd, protocol: Protocol, port: u16) {
+fn accepted(front: &Arc<Front>, fd: OwnedFd, protocol: Protocol, port: u16, label: &Arc<str>) {
     let Some(slot) = front.pending.try_acquire() else {
         debug!(port, "max_pending reached; connection closed");
+        metrics::connection(label, "max_pending");
         return;
     };
     let conn = ClientConn {
@@ -124,6 +131,9 @@ fn accepted(front: &Arc<Front>, fd: OwnedFd, protocol: Protocol, port: u16) {
         local_port: port,
         accepted_at_us: now_us(),
         slot,
+        listener: label.clone(),
+        accepted: std::time::Instant::now(),
+        named: None,
     };
     match peek_now(conn.fd.as_fd(), protocol, front.settings.max_peek_bytes) {
         Ok(Peeked::Name(name)) => route(front, conn, name),
@@ -131,7 +141,7 @@ fn accepted(front: &Arc<Front>, fd: OwnedFd, protocol: Protocol, port: u16) {
             tokio::spawn(wait_and_route(front.clone(), conn));
         }
         Ok(Peeked::Invalid(reject)) | Err(PeekFailure::Invalid(reject)) => refuse(conn, reject),
-        Err(PeekFailure::Closed) => {}
+        Err(PeekFailure::Closed) => metrics::connection(label, "client_closed"),
     }
 }
 
@@ -162,6 +172,7 @@ async fn wait_and_route(front: Arc<Front>, mut conn: ClientConn) {
 }
 
 fn refuse(conn: ClientConn, reject: crate::peek::Reject) {
+    metrics::connection(&conn.listener, reject.as_str());
     debug!(
         port = conn.local_port,
         reason = reject.as_str(),
@@ -178,13 +189,18 @@ fn refuse(conn: ClientConn, reject: crate::peek::Reject) {
 }
 
 fn route(front: &Front, mut conn: ClientConn, name: Option<String>) {
+    let now = std::time::Instant::now();
+    metrics::peeked(&conn.listener, now - conn.accepted);
+    conn.named = Some(now);
     let routes = front.routes.load();
     match routes.route(name.as_deref()) {
         Some(tenant) => {
+            metrics::connection(&conn.listener, "routed");
             conn.server_name = name;
             tenant.dispatch(conn);
         }
         None => {
+            metrics::connection(&conn.listener, "unknown_host");
             debug!(port = conn.local_port, name = ?name, "no tenant serves this name");
             match name {
                 Some(name) => turn_away(

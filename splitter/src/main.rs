@@ -8,11 +8,13 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod conn;
 mod control;
 mod fleet;
 mod isolation;
 mod listener;
+mod metrics;
 mod peek;
 mod process;
 mod reject;
@@ -229,8 +231,13 @@ async fn serve(config: HostConfig) -> Result<(), String> {
         &handoff_path,
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
     );
+    let admin = match config.splitter.admin {
+        Some(addr) => Some(admin::bind(addr).await?),
+        None => None,
+    };
     // Every socket is bound: keep only what starting tenants needs.
     isolation::drop_privileges();
+    let admin = admin.map(|listener| tokio::spawn(admin::serve(listener, fleet.clone())));
     let attach = tokio::spawn(process::admit_attached(handoff_listener, fleet.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -264,6 +271,9 @@ async fn serve(config: HostConfig) -> Result<(), String> {
     fleet.stop().await;
     control.abort();
     attach.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     let _ = std::fs::remove_file(control_path);
     let _ = std::fs::remove_file(handoff_path);
     info!("stopped");

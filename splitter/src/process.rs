@@ -127,10 +127,15 @@ pub async fn supervise(
                 "cannot spawn tenant process; retrying"
             ),
         }
+        tenant
+            .counters
+            .backoff_ms
+            .store(backoff.as_millis() as u64, Ordering::Relaxed);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => {}
         }
+        tenant.counters.backoff_ms.store(0, Ordering::Relaxed);
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

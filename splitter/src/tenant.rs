@@ -38,6 +38,8 @@ pub struct TenantCounters {
     pub socket_full: AtomicU64,
     /// Processes that exited unexpectedly and were respawned.
     pub restarts: AtomicU64,
+    /// The respawn delay now in force, milliseconds (0: none pending).
+    pub backoff_ms: AtomicU64,
 }
 
 /// One tenant: its configuration, pool and hold queue.
@@ -177,6 +179,9 @@ impl Tenant {
                     proc.next_seq += 1;
                     proc.handed += 1;
                     conn.slot.release();
+                    if let Some(named) = conn.named.take() {
+                        crate::metrics::handed_off(&self.name, named.elapsed());
+                    }
                     proc.unacked.push_back((seq, conn));
                     state.next = index + 1;
                     self.counters.handed.fetch_add(1, Ordering::Relaxed);

@@ -255,3 +255,47 @@ fn sigterm_under_load_answers_every_in_flight_request_and_exits_0() {
         });
     }
 }
+
+#[test]
+fn the_admin_endpoint_serves_metrics_and_status() {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
+        .splitter_lines(&format!("admin = \"{admin}\""))
+        .start();
+    for _ in 0..3 {
+        http_get(s.http, "alpha.test", "/").unwrap();
+    }
+    http_get(s.http, "nobody.test", "/").unwrap();
+    let metrics = http_get(admin, "admin", "/metrics").unwrap();
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body).unwrap();
+    let http = s.http.to_string();
+    let routed = format!("switchyard_connections_total{{listener=\"{http}\",outcome=\"routed\"}}");
+    let count = |prefix: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    };
+    // The kit's readiness probe made at least one more request.
+    assert!(count(&routed) >= 4, "{text}");
+    assert_eq!(
+        count(&format!(
+            "switchyard_connections_total{{listener=\"{http}\",outcome=\"unknown_host\"}}"
+        )),
+        1
+    );
+    assert!(count("switchyard_handoffs_total{tenant=\"alpha\"}") >= 4);
+    assert_eq!(count("switchyard_ready_processes{tenant=\"alpha\"}"), 1);
+    assert!(text.contains("switchyard_peek_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("switchyard_handoff_seconds_bucket{tenant=\"alpha\""),
+        "{text}"
+    );
+
+    let status = http_get(admin, "admin", "/status").unwrap().json();
+    assert_eq!(status["tenants"][0]["name"], "alpha");
+    assert_eq!(status["tenants"][0]["processes"][0]["state"], "ready");
+    assert_eq!(http_get(admin, "admin", "/nope").unwrap().status, 404);
+}
