@@ -305,8 +305,16 @@ fn a_restart_picks_up_a_changed_tenant_file_and_refuses_an_invalid_one() {
     let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])]).start();
     let file = s.dir.0.join("tenants/alpha.toml");
     // Only /v2 is routed now: / becomes 404 once the new processes serve.
-    std::fs::write(&file, "[tls]\nself_signed = true\n[[route]]\npath = \"/v2\"\nrespond = \"echo\"\n").unwrap();
-    assert_eq!(http_get(s.http, "alpha.test", "/").unwrap().status, 200, "nothing changes before the restart");
+    std::fs::write(
+        &file,
+        "[tls]\nself_signed = true\n[[route]]\npath = \"/v2\"\nrespond = \"echo\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        http_get(s.http, "alpha.test", "/").unwrap().status,
+        200,
+        "nothing changes before the restart"
+    );
     let (code, stdout, stderr) = s.ctl(&["restart", "alpha"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(http_get(s.http, "alpha.test", "/").unwrap().status, 404);
@@ -316,8 +324,15 @@ fn a_restart_picks_up_a_changed_tenant_file_and_refuses_an_invalid_one() {
     let pids = s.tenant_pids("alpha", "ready");
     let (code, _, stderr) = s.ctl(&["restart", "alpha"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("alpha.toml:3:12: route names upstream \"missing\""), "{stderr}");
-    assert_eq!(s.tenant_pids("alpha", "ready"), pids, "the running processes stay");
+    assert!(
+        stderr.contains("alpha.toml:3:12: route names upstream \"missing\""),
+        "{stderr}"
+    );
+    assert_eq!(
+        s.tenant_pids("alpha", "ready"),
+        pids,
+        "the running processes stay"
+    );
 }
 
 #[test]
@@ -327,25 +342,37 @@ fn a_connection_held_past_hold_timeout_gets_503_with_retry_after() {
         .start();
     let victim = s.tenant_pids("alpha", "ready")[0];
     signal(victim as u32, libc::SIGKILL);
-    wait_until(Duration::from_secs(5), || s.tenant_pids("alpha", "ready").is_empty());
+    wait_until(Duration::from_secs(5), || {
+        s.tenant_pids("alpha", "ready").is_empty()
+    });
     // The respawn waits at least 100 ms: this request is held, then turned away.
     let answer = http_get(s.http, "alpha.test", "/").unwrap();
     assert_eq!(answer.status, 503);
     assert_eq!(answer.header("retry-after"), Some("1"));
     assert!(s.status()["tenants"][0]["hold_timeouts"].as_u64().unwrap() >= 1);
     // And the tenant is back shortly after.
-    wait_until(Duration::from_secs(10), || matches!(http_get(s.http, "alpha.test", "/"), Ok(r) if r.status == 200));
+    wait_until(
+        Duration::from_secs(10),
+        || matches!(http_get(s.http, "alpha.test", "/"), Ok(r) if r.status == 200),
+    );
 }
 
 #[test]
 fn sighup_reloads_the_host_file() {
     let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])]).start();
-    std::fs::copy(s.dir.0.join("tenants/alpha.toml"), s.dir.0.join("tenants/beta.toml")).unwrap();
+    std::fs::copy(
+        s.dir.0.join("tenants/alpha.toml"),
+        s.dir.0.join("tenants/beta.toml"),
+    )
+    .unwrap();
     let mut host = std::fs::read_to_string(&s.config).unwrap();
-    host.push_str("[[tenant]]\nname = \"beta\"\nhosts = [\"beta.test\"]\nconfig = \"tenants/beta.toml\"\n");
+    host.push_str(
+        "[[tenant]]\nname = \"beta\"\nhosts = [\"beta.test\"]\nconfig = \"tenants/beta.toml\"\n",
+    );
     std::fs::write(&s.config, host).unwrap();
     signal(s.proc.pid(), libc::SIGHUP);
-    wait_until(Duration::from_secs(10), || {
-        matches!(http_get(s.http, "beta.test", "/"), Ok(r) if r.status == 200 && r.json()["tenant"] == "beta")
-    });
+    wait_until(
+        Duration::from_secs(10),
+        || matches!(http_get(s.http, "beta.test", "/"), Ok(r) if r.status == 200 && r.json()["tenant"] == "beta"),
+    );
 }
