@@ -3,15 +3,15 @@
 //! A connection whose first bytes are already there when it is accepted is peeked
 //! and handed off straight from the accept loop, without a task or an epoll
 //! registration of its own. Only connections that must wait for more bytes get a
-//! task, and they wait without spinning (see [`crate::peek::socket`]).
+//! task, and they wait without spinning (see [`splitter::peek::socket`]).
 
 use crate::conn::{ClientConn, PendingLimit};
 use crate::metrics;
-use crate::peek::socket::{peek_now, peek_until_named, PeekFailure};
-use crate::peek::Peeked;
 use crate::reject::turn_away;
 use crate::routing::RoutingTable;
 use arc_swap::ArcSwap;
+use splitter::peek::socket::{peek_now, peek_until_named, PeekFailure};
+use splitter::peek::Peeked;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
@@ -171,7 +171,7 @@ async fn wait_and_route(front: Arc<Front>, mut conn: ClientConn) {
     }
 }
 
-fn refuse(conn: ClientConn, reject: crate::peek::Reject) {
+fn refuse(conn: ClientConn, reject: splitter::peek::Reject) {
     metrics::connection(&conn.listener, reject.as_str());
     debug!(
         port = conn.local_port,

@@ -15,7 +15,6 @@ mod fleet;
 mod isolation;
 mod listener;
 mod metrics;
-mod peek;
 mod process;
 mod reject;
 mod routing;

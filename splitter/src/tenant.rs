@@ -321,6 +321,11 @@ impl Tenant {
                 proc.unacked.pop_front();
             }
         }
+        // An Ack proves the process reads again: hand it what was held because
+        // its handoff socket was full.
+        if !state.held.is_empty() {
+            self.flush_held(&mut state);
+        }
     }
 
     /// A process is gone: hand its unacknowledged connections to another ready

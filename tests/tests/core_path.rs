@@ -345,14 +345,6 @@ fn the_splitter_keeps_no_descriptor_of_finished_connections() {
     );
 }
 
-/// CPU ticks (user + system, 1/100 s) the process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 #[test]
 fn clients_that_send_half_a_hello_cost_no_cpu_while_they_wait() {
     let s = two_echo_tenants();

@@ -1,0 +1,428 @@
+//! Hostile input and resource exhaustion at the front door: every malformed
+//! input gets its defined outcome on both ports, counted by reason, with no
+//! descriptor leaked; slow clients cost no CPU; `max_pending` and descriptor
+//! exhaustion are survived; a frozen tenant costs the others nothing.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use switchyard_tests::*;
+
+fn with_admin(builder: SplitterBuilder) -> (Splitter, SocketAddr) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let s = builder
+        .splitter_lines(&format!("admin = \"{admin}\""))
+        .start();
+    (s, admin)
+}
+
+#[test]
+fn every_malformed_input_gets_its_defined_outcome_and_leaks_nothing() {
+    let (s, admin) = with_admin(SplitterBuilder::new(vec![TenantSpec::echo(
+        "alpha",
+        &["alpha.test"],
+    )]));
+    // Let the kit's readiness probes finish before counting descriptors.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = s.fd_count();
+
+    let good_sni = sni_extension(b"alpha.test");
+    let mut huge_padding = vec![good_sni.clone(), (21, vec![0u8; 20_000])];
+    let oversized = {
+        let hello = client_hello(&huge_padding.split_off(0));
+        // Re-frame into 1000-byte records: each record valid, the whole too large.
+        split_into_records(&unframe(&hello), 1000)
+    };
+    let truncated_extension = {
+        let mut hello = client_hello(&[good_sni.clone()]);
+        let last = hello.len() - 1;
+        hello[last - 14] = 0x40; // the SNI extension now claims more than the message holds
+        hello
+    };
+    let tls_cases: Vec<(&str, Vec<u8>, Outcome, &str)> = vec![
+        (
+            "plain text",
+            b"hello there\r\n\r\n".to_vec(),
+            Outcome::Closed,
+            "not_tls",
+        ),
+        (
+            "HTTP on the TLS port",
+            b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n".to_vec(),
+            Outcome::Closed,
+            "not_tls",
+        ),
+        ("NUL bytes", vec![0u8; 64], Outcome::Closed, "not_tls"),
+        (
+            "SSLv2 hello",
+            vec![0x80, 0x2e, 0x01, 0x03, 0x01, 0x00, 0x15, 0, 0, 0, 0x10],
+            Outcome::Closed,
+            "sslv2",
+        ),
+        (
+            "record length 0xffff",
+            vec![22, 3, 1, 0xff, 0xff, 1, 2, 3],
+            Outcome::Closed,
+            "bad_record",
+        ),
+        (
+            "truncated extension",
+            truncated_extension,
+            Outcome::Closed,
+            "bad_client_hello",
+        ),
+        (
+            "duplicated SNI extension",
+            client_hello(&[good_sni.clone(), good_sni.clone()]),
+            Outcome::Closed,
+            "bad_client_hello",
+        ),
+        (
+            "empty SNI",
+            client_hello(&[sni_extension(b"")]),
+            Outcome::Closed,
+            "bad_server_name",
+        ),
+        (
+            "SNI of 300 bytes",
+            client_hello(&[sni_extension(&[b'a'; 300])]),
+            Outcome::Closed,
+            "bad_server_name",
+        ),
+        (
+            "SNI with a slash",
+            client_hello(&[sni_extension(b"alpha/test")]),
+            Outcome::Closed,
+            "bad_server_name",
+        ),
+        (
+            "SNI with a space",
+            client_hello(&[sni_extension(b"alpha .test")]),
+            Outcome::Closed,
+            "bad_server_name",
+        ),
+        (
+            "ClientHello over max_peek_bytes",
+            oversized,
+            Outcome::Closed,
+            "too_large",
+        ),
+        (
+            "no SNI, no unknown_host tenant",
+            client_hello(&[]),
+            Outcome::Closed,
+            "unknown_host",
+        ),
+    ];
+    let http_cases: Vec<(&str, Vec<u8>, Outcome, &str)> = vec![
+        (
+            "HTTP/1.1 without Host",
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            Outcome::Status(400),
+            "unknown_host",
+        ),
+        (
+            "HTTP/1.0 without Host",
+            b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+            Outcome::Status(400),
+            "unknown_host",
+        ),
+        (
+            "unknown Host",
+            b"GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n".to_vec(),
+            Outcome::Status(404),
+            "unknown_host",
+        ),
+        (
+            "Host with a space",
+            b"GET / HTTP/1.1\r\nHost: al pha.test\r\n\r\n".to_vec(),
+            Outcome::Status(400),
+            "bad_host",
+        ),
+        (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nHost: alpha.test\r\nHost: b.test\r\n\r\n".to_vec(),
+            Outcome::Status(400),
+            "bad_host",
+        ),
+        (
+            "HTTP/2 prior knowledge",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            Outcome::Closed,
+            "not_http",
+        ),
+        ("NUL bytes", vec![0u8; 64], Outcome::Closed, "not_http"),
+        (
+            "TLS on the HTTP port",
+            client_hello(&[good_sni.clone()]),
+            Outcome::Closed,
+            "not_http",
+        ),
+        (
+            "header line over max_peek_bytes",
+            format!(
+                "GET / HTTP/1.1\r\nHost: alpha.test\r\nX-Long: {}\r\n\r\n",
+                "a".repeat(20_000)
+            )
+            .into_bytes(),
+            Outcome::Status(400),
+            "too_large",
+        ),
+    ];
+    let mut expected_counts: std::collections::BTreeMap<(String, &str), f64> = Default::default();
+    for (port, cases) in [(s.tls, &tls_cases), (s.http, &http_cases)] {
+        for (what, bytes, expected, reason) in cases.iter() {
+            let outcome = outcome_of(port, bytes);
+            assert_eq!(&outcome, expected, "{what} on {port}");
+            *expected_counts
+                .entry((port.to_string(), reason))
+                .or_default() += 1.0;
+        }
+    }
+    for ((listener, reason), count) in expected_counts {
+        let prefix =
+            format!("switchyard_connections_total{{listener=\"{listener}\",outcome=\"{reason}\"}}");
+        let seen = metric(admin, &prefix).unwrap_or(0.0);
+        // unknown_host on the HTTP port also counts the kit's probe-free requests only.
+        assert!(
+            seen >= count,
+            "{prefix}: counted {seen}, expected at least {count}"
+        );
+    }
+
+    // Still serving, and every descriptor of those connections is closed.
+    assert_eq!(https_get(s.tls, "alpha.test", "/").unwrap().status, 200);
+    let mut after = 0;
+    for _ in 0..50 {
+        after = s.fd_count();
+        if after == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        after, before,
+        "splitter descriptors before {before}, after {after}"
+    );
+}
+
+/// The handshake message inside a single-record ClientHello.
+fn unframe(hello: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = hello;
+    while rest.len() >= 5 {
+        let len = u16::from_be_bytes([rest[3], rest[4]]) as usize;
+        out.extend_from_slice(&rest[5..5 + len]);
+        rest = &rest[5 + len..];
+    }
+    out
+}
+
+fn median_latency(addr: SocketAddr, samples: usize) -> Duration {
+    let mut times: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let start = Instant::now();
+            assert_eq!(https_get(addr, "alpha.test", "/").unwrap().status, 200);
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[samples / 2]
+}
+
+#[test]
+fn five_thousand_half_hellos_for_ten_seconds_cost_almost_no_cpu() {
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
+        .splitter_lines("peek_timeout = \"30s\"")
+        .start();
+    let quiet = median_latency(s.tls, 20);
+    let rss_before = rss_kib(s.proc.pid());
+    let hello = {
+        let mut conn = tls_client("alpha.test");
+        let mut bytes = Vec::new();
+        conn.write_tls(&mut bytes).unwrap();
+        bytes
+    };
+    let mut crowd = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        let mut tcp = TcpStream::connect(s.tls).unwrap();
+        tcp.write_all(&hello[..hello.len() / 2]).unwrap();
+        crowd.push(tcp);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let ticks_before = cpu_ticks(s.proc.pid());
+    let started = Instant::now();
+    let busy = median_latency(s.tls, 20);
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    let ticks = cpu_ticks(s.proc.pid()) - ticks_before;
+    let rss_after = rss_kib(s.proc.pid());
+    eprintln!(
+        "5000 half ClientHellos for 10 s: splitter CPU {:.2} s ({:.1} % of one core), RSS {} KiB -> {} KiB (+{} KiB); \
+         a normal TLS request's median latency {:?} alone, {:?} with the crowd",
+        ticks as f64 / 100.0,
+        ticks as f64 / 10.0,
+        rss_before,
+        rss_after,
+        rss_after.saturating_sub(rss_before),
+        quiet,
+        busy
+    );
+    // 5 % of one core over 10 s is 50 ticks; the 20 measured requests are included.
+    assert!(
+        ticks <= 50,
+        "the splitter used {ticks} ticks in 10 s with 5000 clients waiting"
+    );
+    assert!(
+        busy < quiet * 5 + Duration::from_millis(50),
+        "normal clients are not delayed: {quiet:?} -> {busy:?}"
+    );
+    drop(crowd);
+}
+
+#[test]
+fn past_max_pending_new_connections_are_closed_at_once_and_the_splitter_recovers() {
+    let (s, admin) = with_admin(
+        SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
+            .splitter_lines("max_pending = 20\npeek_timeout = \"30s\""),
+    );
+    let mut crowd: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let tcp = TcpStream::connect(s.http).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            tcp
+        })
+        .collect();
+    wait_until(Duration::from_secs(5), || {
+        metric(admin, "switchyard_pending").unwrap_or(0.0) >= 20.0
+    });
+    let start = Instant::now();
+    let mut refused = TcpStream::connect(s.http).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = refused.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let n = refused.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "refused fast: {:?}",
+        start.elapsed()
+    );
+    let http = s.http.to_string();
+    assert!(
+        metric(
+            admin,
+            &format!("switchyard_connections_total{{listener=\"{http}\",outcome=\"max_pending\"}}")
+        )
+        .unwrap()
+            >= 1.0
+    );
+    // The old ones are unaffected: one of them finishes its request and is served.
+    let answer = request(&mut crowd[0], "alpha.test", "/", "").unwrap();
+    assert_eq!(answer.status, 200);
+    drop(crowd);
+    wait_until(Duration::from_secs(5), || {
+        metric(admin, "switchyard_pending").unwrap_or(1.0) == 0.0
+    });
+    assert_eq!(http_get(s.http, "alpha.test", "/").unwrap().status, 200);
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loop_backs_off_without_spinning_and_recovers() {
+    // A splitter whose descriptor limit runs out after a few dozen connections.
+    let dir = TempDir::new("emfile");
+    dir.write(
+        "tenants/alpha.toml",
+        "[[route]]\npath = \"/\"\nrespond = \"echo\"\n",
+    );
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.write(
+        "host.toml",
+        &format!(
+            "[splitter]\nruntime_dir = \"run\"\npeek_timeout = \"30s\"\n[[listen]]\naddr = \"{http}\"\nprotocol = \"http\"\n\
+             [[tenant]]\nname = \"alpha\"\nhosts = [\"alpha.test\"]\nconfig = \"tenants/alpha.toml\"\n"
+        ),
+    );
+    let child = std::process::Command::new("prlimit")
+        .arg("--nofile=64:64")
+        .arg(bin("splitter"))
+        .arg("--config")
+        .arg(&config)
+        .env("SWITCHYARD_L7PROXY", bin("l7proxy"))
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut splitter = Proc(child);
+    wait_until(
+        Duration::from_secs(20),
+        || matches!(http_get(http, "alpha.test", "/"), Ok(r) if r.status == 200),
+    );
+    let pid = splitter.pid();
+    let crowd: Vec<TcpStream> = (0..120)
+        .filter_map(|_| TcpStream::connect(http).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let ticks = cpu_ticks(pid) - before;
+    assert!(
+        ticks <= 20,
+        "the accept loop spins on EMFILE: {ticks} ticks in 2 s"
+    );
+    drop(crowd);
+    wait_until(
+        Duration::from_secs(35),
+        || matches!(http_get(http, "alpha.test", "/"), Ok(r) if r.status == 200),
+    );
+    let _ = splitter.0.kill();
+    let mut log = String::new();
+    splitter
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let warnings = log.matches("accept is out of resources").count();
+    assert!(warnings >= 1, "EMFILE is logged:\n{log}");
+    assert!(
+        warnings <= 4,
+        "at most once per second: {warnings} lines in ~2.5 s"
+    );
+}
+
+#[test]
+fn a_frozen_tenant_costs_the_others_nothing_and_is_served_after_sigcont() {
+    let s = SplitterBuilder::new(vec![
+        TenantSpec::echo("alpha", &["alpha.test"]),
+        TenantSpec::echo("beta", &["beta.test"]),
+    ])
+    .splitter_lines("hold_timeout = \"30s\"")
+    .start();
+    let frozen = s.tenant_pids("alpha", "ready")[0] as u32;
+    signal(frozen, libc::SIGSTOP);
+    // Enough connections to fill the frozen process's handoff socket.
+    let mut waiting = Vec::new();
+    for _ in 0..400 {
+        let mut tcp = TcpStream::connect(s.http).unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        waiting.push(tcp);
+    }
+    let http = s.http;
+    let beta =
+        std::thread::spawn(move || wrk(&format!("http://{http}/"), "beta.test", 3, 8, false));
+    let beta = beta.join().unwrap();
+    assert!(beta.requests > 100, "{}", beta.output);
+    assert_eq!(beta.socket_errors + beta.non_2xx, 0, "{}", beta.output);
+    let full = s.status()["tenants"][0]["socket_full"].as_u64().unwrap();
+    eprintln!("handoffs that found alpha's socket full while it was frozen: {full}");
+    signal(frozen, libc::SIGCONT);
+    for mut tcp in waiting {
+        let answer = read_response(&mut tcp).expect("answered after SIGCONT");
+        assert_eq!(answer.status, 200);
+    }
+}
