@@ -34,7 +34,7 @@ fn every_malformed_input_gets_its_defined_outcome_and_leaks_nothing() {
         split_into_records(&unframe(&hello), 1000)
     };
     let truncated_extension = {
-        let mut hello = client_hello(&[good_sni.clone()]);
+        let mut hello = client_hello(std::slice::from_ref(&good_sni));
         let last = hello.len() - 1;
         hello[last - 14] = 0x40; // the SNI extension now claims more than the message holds
         hello
@@ -154,7 +154,7 @@ fn every_malformed_input_gets_its_defined_outcome_and_leaks_nothing() {
         ("NUL bytes", vec![0u8; 64], Outcome::Closed, "not_http"),
         (
             "TLS on the HTTP port",
-            client_hello(&[good_sni.clone()]),
+            client_hello(std::slice::from_ref(&good_sni)),
             Outcome::Closed,
             "not_http",
         ),
