@@ -156,6 +156,70 @@ pub(crate) mod tests {
         out
     }
 
+    /// ClientHellos recorded from real clients (see testdata/client_hello/README.md).
+    const RECORDED: &[(&str, &[u8], Option<&str>)] = &[
+        (
+            "chromium",
+            include_bytes!("../../testdata/client_hello/chromium.bin"),
+            Some("alpha.localhost"),
+        ),
+        (
+            "curl-openssl",
+            include_bytes!("../../testdata/client_hello/curl-openssl.bin"),
+            Some("alpha.localhost"),
+        ),
+        (
+            "openssl-s_client",
+            include_bytes!("../../testdata/client_hello/openssl-s_client.bin"),
+            Some("alpha.localhost"),
+        ),
+        (
+            "python-ssl",
+            include_bytes!("../../testdata/client_hello/python-ssl.bin"),
+            Some("alpha.localhost"),
+        ),
+        (
+            "python-ssl-ip-literal",
+            include_bytes!("../../testdata/client_hello/python-ssl-ip-literal.bin"),
+            None,
+        ),
+    ];
+
+    #[test]
+    fn recorded_client_hellos_yield_their_sni_and_every_prefix_asks_for_more() {
+        for (client, hello, sni) in RECORDED {
+            assert_eq!(
+                peek_client_hello(hello, 16384),
+                Peeked::Name(sni.map(str::to_string)),
+                "{client}"
+            );
+            for cut in 0..hello.len() {
+                assert_eq!(
+                    peek_client_hello(&hello[..cut], 16384),
+                    Peeked::NeedMore,
+                    "{client} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_post_quantum_hello_is_larger_than_one_segment_and_still_parsed() {
+        let (_, chromium, _) = RECORDED[0];
+        assert!(chromium.len() > 1460, "{} bytes", chromium.len());
+        // As the first TCP segment alone would deliver it: not enough yet.
+        assert_eq!(
+            peek_client_hello(&chromium[..1460], 16384),
+            Peeked::NeedMore
+        );
+        // Re-framed into many small records, too.
+        let split = split_records(chromium, 100);
+        assert_eq!(
+            peek_client_hello(&split, 16384),
+            Peeked::Name(Some("alpha.localhost".into()))
+        );
+    }
+
     #[test]
     fn finds_sni_of_a_real_client_hello() {
         let hello = rustls_client_hello("Alpha.Localhost");
