@@ -295,10 +295,20 @@ pub fn send(
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(64);
     message.encode(&mut buf);
+    send_bytes(socket, &buf, fd)
+}
+
+/// Sends one datagram of raw bytes, with `fd` attached when given (for tests
+/// and tools that must send what [`Message`] cannot express).
+pub fn send_bytes(
+    socket: BorrowedFd<'_>,
+    buf: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let fds: [RawFd; 1] = [fd.map_or(-1, |fd| fd.as_raw_fd())];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let cmsgs: &[ControlMessage] = if fd.is_some() { &cmsg } else { &[] };
-    let iov = [IoSlice::new(&buf)];
+    let iov = [IoSlice::new(buf)];
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
     loop {
         match sendmsg::<()>(socket.as_raw_fd(), &iov, cmsgs, flags, None) {

@@ -1,0 +1,130 @@
+//! An l7proxy given descriptors it cannot use: it closes each, says why, keeps
+//! serving, acknowledges what it received, and its descriptor count returns to
+//! where it was.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use switchyard_shared::handoff::{self, ConnMeta, ConnProtocol, Message, HANDOFF_FD_ENV};
+use switchyard_tests::*;
+
+fn conn(seq: u64) -> Message {
+    Message::Conn(ConnMeta {
+        seq,
+        protocol: ConnProtocol::Http,
+        server_name: Some("alpha.test".into()),
+        local_port: 80,
+        accepted_at_us: handoff::now_us(),
+    })
+}
+
+/// Waits for the next message from the l7proxy.
+fn next_message(socket: &OwnedFd) -> Message {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match handoff::recv(socket.as_fd()) {
+            Ok(Some(received)) => return received.message.expect("a valid message"),
+            Ok(None) => panic!("the l7proxy closed the handoff socket"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "no message from the l7proxy");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn unusable_descriptors_are_closed_with_a_reason_and_nothing_leaks() {
+    let dir = TempDir::new("handoff-input");
+    dir.write(
+        "tenants/alpha.toml",
+        "[[route]]\npath = \"/\"\nrespond = \"echo\"\n",
+    );
+    let config = dir.write(
+        "host.toml",
+        "[splitter]\nruntime_dir = \"run\"\n[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"http\"\n\
+         [[tenant]]\nname = \"alpha\"\nhosts = [\"alpha.test\"]\nconfig = \"tenants/alpha.toml\"\n",
+    );
+    let (ours, theirs) = handoff::seqpacket_pair().unwrap();
+    let mut command = Command::new(bin("l7proxy"));
+    command
+        .args(["--tenant", "alpha", "--config"])
+        .arg(&config)
+        .env(HANDOFF_FD_ENV, theirs.as_raw_fd().to_string())
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped());
+    switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
+    let mut proxy = Proc(command.spawn().unwrap());
+    drop(theirs);
+    assert!(matches!(next_message(&ours), Message::Hello { ref tenant, .. } if tenant == "alpha"));
+    assert_eq!(next_message(&ours), Message::Ready);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = fd_count(proxy.pid());
+
+    // 1: a UDP socket; 2: no descriptor; 3: another protocol version, with a
+    // descriptor; 4: a Unix stream socket; 5: a real TCP connection.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    handoff::send(ours.as_fd(), &conn(1), Some(udp.as_fd())).unwrap();
+    handoff::send(ours.as_fd(), &conn(2), None).unwrap();
+    handoff::send_bytes(ours.as_fd(), &[9, 16, 0, 0], Some(udp.as_fd())).unwrap();
+    let (unix_a, _unix_b) = std::os::unix::net::UnixStream::pair().unwrap();
+    handoff::send(ours.as_fd(), &conn(4), Some(unix_a.as_fd())).unwrap();
+    drop((udp, unix_a));
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    handoff::send(ours.as_fd(), &conn(5), Some(accepted.as_fd())).unwrap();
+    drop(accepted);
+    let answer = request(&mut client, "alpha.test", "/", "Connection: close\r\n").unwrap();
+    assert_eq!(answer.status, 200, "the process keeps serving");
+    assert_eq!(answer.json()["tenant"], "alpha");
+    drop(client);
+
+    // Every Conn is acknowledged, usable or not.
+    let mut acked = 0;
+    while acked < 5 {
+        if let Message::Ack { up_to_seq } = next_message(&ours) {
+            acked = up_to_seq;
+        }
+    }
+    let mut after = 0;
+    for _ in 0..50 {
+        after = fd_count(proxy.pid());
+        if after == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        after, before,
+        "l7proxy descriptors before {before}, after {after}"
+    );
+
+    drop(ours); // the splitter "goes away": the process drains and exits
+    let status = proxy.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut log = String::new();
+    proxy
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    for expected in [
+        "unusable descriptor received; closed",
+        "received descriptor is not a stream socket",
+        "received descriptor is not a TCP socket",
+        "Conn message without a descriptor",
+        "handoff protocol version 9 received",
+    ] {
+        assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
+    }
+}
