@@ -25,7 +25,7 @@ for target in tls_peek http_peek host_normalize handoff_decode; do
         echo "fuzz target $target FAILED: see fuzz/artifacts/$target/"
         exit 1
     fi
-    runs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $2); print $2}' "$log")
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     echo "fuzz $target: ${runs:-?} executions in ${seconds}s, no crash"
     rm -rf "$work" "$log"
 done

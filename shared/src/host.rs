@@ -32,23 +32,10 @@ pub fn normalize(raw: &str) -> Option<String> {
         if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
             return None;
         }
-        if literal.is_empty()
-            || !literal
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-        {
-            return None;
-        }
-        return Some(literal.to_ascii_lowercase());
+        return canonical_ipv6(literal);
     } else if raw.matches(':').count() > 1 {
         // A bare IPv6 literal (as SNI never carries, but a config might).
-        if !raw
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-        {
-            return None;
-        }
-        return Some(raw.to_ascii_lowercase());
+        return canonical_ipv6(raw);
     } else if let Some((host, port)) = raw.rsplit_once(':') {
         if !valid_port(port) {
             return None;
@@ -72,6 +59,14 @@ pub fn normalize(raw: &str) -> Option<String> {
         return None;
     }
     Some(name.to_ascii_lowercase())
+}
+
+/// An IPv6 address in its one canonical text form (RFC 5952), or `None`.
+fn canonical_ipv6(literal: &str) -> Option<String> {
+    literal
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(|addr| addr.to_string())
 }
 
 fn valid_port(port: &str) -> bool {
@@ -210,12 +205,17 @@ mod tests {
         );
         assert_eq!(normalize("[::1]:8080").as_deref(), Some("::1"));
         assert_eq!(normalize("[FE80::1]").as_deref(), Some("fe80::1"));
+        assert_eq!(normalize("[0:0::1]:443").as_deref(), Some("::1"));
         assert_eq!(normalize("127.0.0.1:80").as_deref(), Some("127.0.0.1"));
     }
 
     #[test]
     fn refuses_what_is_not_a_host_name() {
+        // Found by the fuzzer: "[:]" was accepted as ":", which is no name at all.
         for bad in [
+            "[:]",
+            "[::g]",
+            ":::",
             "",
             ".",
             "a..b",

@@ -133,4 +133,14 @@ mod tests {
             Peeked::Invalid(Reject::BadHost)
         );
     }
+
+    #[test]
+    fn fuzzer_findings_stay_fixed() {
+        // fuzz/corpus/http_peek/regression-ipv6-colon: "[:]" was taken for an
+        // IPv6 literal and normalised to ":", which is no host name.
+        assert_eq!(
+            name_of("GET / HTTP/1.1\r\nHost:[:]\n\r\n"),
+            Peeked::Invalid(Reject::BadHost)
+        );
+    }
 }
