@@ -426,3 +426,63 @@ fn a_frozen_tenant_costs_the_others_nothing_and_is_served_after_sigcont() {
         assert_eq!(answer.status, 200);
     }
 }
+
+#[test]
+fn a_storm_of_mixed_connections_leaves_descriptors_and_memory_at_baseline() {
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])]).start();
+    let tenant = s.tenant_pids("alpha", "ready")[0] as u32;
+    let storm = || {
+        for i in 0..150 {
+            assert_eq!(https_get(s.tls, "alpha.test", "/").unwrap().status, 200);
+            assert_eq!(http_get(s.http, "alpha.test", "/").unwrap().status, 200);
+            let _ = outcome_of(
+                if i % 2 == 0 { s.tls } else { s.http },
+                b"\x16\x03\x01\xff\xffgarbage",
+            );
+            let mut half = TcpStream::connect(s.tls).unwrap();
+            half.write_all(&[22, 3, 1, 1, 0, 1, 0]).unwrap();
+            half.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+    };
+    let settle = |pid: u32, baseline: usize| {
+        let mut now = 0;
+        for _ in 0..50 {
+            now = fd_count(pid);
+            if now == baseline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        now
+    };
+    storm(); // warm-up: allocators and caches reach their working size
+    std::thread::sleep(Duration::from_millis(500));
+    let (splitter_fds, tenant_fds) = (s.fd_count(), fd_count(tenant));
+    let (splitter_rss, tenant_rss) = (rss_kib(s.proc.pid()), rss_kib(tenant));
+    for round in 1..=2 {
+        storm();
+        assert_eq!(
+            settle(s.proc.pid(), splitter_fds),
+            splitter_fds,
+            "splitter descriptors after round {round}"
+        );
+        assert_eq!(
+            settle(tenant, tenant_fds),
+            tenant_fds,
+            "tenant descriptors after round {round}"
+        );
+    }
+    let (splitter_rss_after, tenant_rss_after) = (rss_kib(s.proc.pid()), rss_kib(tenant));
+    eprintln!(
+        "after 2 more storms of 600 connections: splitter RSS {splitter_rss} -> {splitter_rss_after} KiB, \
+         tenant RSS {tenant_rss} -> {tenant_rss_after} KiB; descriptors back to {splitter_fds} / {tenant_fds}"
+    );
+    assert!(
+        splitter_rss_after <= splitter_rss + 2048,
+        "splitter memory grows with connections"
+    );
+    assert!(
+        tenant_rss_after <= tenant_rss + 4096,
+        "tenant memory grows with connections"
+    );
+}
