@@ -268,6 +268,20 @@ impl Splitter {
     }
 }
 
+/// The descriptor count of `pid` once it has settled back to `baseline`, or
+/// whatever it still is after 5 s (closing is asynchronous in the servers).
+pub fn fd_count_settled(pid: u32, baseline: usize) -> usize {
+    let mut now = fd_count(pid);
+    for _ in 0..50 {
+        if now == baseline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        now = fd_count(pid);
+    }
+    now
+}
+
 /// Number of open descriptors of process `pid`.
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -331,14 +331,7 @@ fn the_splitter_keeps_no_descriptor_of_finished_connections() {
         let mut buf = [0u8; 64];
         let _ = junk.read(&mut buf);
     }
-    let mut after = 0;
-    for _ in 0..50 {
-        after = s.fd_count();
-        if after == before {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let after = fd_count_settled(s.proc.pid(), before);
     assert_eq!(
         after, before,
         "splitter descriptors: {before} before the traffic, {after} after"

@@ -94,14 +94,7 @@ fn unusable_descriptors_are_closed_with_a_reason_and_nothing_leaks() {
             acked = up_to_seq;
         }
     }
-    let mut after = 0;
-    for _ in 0..50 {
-        after = fd_count(proxy.pid());
-        if after == before {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let after = fd_count_settled(proxy.pid(), before);
     assert_eq!(
         after, before,
         "l7proxy descriptors before {before}, after {after}"

@@ -192,14 +192,7 @@ fn every_malformed_input_gets_its_defined_outcome_and_leaks_nothing() {
 
     // Still serving, and every descriptor of those connections is closed.
     assert_eq!(https_get(s.tls, "alpha.test", "/").unwrap().status, 200);
-    let mut after = 0;
-    for _ in 0..50 {
-        after = s.fd_count();
-        if after == before {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let after = fd_count_settled(s.proc.pid(), before);
     assert_eq!(
         after, before,
         "splitter descriptors before {before}, after {after}"
@@ -444,17 +437,6 @@ fn a_storm_of_mixed_connections_leaves_descriptors_and_memory_at_baseline() {
             half.shutdown(std::net::Shutdown::Both).unwrap();
         }
     };
-    let settle = |pid: u32, baseline: usize| {
-        let mut now = 0;
-        for _ in 0..50 {
-            now = fd_count(pid);
-            if now == baseline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        now
-    };
     storm(); // warm-up: allocators and caches reach their working size
     std::thread::sleep(Duration::from_millis(500));
     let (splitter_fds, tenant_fds) = (s.fd_count(), fd_count(tenant));
@@ -462,12 +444,12 @@ fn a_storm_of_mixed_connections_leaves_descriptors_and_memory_at_baseline() {
     for round in 1..=2 {
         storm();
         assert_eq!(
-            settle(s.proc.pid(), splitter_fds),
+            fd_count_settled(s.proc.pid(), splitter_fds),
             splitter_fds,
             "splitter descriptors after round {round}"
         );
         assert_eq!(
-            settle(tenant, tenant_fds),
+            fd_count_settled(tenant, tenant_fds),
             tenant_fds,
             "tenant descriptors after round {round}"
         );

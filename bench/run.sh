@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Switchyard's benchmark: one command, one interleaved run, all setups against
+# the same upstream, so machine drift hits everyone alike.
+#
+#   bench/run.sh                     # Switchyard (direct, single, two-tier) only
+#   PEERS=1 bench/run.sh             # also nginx and HAProxy two-tier setups (installs them)
+#   ROUNDS=5 DURATION=10 PEERS=1 bench/run.sh
+#
+# Setups: direct (wrk → upstream), single (one `l7proxy --listen`), two-tier
+# (splitter → l7proxy), nginx-2tier (stream + ssl_preread → http over a Unix
+# socket), haproxy-2tier (mode tcp + req.ssl_sni → mode http over a Unix socket).
+# Modes: keep-alive and Connection: close, TLS and plaintext. Every proxy gets one
+# worker thread; proxies run on CPU 1, wrk and the upstream on CPU 0 (taskset).
+# Results: bench/out/results.tsv (raw), bench/RESULTS.md (medians and ratios),
+# bench/chart.svg.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+switchyard_need_packages
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-64}
+PEERS=${PEERS:-0}
+OUT=$PWD/bench/out
+rm -rf "$OUT"; mkdir -p "$OUT/tenants" "$OUT/run"
+
+if [ "$PEERS" = 1 ]; then
+    missing=()
+    command -v nginx >/dev/null 2>&1 || missing+=(nginx libnginx-mod-stream)
+    [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+    command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]}"
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+fi
+
+echo "==> building release binaries"
+cargo build --release --bins
+BIN=$PWD/target/release
+
+cat > "$OUT/tenants/bench.toml" <<TOML
+[tls]
+self_signed = true
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:19001"]
+[[route]]
+path = "/"
+upstream = "app"
+TOML
+cat > "$OUT/host.toml" <<TOML
+[splitter]
+runtime_dir = "run"
+threads = 1
+[[listen]]
+addr = "127.0.0.1:19443"
+protocol = "tls"
+[[listen]]
+addr = "127.0.0.1:19280"
+protocol = "http"
+[[tenant]]
+name = "bench"
+hosts = ["localhost"]
+config = "tenants/bench.toml"
+processes = 1
+threads = 1
+TOML
+
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$OUT/nginx.pid" ] && kill "$(cat "$OUT/nginx.pid")" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+export RUST_LOG=error   # access logs off for every Switchyard process
+
+taskset -c 0 "$BIN/echo-upstream" --listen 127.0.0.1:19001 --body-size 100 2>/dev/null & pids+=($!)
+taskset -c 1 "$BIN/splitter" --config "$OUT/host.toml" & pids+=($!); twotier_pid=$!
+taskset -c 1 "$BIN/l7proxy" --tenant bench --config "$OUT/host.toml" --listen 127.0.0.1:19143,tls & pids+=($!); single_tls_pid=$!
+taskset -c 1 "$BIN/l7proxy" --tenant bench --config "$OUT/host.toml" --listen 127.0.0.1:19101 & pids+=($!); single_http_pid=$!
+
+setups="direct single two-tier"
+if [ "$PEERS" = 1 ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
+    cat "$OUT/cert.pem" "$OUT/key.pem" > "$OUT/haproxy.pem"
+    cat > "$OUT/nginx.conf" <<NGINX
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+pid $OUT/nginx.pid;
+error_log $OUT/nginx-error.log error;
+events { worker_connections 4096; }
+stream {
+    map \$ssl_preread_server_name \$tenant { localhost unix:$OUT/nginx-tls.sock; default unix:$OUT/nginx-tls.sock; }
+    server { listen 127.0.0.1:19543; ssl_preread on; proxy_pass \$tenant; }
+    server { listen 127.0.0.1:19580; proxy_pass unix:$OUT/nginx-plain.sock; }
+}
+http {
+    access_log off;
+    upstream app { server 127.0.0.1:19001; keepalive 64; }
+    server {
+        listen unix:$OUT/nginx-tls.sock ssl; server_name localhost;
+        ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem;
+        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+    server {
+        listen unix:$OUT/nginx-plain.sock; server_name localhost;
+        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+NGINX
+    taskset -c 1 nginx -c "$OUT/nginx.conf" -p "$OUT"
+    cat > "$OUT/haproxy.cfg" <<HAPROXY
+global
+    nbthread 1
+    maxconn 8192
+defaults
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend tls_front
+    mode tcp
+    bind 127.0.0.1:19643
+    tcp-request inspect-delay 5s
+    tcp-request content accept if { req.ssl_hello_type 1 }
+    use_backend tls_tenant if { req.ssl_sni -i localhost }
+    default_backend tls_tenant
+backend tls_tenant
+    mode tcp
+    server t unix@$OUT/haproxy-tls.sock
+frontend plain_front
+    mode tcp
+    bind 127.0.0.1:19680
+    default_backend plain_tenant
+backend plain_tenant
+    mode tcp
+    server t unix@$OUT/haproxy-plain.sock
+frontend tenant_tls
+    mode http
+    bind unix@$OUT/haproxy-tls.sock ssl crt $OUT/haproxy.pem
+    default_backend app
+frontend tenant_plain
+    mode http
+    bind unix@$OUT/haproxy-plain.sock
+    default_backend app
+backend app
+    mode http
+    http-reuse always
+    server up 127.0.0.1:19001
+HAPROXY
+    taskset -c 1 haproxy -f "$OUT/haproxy.cfg" -q & pids+=($!); haproxy_pid=$!
+    setups="$setups nginx-2tier haproxy-2tier"
+fi
+
+url() { # setup mode
+    local scheme=http port
+    case "$2" in tls-*) scheme=https ;; esac
+    case "$1/$scheme" in
+        direct/*) scheme=http; port=19001 ;;
+        single/https) port=19143 ;; single/http) port=19101 ;;
+        two-tier/https) port=19443 ;; two-tier/http) port=19280 ;;
+        nginx-2tier/https) port=19543 ;; nginx-2tier/http) port=19580 ;;
+        haproxy-2tier/https) port=19643 ;; haproxy-2tier/http) port=19680 ;;
+    esac
+    echo "$scheme://localhost:$port/"
+}
+proxy_pids() { # setup mode
+    case "$1" in
+        direct) echo "" ;;
+        single) case "$2" in tls-*) echo "$single_tls_pid" ;; *) echo "$single_http_pid" ;; esac ;;
+        two-tier) echo "$twotier_pid $(cat /proc/$twotier_pid/task/*/children 2>/dev/null)" ;;
+        nginx-2tier) local m; m=$(cat "$OUT/nginx.pid"); echo "$m $(cat /proc/$m/task/*/children 2>/dev/null)" ;;
+        haproxy-2tier) echo "$haproxy_pid" ;;
+    esac
+}
+ticks() { local t=0 p; for p in "$@"; do [ -r /proc/$p/stat ] && t=$((t + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' /proc/$p/stat))); done; echo $t; }
+hwm() { local k=0 p; for p in "$@"; do [ -r /proc/$p/status ] && k=$((k + $(awk '/VmHWM/ {print $2}' /proc/$p/status))); done; echo $k; }
+
+echo "==> waiting for every setup to answer"
+for setup in $setups; do
+    for mode in tls-keepalive http-keepalive; do
+        u=$(url "$setup" "$mode")
+        for _ in $(seq 100); do curl -skf -o /dev/null "$u" && break; sleep 0.1; done
+        curl -skf -o /dev/null "$u" || { echo "$setup ($u) does not answer"; exit 1; }
+    done
+done
+
+modes="tls-keepalive http-keepalive tls-close http-close"
+printf 'round\tsetup\tmode\treq_s\tp50_ms\tp99_ms\tcpu_us_per_req\trss_kib\terrors\n' > "$OUT/results.tsv"
+echo "==> $ROUNDS rounds × ${DURATION}s per cell, wrk -t1 -c$CONNS --latency; proxies on CPU 1, wrk + upstream on CPU 0"
+for round in $(seq "$ROUNDS"); do
+    for mode in $modes; do
+        for setup in $setups; do
+            [ "$setup" = direct ] && case "$mode" in tls-*) continue ;; esac
+            u=$(url "$setup" "$mode"); ps=$(proxy_pids "$setup" "$mode")
+            header=(); case "$mode" in *-close) header=(-H "Connection: close") ;; esac
+            t0=$(ticks $ps)
+            out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${header[@]}" "$u" 2>&1 || true)
+            t1=$(ticks $ps)
+            python3 - "$round" "$setup" "$mode" "$((t1 - t0))" "$(hwm $ps)" <<PY >> "$OUT/results.tsv"
+import re, sys
+out = """$out"""
+rnd, setup, mode, ticks, rss = sys.argv[1:]
+def lat(p):
+    m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)" % p, out, re.M)
+    if not m: return float("nan")
+    return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) if "Requests/sec" in out else 0.0
+reqs = int(re.search(r"(\d+) requests in", out).group(1)) if "requests in" in out else 0
+errs = re.findall(r"(Non-2xx or 3xx responses: \d+|Socket errors: [^\n]+)", out)
+cpu = (int(ticks) * 10000 / reqs) if reqs and setup != "direct" else float("nan")
+print(f"{rnd}\t{setup}\t{mode}\t{rps:.0f}\t{lat(50):.3f}\t{lat(99):.3f}\t{cpu:.1f}\t{rss}\t{'; '.join(errs) or 'none'}")
+PY
+            tail -1 "$OUT/results.tsv"
+        done
+    done
+done
+
+python3 bench/summarize.py "$OUT/results.tsv" bench/RESULTS-run.md bench/chart.svg \
+    "rounds=$ROUNDS duration=${DURATION}s connections=$CONNS"
+echo "==> wrote bench/RESULTS-run.md and bench/chart.svg (raw: bench/out/results.tsv)"

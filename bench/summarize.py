@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Summarise bench/out/results.tsv: medians per setup and mode, ratios to the
+single tier and to the peers, the targets of the performance issue, and an SVG
+bar chart. Usage: summarize.py RESULTS.tsv OUT.md OUT.svg "run description"."""
+import csv, math, platform, statistics, subprocess, sys
+
+raw, out_md, out_svg, description = sys.argv[1:5]
+rows = list(csv.DictReader(open(raw), delimiter="\t"))
+SETUPS = ["direct", "single", "two-tier", "nginx-2tier", "haproxy-2tier"]
+MODES = ["tls-keepalive", "http-keepalive", "tls-close", "http-close"]
+cells = {}
+for r in rows:
+    cells.setdefault((r["setup"], r["mode"]), []).append(r)
+
+def med(setup, mode, key):
+    vals = [float(r[key]) for r in cells.get((setup, mode), []) if not math.isnan(float(r[key]))]
+    return statistics.median(vals) if vals else float("nan")
+
+def errors(setup, mode):
+    errs = [r["errors"] for r in cells.get((setup, mode), []) if r["errors"] != "none"]
+    return "; ".join(errs) if errs else "none"
+
+present = [s for s in SETUPS if any(k[0] == s for k in cells)]
+
+def version(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, shell=True).stdout.strip().splitlines()[0]
+    except Exception:
+        return "?"
+
+lines = [
+    "# Benchmark run",
+    "",
+    f"Machine: {platform.machine()}, {subprocess.run('nproc', capture_output=True, text=True).stdout.strip()} cores, "
+    f"{platform.platform()}; {version('wrk --version 2>&1 | head -1')}; "
+    f"{version('nginx -v 2>&1')}; {version('haproxy -v 2>/dev/null')}.",
+    f"Run: {description}; medians over the rounds; interleaved setup by setup within each round.",
+    "Proxies pinned to CPU 1, wrk and the upstream (echo-upstream, 100-byte body) to CPU 0; one worker thread per proxy.",
+    "CPU µs/req: user+system time of every proxy process of the setup (two-tier: splitter and tenant process) per request.",
+    "",
+]
+for mode in MODES:
+    lines += [f"## {mode}", "", "| setup | req/s | p50 ms | p99 ms | proxy CPU µs/req | peak RSS MiB | errors |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for s in present:
+        if not cells.get((s, mode)):
+            continue
+        rss = med(s, mode, "rss_kib") / 1024
+        lines.append(
+            f"| {s} | {med(s, mode, 'req_s'):,.0f} | {med(s, mode, 'p50_ms'):.2f} | {med(s, mode, 'p99_ms'):.2f} | "
+            f"{med(s, mode, 'cpu_us_per_req'):.1f} | {'' if s == 'direct' else f'{rss:.1f}'} | {errors(s, mode)} |")
+    lines.append("")
+
+def ratio(a, b, mode, key="req_s"):
+    x, y = med(a, mode, key), med(b, mode, key)
+    return x / y if y and not math.isnan(x) and not math.isnan(y) else float("nan")
+
+lines += ["## Ratios", "", "| mode | two-tier ÷ single (req/s) | two-tier ÷ nginx-2tier | two-tier ÷ haproxy-2tier | CPU/req two-tier ÷ nginx | CPU/req two-tier ÷ haproxy |",
+          "| --- | ---: | ---: | ---: | ---: | ---: |"]
+for mode in MODES:
+    lines.append(
+        f"| {mode} | {ratio('two-tier', 'single', mode):.2f} | {ratio('two-tier', 'nginx-2tier', mode):.2f} | "
+        f"{ratio('two-tier', 'haproxy-2tier', mode):.2f} | {ratio('two-tier', 'nginx-2tier', mode, 'cpu_us_per_req'):.2f} | "
+        f"{ratio('two-tier', 'haproxy-2tier', mode, 'cpu_us_per_req'):.2f} |")
+lines.append("")
+
+def target(text, value, ok):
+    state = "n/a (not measured in this run)" if math.isnan(value) else ("met" if ok(value) else "NOT met")
+    return f"| {text} | {value:.2f} | {state} |"
+
+lines += ["## Targets of the performance issue (from this run)", "", "| target | measured | state |", "| --- | ---: | --- |",
+          target("keep-alive TLS: two-tier ≥ 0.97 × single", ratio("two-tier", "single", "tls-keepalive"), lambda v: v >= 0.97),
+          target("keep-alive plaintext: two-tier ≥ 0.97 × single", ratio("two-tier", "single", "http-keepalive"), lambda v: v >= 0.97),
+          target("Connection: close TLS: two-tier ≥ 0.90 × single", ratio("two-tier", "single", "tls-close"), lambda v: v >= 0.90),
+          target("Connection: close plaintext: two-tier ≥ 0.85 × single", ratio("two-tier", "single", "http-close"), lambda v: v >= 0.85),
+          target("keep-alive TLS req/s: two-tier ÷ nginx-2tier > 1", ratio("two-tier", "nginx-2tier", "tls-keepalive"), lambda v: v > 1),
+          target("keep-alive TLS req/s: two-tier ÷ haproxy-2tier > 1", ratio("two-tier", "haproxy-2tier", "tls-keepalive"), lambda v: v > 1),
+          target("keep-alive TLS CPU/req: two-tier ÷ nginx-2tier < 1", ratio("two-tier", "nginx-2tier", "tls-keepalive", "cpu_us_per_req"), lambda v: v < 1),
+          target("keep-alive TLS CPU/req: two-tier ÷ haproxy-2tier < 1", ratio("two-tier", "haproxy-2tier", "tls-keepalive", "cpu_us_per_req"), lambda v: v < 1),
+          ""]
+open(out_md, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+# Chart: grouped bars, req/s per mode, one bar per setup.
+colors = {"direct": "#999999", "single": "#4c78a8", "two-tier": "#f58518", "nginx-2tier": "#54a24b", "haproxy-2tier": "#b279a2"}
+W, H, left, top, bottom = 860, 360, 70, 40, 60
+plot_h = H - top - bottom
+peak = max([med(s, m, "req_s") for s in present for m in MODES if cells.get((s, m))] + [1])
+group_w = (W - left - 20) / len(MODES)
+bar_w = group_w * 0.8 / max(1, len(present))
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+       f'<rect width="{W}" height="{H}" fill="white"/>',
+       f'<text x="{left}" y="20" font-size="14">Requests/s by setup (wrk -t1, medians; {description})</text>']
+for i in range(5):
+    v = peak * i / 4
+    y = top + plot_h - plot_h * i / 4
+    svg.append(f'<line x1="{left}" y1="{y:.1f}" x2="{W - 20}" y2="{y:.1f}" stroke="#ddd"/>')
+    svg.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v / 1000:.0f}k</text>')
+for gi, mode in enumerate(MODES):
+    gx = left + gi * group_w + group_w * 0.1
+    for si, s in enumerate(present):
+        v = med(s, mode, "req_s")
+        if math.isnan(v):
+            continue
+        h = plot_h * v / peak
+        x = gx + si * bar_w
+        svg.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" fill="{colors[s]}"><title>{s} {mode}: {v:,.0f} req/s</title></rect>')
+    svg.append(f'<text x="{gx + group_w * 0.4:.1f}" y="{top + plot_h + 18}" text-anchor="middle">{mode}</text>')
+for si, s in enumerate(present):
+    x = left + si * 150
+    svg.append(f'<rect x="{x}" y="{H - 22}" width="12" height="12" fill="{colors[s]}"/><text x="{x + 16}" y="{H - 12}">{s}</text>')
+svg.append("</svg>")
+open(out_svg, "w").write("\n".join(svg) + "\n")
