@@ -163,11 +163,14 @@ async fn wait_and_route(front: Arc<Front>, mut conn: ClientConn) {
     match result {
         Ok(Ok(name)) => route(&front, conn, name),
         Ok(Err(PeekFailure::Invalid(reject))) => refuse(conn, reject),
-        Ok(Err(PeekFailure::Closed)) => {}
-        Err(_) => debug!(
-            port = conn.local_port,
-            "peek_timeout: client sent too little; closed"
-        ),
+        Ok(Err(PeekFailure::Closed)) => metrics::connection(&conn.listener, "client_closed"),
+        Err(_) => {
+            debug!(
+                port = conn.local_port,
+                "peek_timeout: client sent too little; closed"
+            );
+            metrics::connection(&conn.listener, "peek_timeout");
+        }
     }
 }
 

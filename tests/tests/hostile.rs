@@ -468,3 +468,39 @@ fn a_storm_of_mixed_connections_leaves_descriptors_and_memory_at_baseline() {
         "tenant memory grows with connections"
     );
 }
+
+#[test]
+fn a_client_sending_one_byte_at_a_time_is_closed_at_peek_timeout() {
+    let (s, admin) = with_admin(
+        SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
+            .splitter_lines("peek_timeout = \"1s\""),
+    );
+    let request = b"GET / HTTP/1.1\r\nHost: alpha.test\r\nX-Slow: yes\r\n\r\n";
+    let mut tcp = TcpStream::connect(s.http).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let start = Instant::now();
+    let mut closed_at = None;
+    for byte in request.iter() {
+        if tcp.write_all(&[*byte]).is_err() {
+            closed_at = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let closed_at = closed_at.unwrap_or_else(|| {
+        // All written: the close shows as end of file (or a reset) when reading.
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let _ = tcp.read(&mut buf);
+        start.elapsed()
+    });
+    assert!(
+        closed_at >= Duration::from_millis(900) && closed_at < Duration::from_millis(2500),
+        "closed after {closed_at:?}, peek_timeout is 1 s"
+    );
+    let http = s.http.to_string();
+    let text = String::from_utf8(http_get(admin, "admin", "/metrics").unwrap().body).unwrap();
+    let line =
+        format!("switchyard_connections_total{{listener=\"{http}\",outcome=\"peek_timeout\"}} 1");
+    assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+}
