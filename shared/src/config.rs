@@ -259,7 +259,7 @@ pub enum UnknownHost {
 }
 
 /// The `[splitter]` section.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SplitterSettings {
     /// Where control.sock, handoff.sock and per-tenant directories live.
     pub runtime_dir: PathBuf,
@@ -280,7 +280,7 @@ pub struct SplitterSettings {
 }
 
 /// One `[[listen]]` entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// Address to bind.
     pub addr: SocketAddr,

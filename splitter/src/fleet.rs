@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard_shared::config::{HostConfig, TenantConfig, TenantFile};
+use switchyard_shared::config::{
+    HostConfig, ListenerConfig, SplitterSettings, TenantConfig, TenantFile,
+};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -59,6 +61,8 @@ pub struct Fleet {
     running: Mutex<Vec<Running>>,
     /// Serialises restarts, reloads and stop; `running` is only held briefly.
     operations: Mutex<()>,
+    /// The listeners bound at start (a reload cannot rebind them).
+    listeners: Vec<ListenerConfig>,
 }
 
 impl Fleet {
@@ -79,6 +83,7 @@ impl Fleet {
             started: Instant::now(),
             running: Mutex::new(running),
             operations: Mutex::new(()),
+            listeners: config.listeners.clone(),
         })
     }
 
@@ -143,6 +148,18 @@ impl Fleet {
             .map_err(|e| format!("reload refused, nothing changed:\n{e}"))?;
         let mut running = self.running.lock().await;
         let mut notes = Vec::new();
+        if config.listeners != self.listeners {
+            notes.push("[[listen]] changed: a reload does not rebind listeners; restart the splitter to apply".to_string());
+        }
+        let settings = SplitterSettings {
+            unknown_host: self.front.settings.unknown_host.clone(),
+            ..config.splitter.clone()
+        };
+        if settings != self.front.settings {
+            notes.push(
+                "[splitter] settings other than unknown_host changed: they apply when the splitter restarts".to_string(),
+            );
+        }
         let mut kept: Vec<Running> = Vec::new();
         let mut to_restart = Vec::new();
         let mut to_retire = Vec::new();

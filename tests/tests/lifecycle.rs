@@ -376,3 +376,20 @@ fn sighup_reloads_the_host_file() {
         || matches!(http_get(s.http, "beta.test", "/"), Ok(r) if r.status == 200 && r.json()["tenant"] == "beta"),
     );
 }
+
+#[test]
+fn reload_says_which_changes_wait_for_a_restart() {
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])]).start();
+    let host = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        host.replace("peek_timeout = \"2s\"", "peek_timeout = \"3s\""),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = s.ctl(&["reload"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("apply when the splitter restarts"),
+        "{stdout}"
+    );
+}
