@@ -756,3 +756,11 @@ pub fn metric(admin: SocketAddr, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Serialises the tests that measure CPU, latency or memory, or generate heavy
+/// load, within one test binary, so that they do not disturb each other's
+/// measurements when cargo runs tests in parallel.
+pub fn measuring_alone() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -340,6 +340,7 @@ fn the_splitter_keeps_no_descriptor_of_finished_connections() {
 
 #[test]
 fn clients_that_send_half_a_hello_cost_no_cpu_while_they_wait() {
+    let _alone = measuring_alone();
     let s = two_echo_tenants();
     let hello = {
         let mut conn = tls_client("alpha.test");

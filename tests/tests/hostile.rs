@@ -225,6 +225,7 @@ fn median_latency(addr: SocketAddr, samples: usize) -> Duration {
 
 #[test]
 fn five_thousand_half_hellos_for_ten_seconds_cost_almost_no_cpu() {
+    let _alone = measuring_alone();
     let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
         .splitter_lines("peek_timeout = \"30s\"")
         .start();
@@ -323,6 +324,7 @@ fn past_max_pending_new_connections_are_closed_at_once_and_the_splitter_recovers
 
 #[test]
 fn out_of_descriptors_the_accept_loop_backs_off_without_spinning_and_recovers() {
+    let _alone = measuring_alone();
     // A splitter whose descriptor limit runs out after a few dozen connections.
     let dir = TempDir::new("emfile");
     dir.write(
@@ -388,6 +390,7 @@ fn out_of_descriptors_the_accept_loop_backs_off_without_spinning_and_recovers() 
 
 #[test]
 fn a_frozen_tenant_costs_the_others_nothing_and_is_served_after_sigcont() {
+    let _alone = measuring_alone();
     let s = SplitterBuilder::new(vec![
         TenantSpec::echo("alpha", &["alpha.test"]),
         TenantSpec::echo("beta", &["beta.test"]),
@@ -422,6 +425,7 @@ fn a_frozen_tenant_costs_the_others_nothing_and_is_served_after_sigcont() {
 
 #[test]
 fn a_storm_of_mixed_connections_leaves_descriptors_and_memory_at_baseline() {
+    let _alone = measuring_alone();
     let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])]).start();
     let tenant = s.tenant_pids("alpha", "ready")[0] as u32;
     let storm = || {
@@ -471,6 +475,7 @@ fn a_storm_of_mixed_connections_leaves_descriptors_and_memory_at_baseline() {
 
 #[test]
 fn a_client_sending_one_byte_at_a_time_is_closed_at_peek_timeout() {
+    let _alone = measuring_alone();
     let (s, admin) = with_admin(
         SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
             .splitter_lines("peek_timeout = \"1s\""),

@@ -30,6 +30,7 @@ fn assert_clean(report: &WrkReport, what: &str) {
 
 #[test]
 fn rolling_restart_under_load_loses_nothing() {
+    let _alone = measuring_alone();
     let s = SplitterBuilder::new(vec![
         TenantSpec::echo("alpha", &["alpha.test"]),
         TenantSpec::echo("beta", &["beta.test"]),
@@ -102,6 +103,7 @@ fn ctl_reports_unknown_tenants_and_a_splitter_that_is_not_running() {
 
 #[test]
 fn a_killed_process_is_respawned_and_its_new_connections_are_held_meanwhile() {
+    let _alone = measuring_alone();
     let s = SplitterBuilder::new(vec![
         TenantSpec::echo("alpha", &["alpha.test"]),
         TenantSpec::echo("beta", &["beta.test"]),
@@ -128,6 +130,7 @@ fn a_killed_process_is_respawned_and_its_new_connections_are_held_meanwhile() {
 
 #[test]
 fn with_two_processes_killing_one_loses_no_new_connection() {
+    let _alone = measuring_alone();
     let mut spec = TenantSpec::echo("alpha", &["alpha.test"]);
     spec.processes = 2;
     let s = SplitterBuilder::new(vec![spec]).start();
@@ -172,6 +175,7 @@ fn a_connection_handed_to_a_process_that_dies_before_acking_is_served_by_another
 
 #[test]
 fn reload_adds_and_removes_tenants_while_a_third_serves_without_error() {
+    let _alone = measuring_alone();
     let s = SplitterBuilder::new(vec![
         TenantSpec::echo("keep", &["keep.test"]),
         TenantSpec::echo("gone", &["gone.test"]),
@@ -231,6 +235,7 @@ fn reload_adds_and_removes_tenants_while_a_third_serves_without_error() {
 
 #[test]
 fn sigterm_under_load_answers_every_in_flight_request_and_exits_0() {
+    let _alone = measuring_alone();
     let mut s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])]).start();
     let children = s.children();
     let http = s.http;
