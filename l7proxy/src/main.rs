@@ -30,7 +30,15 @@ use tracing::{error, info};
 /// Normally spawned by `splitter`, which hands it connections. With `--listen`
 /// it accepts connections itself (no splitter needed).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  \
+    l7proxy --tenant shop --config /etc/switchyard/host.toml                     join the running splitter's pool (as the tenant's user)\n  \
+    l7proxy --tenant shop --config /etc/switchyard/host.toml --listen 127.0.0.1:9443,tls   serve alone, without a splitter\n\n\
+    The splitter normally spawns this process itself. SIGTERM drains it: in-flight requests finish, then it exits."
+)]
 struct Cli {
     /// The tenant to serve, as named in the host file.
     #[arg(long, value_name = "NAME")]

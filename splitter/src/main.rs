@@ -31,7 +31,17 @@ use tracing::{error, info};
 /// Switchyard's front tier: routes connections on shared ports to per-site
 /// l7proxy processes by TLS SNI or HTTP Host, handing over the socket itself.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  \
+    splitter --config /etc/switchyard/host.toml            run (foreground; SIGHUP reloads, SIGTERM/SIGINT stop gracefully)\n  \
+    splitter check --config /etc/switchyard/host.toml      validate the host file and every tenant file\n  \
+    splitter ctl --config /etc/switchyard/host.toml status\n  \
+    splitter ctl --config /etc/switchyard/host.toml restart shop\n\n\
+    Logs go to stderr; RUST_LOG sets the level, SWITCHYARD_LOG_FORMAT=json gives JSON lines."
+)]
 struct Cli {
     /// The host file (TOML), e.g. /etc/switchyard/host.toml.
     #[arg(long, global = true, value_name = "FILE")]
