@@ -130,6 +130,46 @@ pub fn request(runtime_dir: &Path, request: &Value, timeout: Duration) -> Result
         .map_err(|e| format!("unreadable answer from the splitter ({e}): {line}"))
 }
 
+/// `splitter ctl`: sends `request`, prints the answer (the status as JSON when
+/// `json_output`), and says how it went in the exit code (1: refused or no splitter).
+pub fn run_client(
+    runtime_dir: &Path,
+    request: &Value,
+    json_output: bool,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    // A rolling restart waits for the new processes: allow it the time.
+    let timeout = Duration::from_secs(90);
+    match self::request(runtime_dir, request, timeout) {
+        Ok(answer) if answer["ok"] == true => {
+            if let Some(status) = answer.get("status") {
+                if json_output {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(status).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", render_status(status));
+                }
+            } else if let Some(message) = answer["message"].as_str() {
+                println!("{message}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprintln!(
+                "splitter ctl: {}",
+                answer["message"].as_str().unwrap_or("request failed")
+            );
+            ExitCode::FAILURE
+        }
+        Err(message) => {
+            eprintln!("splitter ctl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Renders `ctl status` for a person.
 pub fn render_status(status: &Value) -> String {
     let mut out = format!(

@@ -1,0 +1,441 @@
+//! The host file: listeners, splitter settings and the tenants.
+
+use super::source::Source;
+use super::tenant_file::TenantFile;
+use super::ConfigErrors;
+use crate::host::{HostPattern, HostTable};
+use crate::units::serde_duration;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHostFile {
+    splitter: Option<RawSplitter>,
+    #[serde(default)]
+    listen: Vec<RawListen>,
+    #[serde(default)]
+    tenant: Vec<RawTenant>,
+}
+
+fn default_threads() -> usize {
+    1
+}
+fn default_peek_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_hold_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_peek_bytes() -> usize {
+    16384
+}
+fn default_max_pending() -> usize {
+    10000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSplitter {
+    runtime_dir: Option<Spanned<String>>,
+    #[serde(default = "default_threads")]
+    threads: usize,
+    #[serde(default = "default_peek_timeout", with = "serde_duration")]
+    peek_timeout: Duration,
+    #[serde(default = "default_max_peek_bytes")]
+    max_peek_bytes: usize,
+    #[serde(default = "default_hold_timeout", with = "serde_duration")]
+    hold_timeout: Duration,
+    #[serde(default = "default_max_pending")]
+    max_pending: usize,
+    unknown_host: Option<Spanned<String>>,
+    admin: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    addr: Spanned<String>,
+    protocol: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: Spanned<String>,
+    hosts: Spanned<Vec<Spanned<String>>>,
+    config: Spanned<String>,
+    #[serde(default = "default_one")]
+    processes: Spanned<usize>,
+    #[serde(default = "default_one")]
+    threads: Spanned<usize>,
+    user: Option<String>,
+    group: Option<String>,
+    limits: Option<RawLimits>,
+}
+
+fn default_one() -> Spanned<usize> {
+    Spanned::new(0..0, 1)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    nofile: Option<u64>,
+    #[serde(
+        default,
+        deserialize_with = "crate::units::serde_size_opt::deserialize"
+    )]
+    memory: Option<u64>,
+    cpu: Option<f64>,
+}
+
+/// What a listener peeks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// TLS: route by the ClientHello's SNI.
+    Tls,
+    /// Plaintext HTTP/1.x: route by the `Host` header (or absolute-form URI).
+    Http,
+}
+
+impl Protocol {
+    /// The name used in configuration and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tls => "tls",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// What happens to a connection whose name matches no tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnknownHost {
+    /// Close it (a plaintext client gets `400` first).
+    Reject,
+    /// Hand it to this tenant.
+    Tenant(String),
+}
+
+/// The `[splitter]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitterSettings {
+    /// Where control.sock, handoff.sock and per-tenant directories live.
+    pub runtime_dir: PathBuf,
+    /// Worker threads of the splitter's runtime.
+    pub threads: usize,
+    /// A client that has not sent its ClientHello / headers by then is closed.
+    pub peek_timeout: Duration,
+    /// The most bytes examined when peeking.
+    pub max_peek_bytes: usize,
+    /// How long a connection may wait for a tenant with no ready process.
+    pub hold_timeout: Duration,
+    /// Peeking plus held connections, whole splitter.
+    pub max_pending: usize,
+    /// Fate of connections for names no tenant claims.
+    pub unknown_host: UnknownHost,
+    /// Optional admin HTTP address (metrics and status).
+    pub admin: Option<SocketAddr>,
+}
+
+/// One `[[listen]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// What to peek at.
+    pub protocol: Protocol,
+}
+
+/// Resource limits of a tenant's processes (`[tenant.limits]`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    /// `RLIMIT_NOFILE`.
+    pub nofile: Option<u64>,
+    /// Memory limit in bytes (cgroup v2 `memory.max`).
+    pub memory: Option<u64>,
+    /// CPU limit in cores (cgroup v2 `cpu.max`).
+    pub cpu: Option<f64>,
+}
+
+/// One `[[tenant]]` entry of the host file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantConfig {
+    /// Unique tenant name (letters, digits, `-`, `_`).
+    pub name: String,
+    /// The names this tenant serves.
+    pub hosts: Vec<HostPattern>,
+    /// Absolute path of the tenant file.
+    pub config: PathBuf,
+    /// Size of the tenant's process pool.
+    pub processes: usize,
+    /// Pingora worker threads per process.
+    pub threads: usize,
+    /// User to run the tenant's processes as.
+    pub user: Option<String>,
+    /// Group to run the tenant's processes as.
+    pub group: Option<String>,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// A validated host file.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// `[splitter]`.
+    pub splitter: SplitterSettings,
+    /// `[[listen]]`.
+    pub listeners: Vec<ListenerConfig>,
+    /// `[[tenant]]`, in file order.
+    pub tenants: Vec<TenantConfig>,
+}
+
+fn valid_tenant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl HostConfig {
+    /// Reads and validates a host file (not the tenant files it names).
+    pub fn load(path: &Path) -> Result<HostConfig, ConfigErrors> {
+        let mut src = Source::read(path)?;
+        let raw: RawHostFile = src.parse()?;
+        let config = Self::validate(&mut src, raw);
+        src.finish(config)
+    }
+
+    fn validate(src: &mut Source, raw: RawHostFile) -> HostConfig {
+        let raw_splitter = raw.splitter.unwrap_or(RawSplitter {
+            runtime_dir: None,
+            threads: default_threads(),
+            peek_timeout: default_peek_timeout(),
+            max_peek_bytes: default_max_peek_bytes(),
+            hold_timeout: default_hold_timeout(),
+            max_pending: default_max_pending(),
+            unknown_host: None,
+            admin: None,
+        });
+        let runtime_dir = match &raw_splitter.runtime_dir {
+            Some(dir) => src.resolve(dir.get_ref()),
+            None => PathBuf::from("/run/switchyard"),
+        };
+        if raw_splitter.threads == 0 || raw_splitter.threads > 64 {
+            src.error(0..0, "splitter.threads must be between 1 and 64");
+        }
+        if raw_splitter.max_peek_bytes < 512 || raw_splitter.max_peek_bytes > 1 << 20 {
+            src.error(
+                0..0,
+                "splitter.max_peek_bytes must be between 512 and 1048576 (a post-quantum ClientHello needs about 2000)",
+            );
+        }
+        let admin = raw_splitter
+            .admin
+            .as_ref()
+            .and_then(|a| match a.get_ref().parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    src.error(
+                        a.span(),
+                        format!("admin = {:?} is not an IP:port address", a.get_ref()),
+                    );
+                    None
+                }
+            });
+
+        let mut listeners = Vec::new();
+        for listen in &raw.listen {
+            let addr = match listen.addr.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    src.error(
+                        listen.addr.span(),
+                        format!(
+                            "listen addr {:?} is not an IP:port address (e.g. \"0.0.0.0:443\" or \"[::]:443\")",
+                            listen.addr.get_ref()
+                        ),
+                    );
+                    None
+                }
+            };
+            let protocol = match listen.protocol.get_ref().as_str() {
+                "tls" => Some(Protocol::Tls),
+                "http" => Some(Protocol::Http),
+                other => {
+                    src.error(
+                        listen.protocol.span(),
+                        format!("listen protocol {other:?} is unknown; use \"tls\" or \"http\""),
+                    );
+                    None
+                }
+            };
+            if let (Some(addr), Some(protocol)) = (addr, protocol) {
+                if listeners.iter().any(|l: &ListenerConfig| l.addr == addr) {
+                    src.error(
+                        listen.addr.span(),
+                        format!("listen addr {addr} appears twice"),
+                    );
+                }
+                listeners.push(ListenerConfig { addr, protocol });
+            }
+        }
+        if raw.listen.is_empty() {
+            src.error(
+                0..0,
+                "no [[listen]] section: the splitter needs at least one listener",
+            );
+        }
+
+        let mut tenants: Vec<TenantConfig> = Vec::new();
+        let mut claimed: HostTable<String> = HostTable::new();
+        for t in &raw.tenant {
+            let name = t.name.get_ref().clone();
+            if !valid_tenant_name(&name) {
+                src.error(
+                    t.name.span(),
+                    format!("tenant name {name:?} must be 1-64 letters, digits, '-' or '_'"),
+                );
+            }
+            if tenants.iter().any(|other| other.name == name) {
+                src.error(t.name.span(), format!("tenant name {name:?} is used twice"));
+            }
+            let mut hosts = Vec::new();
+            if t.hosts.get_ref().is_empty() {
+                src.error(t.hosts.span(), format!("tenant {name:?} has no hosts"));
+            }
+            for host in t.hosts.get_ref() {
+                match HostPattern::parse(host.get_ref()) {
+                    Some(pattern) => {
+                        if let Some(owner) = claimed_owner(&claimed, &pattern) {
+                            src.error(
+                                host.span(),
+                                format!(
+                                    "host {:?} of tenant {name:?} is already claimed by tenant {owner:?}; a name may belong to one tenant only",
+                                    host.get_ref()
+                                ),
+                            );
+                        } else {
+                            claimed.insert(pattern.clone(), name.clone());
+                        }
+                        hosts.push(pattern);
+                    }
+                    None => src.error(
+                        host.span(),
+                        format!(
+                            "host {:?} is not a valid host name or leading wildcard (\"*.example.com\")",
+                            host.get_ref()
+                        ),
+                    ),
+                }
+            }
+            for (field, value) in [("processes", &t.processes), ("threads", &t.threads)] {
+                if *value.get_ref() == 0 || *value.get_ref() > 64 {
+                    src.error(
+                        value.span(),
+                        format!("tenant {name:?}: {field} must be between 1 and 64"),
+                    );
+                }
+            }
+            let config = src.resolve(t.config.get_ref());
+            if !config.is_file() {
+                src.error(
+                    t.config.span(),
+                    format!(
+                        "tenant {name:?}: config file {} does not exist",
+                        config.display()
+                    ),
+                );
+            }
+            let limits = t.limits.as_ref().map_or_else(Limits::default, |l| Limits {
+                nofile: l.nofile,
+                memory: l.memory,
+                cpu: l.cpu,
+            });
+            tenants.push(TenantConfig {
+                name,
+                hosts,
+                config,
+                processes: *t.processes.get_ref(),
+                threads: *t.threads.get_ref(),
+                user: t.user.clone(),
+                group: t.group.clone(),
+                limits,
+            });
+        }
+
+        let unknown_host = match &raw_splitter.unknown_host {
+            None => UnknownHost::Reject,
+            Some(value) if value.get_ref() == "reject" => UnknownHost::Reject,
+            Some(value) => {
+                if !tenants.iter().any(|t| &t.name == value.get_ref()) {
+                    src.error(
+                        value.span(),
+                        format!(
+                            "unknown_host = {:?} names no tenant; use \"reject\" or a tenant's name",
+                            value.get_ref()
+                        ),
+                    );
+                }
+                UnknownHost::Tenant(value.get_ref().clone())
+            }
+        };
+
+        HostConfig {
+            path: src.path.clone(),
+            splitter: SplitterSettings {
+                runtime_dir,
+                threads: raw_splitter.threads,
+                peek_timeout: raw_splitter.peek_timeout,
+                max_peek_bytes: raw_splitter.max_peek_bytes,
+                hold_timeout: raw_splitter.hold_timeout,
+                max_pending: raw_splitter.max_pending,
+                unknown_host,
+                admin,
+            },
+            listeners,
+            tenants,
+        }
+    }
+
+    /// The tenant entry called `name`.
+    pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.name == name)
+    }
+
+    /// Loads and validates the host file and every tenant file it names, as
+    /// `splitter check` does. All problems of all files are returned together.
+    pub fn load_all(path: &Path) -> Result<(HostConfig, Vec<TenantFile>), ConfigErrors> {
+        let host = HostConfig::load(path)?;
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        for tenant in &host.tenants {
+            match TenantFile::load(&tenant.config) {
+                Ok(file) => files.push(file),
+                Err(ConfigErrors(mut e)) => errors.append(&mut e),
+            }
+        }
+        if errors.is_empty() {
+            Ok((host, files))
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn claimed_owner<'a>(claimed: &'a HostTable<String>, pattern: &HostPattern) -> Option<&'a String> {
+    if !claimed.contains_pattern(pattern) {
+        return None;
+    }
+    match pattern {
+        HostPattern::Exact(name) => claimed.lookup(name),
+        HostPattern::Wildcard(suffix) => claimed.lookup(&format!("x.{suffix}")),
+    }
+}

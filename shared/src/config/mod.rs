@@ -1,0 +1,179 @@
+//! The configuration contract: one host file (the host operator's) naming the
+//! tenants, and one tenant file per site.
+//!
+//! Loading validates a file as a whole: unknown keys, bad values, duplicate tenant
+//! names, a host claimed by two tenants, a route naming a missing upstream, a
+//! certificate or key that cannot be read. Every problem is reported as
+//! `FILE:LINE:COL: message`, the location of the offending value, and all of a
+//! file's problems are reported together. Relative paths in a file are relative
+//! to that file.
+//!
+//! Nothing here opens a private key: key files are only checked for readability
+//! with `access(2)`, because the splitter, which links this crate, must never hold
+//! a tenant's key.
+
+//!
+//! The module is split by file: [`source`] locates problems, [`host_file`] is the
+//! host operator's file, [`tenant_file`] a site's.
+
+mod host_file;
+mod source;
+mod tenant_file;
+
+pub use host_file::{
+    HostConfig, Limits, ListenerConfig, Protocol, SplitterSettings, TenantConfig, UnknownHost,
+};
+pub use source::{resolve_relative, ConfigError, ConfigErrors};
+pub use tenant_file::{
+    LbKind, RouteConfig, RouteTarget, ServerAddr, TenantFile, TlsSource, UpstreamConfig,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::HostPattern;
+    use std::fs;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!("sy-config-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(dir.join("tenants")).unwrap();
+            Dir(dir)
+        }
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join(name);
+            fs::write(&path, text).unwrap();
+            path
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const TENANT: &str = "[tls]\nself_signed = true\n[[route]]\npath = \"/\"\nrespond = \"echo\"\n";
+
+    fn host_file(tenants: &str) -> String {
+        format!("[splitter]\nruntime_dir = \"run\"\n[[listen]]\naddr = \"127.0.0.1:8443\"\nprotocol = \"tls\"\n{tenants}")
+    }
+
+    fn errors_of(dir: &Dir, host: &str) -> Vec<String> {
+        let path = dir.write("host.toml", host);
+        match HostConfig::load_all(&path) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn valid_file_loads_with_defaults_and_relative_paths() {
+        let dir = Dir::new("valid");
+        dir.write("tenants/a.toml", TENANT);
+        let path = dir.write(
+            "host.toml",
+            &host_file("[[tenant]]\nname = \"a\"\nhosts = [\"A.example.com\", \"*.a.example.com\"]\nconfig = \"tenants/a.toml\"\n"),
+        );
+        let (host, tenants) = HostConfig::load_all(&path).unwrap();
+        assert_eq!(host.splitter.runtime_dir, dir.0.join("run"));
+        assert_eq!(host.splitter.peek_timeout, Duration::from_secs(10));
+        assert_eq!(
+            host.tenants[0].hosts[0],
+            HostPattern::Exact("a.example.com".into())
+        );
+        assert_eq!(host.tenants[0].processes, 1);
+        assert_eq!(tenants[0].tls, Some(TlsSource::SelfSigned));
+        assert_eq!(tenants[0].routes[0].target, RouteTarget::Echo);
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let dir = Dir::new("unknown");
+        let errors = errors_of(&dir, "[splitter]\nthreads = 1\npeek_timout = \"1s\"\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("host.toml:3:1: unknown field `peek_timout`"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_located_at_its_value() {
+        let dir = Dir::new("duration");
+        let errors = errors_of(&dir, "[splitter]\npeek_timeout = \"10 parsecs\"\n");
+        assert!(errors[0].contains("host.toml:2:16:"), "{errors:?}");
+        assert!(errors[0].contains("unknown unit"), "{errors:?}");
+    }
+
+    #[test]
+    fn duplicate_tenant_and_shared_host_are_reported_together() {
+        let dir = Dir::new("dup");
+        dir.write("tenants/a.toml", TENANT);
+        let errors = errors_of(
+            &dir,
+            &host_file(
+                "[[tenant]]\nname = \"a\"\nhosts = [\"x.com\"]\nconfig = \"tenants/a.toml\"\n\
+                 [[tenant]]\nname = \"a\"\nhosts = [\"X.com.\"]\nconfig = \"tenants/a.toml\"\n",
+            ),
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains(":11:8: tenant name \"a\" is used twice"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains(":12:10: host \"X.com.\""), "{errors:?}");
+        assert!(
+            errors[1].contains("already claimed by tenant \"a\""),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn tenant_file_errors_route_to_missing_upstream_and_unreadable_key() {
+        let dir = Dir::new("tenant");
+        dir.write(
+            "tenants/a.toml",
+            "[tls]\ncert = \"a.pem\"\nkey = \"missing.key\"\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ap\"\n",
+        );
+        dir.write("tenants/a.pem", "not really a cert");
+        let errors = errors_of(
+            &dir,
+            &host_file(
+                "[[tenant]]\nname = \"a\"\nhosts = [\"a.com\"]\nconfig = \"tenants/a.toml\"\n",
+            ),
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("a.toml:3:7: cannot read TLS key"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains(
+                "a.toml:8:12: route names upstream \"ap\", which is not defined (defined: app)"
+            ),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn missing_tenant_file_and_unknown_host_tenant() {
+        let dir = Dir::new("missing");
+        let errors = errors_of(
+            &dir,
+            &format!(
+                "{}[[tenant]]\nname = \"a\"\nhosts = [\"a.com\"]\nconfig = \"nope.toml\"\n",
+                host_file("").replace("[splitter]\n", "[splitter]\nunknown_host = \"b\"\n")
+            ),
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains(":2:16: unknown_host = \"b\" names no tenant"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("config file"), "{errors:?}");
+    }
+}

@@ -1,0 +1,127 @@
+//! Reading a configuration file and locating its problems as `FILE:LINE:COL`.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One configuration problem, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file that holds the problem.
+    pub file: PathBuf,
+    /// 1-based line of the offending value (0 when the file could not be read).
+    pub line: usize,
+    /// 1-based column of the offending value.
+    pub column: usize,
+    /// What is wrong and, where possible, what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every problem found while loading a configuration, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A file's text with the means to turn byte offsets into line and column.
+pub(super) struct Source {
+    pub(super) path: PathBuf,
+    text: String,
+    errors: Vec<ConfigError>,
+}
+
+impl Source {
+    pub(super) fn read(path: &Path) -> Result<Source, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read configuration file: {e}"),
+            }])
+        })?;
+        Ok(Source {
+            path: path.to_path_buf(),
+            text,
+            errors: Vec::new(),
+        })
+    }
+
+    fn location(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = self.location(span.start);
+        self.errors.push(ConfigError {
+            file: self.path.clone(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn parse<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, ConfigErrors> {
+        toml::from_str(&self.text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim().replace('\n', " ");
+            self.error(span, message);
+            ConfigErrors(std::mem::take(&mut self.errors))
+        })
+    }
+
+    /// Resolves `relative` against the directory of this file.
+    pub(super) fn resolve(&self, relative: &str) -> PathBuf {
+        resolve_relative(&self.path, relative)
+    }
+
+    pub(super) fn finish<T>(mut self, value: T) -> Result<T, ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(value)
+        } else {
+            self.errors.sort_by_key(|e| (e.line, e.column));
+            Err(ConfigErrors(self.errors))
+        }
+    }
+}
+
+/// Resolves a path written in `file` relative to that file's directory.
+pub fn resolve_relative(file: &Path, relative: &str) -> PathBuf {
+    let path = Path::new(relative);
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    file.parent()
+        .map(|dir| dir.join(path))
+        .unwrap_or_else(|| path.to_path_buf())
+}
