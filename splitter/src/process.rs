@@ -188,22 +188,31 @@ async fn run(
     stop: &mut watch::Receiver<bool>,
 ) -> String {
     let pid = child.id().unwrap_or(0);
-    tokio::select! {
+    let asked_to_stop = tokio::select! {
         status = child.wait() => return describe(status),
         reason = read_messages(tenant, key, &socket) => {
             warn!(tenant = %tenant.name(), pid, reason = %reason, "handoff socket closed; stopping the process");
+            false
         }
-        _ = stop.changed() => {}
-    }
+        _ = stop.changed() => true,
+    };
     tenant.mark_draining(key);
-    // Ask for a graceful drain; the process finishes in-flight requests and exits.
-    if let Err(e) = handoff::send(socket.get_ref().as_fd(), &Message::Drain, None) {
-        warn!(tenant = %tenant.name(), pid, error = %e, "cannot send Drain; sending SIGTERM");
+    // Asked to stop: drain gracefully (in-flight requests finish, then the
+    // process exits). A process whose socket failed gets SIGTERM instead.
+    if asked_to_stop {
+        match handoff::send(socket.get_ref().as_fd(), &Message::Drain, None) {
+            Ok(()) => {
+                if let Ok(status) = tokio::time::timeout(DRAIN_GRACE, child.wait()).await {
+                    return describe(status);
+                }
+                warn!(tenant = %tenant.name(), pid, grace = ?DRAIN_GRACE, "process did not drain in time; sending SIGTERM");
+            }
+            Err(e) => {
+                warn!(tenant = %tenant.name(), pid, error = %e, "cannot send Drain; sending SIGTERM")
+            }
+        }
     }
-    match tokio::time::timeout(DRAIN_GRACE, child.wait()).await {
-        Ok(status) => describe(status),
-        Err(_) => terminate(&mut child, pid).await,
-    }
+    terminate(&mut child, pid).await
 }
 
 async fn terminate(child: &mut Child, pid: u32) -> String {
