@@ -188,7 +188,7 @@ for setup in $setups; do
 done
 
 modes="tls-keepalive http-keepalive tls-close http-close"
-printf 'round\tsetup\tmode\treq_s\tp50_ms\tp99_ms\tcpu_us_per_req\trss_kib\terrors\n' > "$OUT/results.tsv"
+printf 'round\tsetup\tmode\treq_s\tp50_ms\tp99_ms\tcpu_us_per_req\tfront_cpu_us_per_req\trss_kib\terrors\n' > "$OUT/results.tsv"
 echo "==> $ROUNDS rounds × ${DURATION}s per cell, wrk -t1 -c$CONNS --latency; proxies on CPU 1, wrk + upstream on CPU 0"
 for round in $(seq "$ROUNDS"); do
     for mode in $modes; do
@@ -196,13 +196,14 @@ for round in $(seq "$ROUNDS"); do
             [ "$setup" = direct ] && case "$mode" in tls-*) continue ;; esac
             u=$(url "$setup" "$mode"); ps=$(proxy_pids "$setup" "$mode")
             header=(); case "$mode" in *-close) header=(-H "Connection: close") ;; esac
-            t0=$(ticks $ps)
+            front=$(echo $ps | awk '{print $1}')   # the splitter, for two-tier
+            t0=$(ticks $ps); f0=$(ticks $front)
             out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${header[@]}" "$u" 2>&1 || true)
-            t1=$(ticks $ps)
-            python3 - "$round" "$setup" "$mode" "$((t1 - t0))" "$(hwm $ps)" <<PY >> "$OUT/results.tsv"
+            t1=$(ticks $ps); f1=$(ticks $front)
+            python3 - "$round" "$setup" "$mode" "$((t1 - t0))" "$(hwm $ps)" "$((f1 - f0))" <<PY >> "$OUT/results.tsv"
 import re, sys
 out = """$out"""
-rnd, setup, mode, ticks, rss = sys.argv[1:]
+rnd, setup, mode, ticks, rss, front_ticks = sys.argv[1:]
 def lat(p):
     m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)" % p, out, re.M)
     if not m: return float("nan")
@@ -211,7 +212,8 @@ rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) if "Requests/s
 reqs = int(re.search(r"(\d+) requests in", out).group(1)) if "requests in" in out else 0
 errs = re.findall(r"(Non-2xx or 3xx responses: \d+|Socket errors: [^\n]+)", out)
 cpu = (int(ticks) * 10000 / reqs) if reqs and setup != "direct" else float("nan")
-print(f"{rnd}\t{setup}\t{mode}\t{rps:.0f}\t{lat(50):.3f}\t{lat(99):.3f}\t{cpu:.1f}\t{rss}\t{'; '.join(errs) or 'none'}")
+front = (int(front_ticks) * 10000 / reqs) if reqs and setup == "two-tier" else float("nan")
+print(f"{rnd}\t{setup}\t{mode}\t{rps:.0f}\t{lat(50):.3f}\t{lat(99):.3f}\t{cpu:.1f}\t{front:.1f}\t{rss}\t{'; '.join(errs) or 'none'}")
 PY
             tail -1 "$OUT/results.tsv"
         done
