@@ -67,7 +67,7 @@ lines.append("")
 
 def target(text, value, ok):
     state = "n/a (not measured in this run)" if math.isnan(value) else ("met" if ok(value) else "NOT met")
-    return f"| {text} | {value:.2f} | {state} |"
+    return f"| {text} | {value:.3f} | {state} |"
 
 lines += ["## Targets of the performance issue (from this run)", "", "| target | measured | state |", "| --- | ---: | --- |",
           target("splitter CPU per handoff ≤ 10 µs (plaintext Connection: close, splitter only)", med("two-tier", "http-close", "front_cpu_us_per_req"), lambda v: v <= 10),
