@@ -155,13 +155,8 @@ fn a_client_hello_spanning_two_tls_records_is_routed() {
     let answer = hello_sent_by_hand(s.tls, "alpha.test", |tcp, hello| {
         // Re-frame the single handshake record as two records.
         let body = &hello[5..];
-        let (first, second) = body.split_at(body.len() / 2);
-        let mut framed = Vec::new();
-        for part in [first, second] {
-            framed.extend_from_slice(&[22, 3, 1]);
-            framed.extend_from_slice(&(part.len() as u16).to_be_bytes());
-            framed.extend_from_slice(part);
-        }
+        let framed = split_into_records(body, body.len().div_ceil(2));
+        assert_eq!(framed.len(), body.len() + 10, "two record headers");
         tcp.write_all(&framed).unwrap();
     });
     assert_eq!(answer.json()["tenant"], "alpha");
