@@ -9,11 +9,12 @@
 #![forbid(unsafe_code)]
 
 mod handed;
+mod pool;
 mod proxy;
+mod registration;
 mod routes;
 mod service;
 mod tls;
-mod upstream;
 
 use clap::Parser;
 use pingora::server::configuration::ServerConf;
@@ -97,7 +98,22 @@ fn run(cli: Cli) -> Result<(), String> {
         &entry.name,
     )));
 
-    // Load balancers are filled once before the server starts.
+    // Registrations live in the tenant's runtime directory, shared by every
+    // process of its pool and by the next generation after a restart.
+    let tenant_dir = host.splitter.runtime_dir.join("tenants").join(&entry.name);
+    let registry = match file.upstreams.iter().any(|u| u.registration) {
+        true => Some(Arc::new(pool::registry::Registry::open(&tenant_dir).map_err(
+            |e| {
+                format!(
+                    "tenant {}: cannot keep registrations in {} ({e}); the directory must be writable by the tenant's user",
+                    entry.name,
+                    tenant_dir.display()
+                )
+            },
+        )?)),
+        false => None,
+    };
+    // Pools run their first discovery before the server starts.
     let setup = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -105,7 +121,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let upstreams = setup.block_on(async {
         let mut built = Vec::new();
         for config in &file.upstreams {
-            built.push(upstream::Upstream::build(config.clone()).await?);
+            built.push(pool::Pool::build(&entry.name, config.clone(), registry.clone()).await?);
         }
         Ok::<_, String>(built)
     })?;
@@ -133,6 +149,24 @@ fn run(cli: Cli) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let conf = server.configuration.clone();
+
+    if !upstreams.is_empty() {
+        server.add_service(pingora::services::background::background_service(
+            "upstream pools",
+            pool::PoolUpkeep {
+                pools: upstreams.clone(),
+            },
+        ));
+    }
+    if let (Some(settings), Some(registry)) = (&file.registration, &registry) {
+        server.add_service(registration_service(
+            &entry.name,
+            settings,
+            &tenant_dir,
+            registry.clone(),
+            upstreams.clone(),
+        ));
+    }
 
     match cli.listen {
         Some(listen) => {
@@ -193,4 +227,45 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
     server.run_forever();
+}
+
+/// The registration API as a Pingora listening service. A TCP listener uses
+/// `SO_REUSEPORT`, so every process of the tenant (and both generations during
+/// a rolling restart) can listen on the same address; they share one registry.
+fn registration_service(
+    tenant: &str,
+    settings: &switchyard_shared::config::RegistrationConfig,
+    tenant_dir: &std::path::Path,
+    registry: Arc<pool::registry::Registry>,
+    pools: Vec<Arc<pool::Pool>>,
+) -> pingora::services::listening::Service<registration::RegistrationApi> {
+    use switchyard_shared::config::RegistrationListen;
+    let api = registration::RegistrationApi {
+        tenant: tenant.to_string(),
+        registry,
+        pools,
+    };
+    let mut service =
+        pingora::services::listening::Service::new(format!("registration {tenant}"), api);
+    match &settings.listen {
+        RegistrationListen::Tcp(addr) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(tenant, %addr, "the registration API listens beyond loopback: anyone who can reach it can add servers to this tenant's pools");
+            }
+            let mut options = pingora::listeners::TcpSocketOptions::default();
+            options.so_reuseport = Some(true);
+            service.add_tcp_with_settings(&addr.to_string(), options);
+            info!(tenant, %addr, "registration API listening");
+        }
+        RegistrationListen::Unix(path) => {
+            let path = tenant_dir.join(path);
+            use std::os::unix::fs::PermissionsExt;
+            service.add_uds(
+                &path.to_string_lossy(),
+                Some(std::fs::Permissions::from_mode(0o600)),
+            );
+            info!(tenant, path = %path.display(), "registration API listening");
+        }
+    }
+    service
 }

@@ -3,8 +3,9 @@
 //! built-in echo or proxy to an upstream group with forwarding headers carrying
 //! the real client address, and log one access line per request.
 
+use crate::pool::server::Lease;
+use crate::pool::{Pool, Unavailable};
 use crate::routes::{RouteTable, Target};
-use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use switchyard_shared::config::{HostConfig, UnknownHost};
+use switchyard_shared::config::{HashKey, HostConfig, ServerAddr, UnknownHost};
 use switchyard_shared::host::{normalize, HostTable};
 use tracing::info;
 
@@ -99,8 +100,17 @@ pub struct RequestCtx {
     started: Instant,
     host: String,
     route: String,
-    upstream: Option<Arc<Upstream>>,
-    connect_failures: usize,
+    upstream: Option<Arc<Pool>>,
+    /// The server of the current attempt; dropping it frees its in-flight slot.
+    lease: Option<Lease>,
+    /// Servers already tried for this request.
+    tried: Vec<ServerAddr>,
+    /// When a request waiting for a free server gives up.
+    queue_deadline: Option<tokio::time::Instant>,
+    /// Why no server could be given, when none could.
+    unavailable: Option<Unavailable>,
+    /// Whether the upstream's response header arrived (no retry after that).
+    response_started: bool,
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -140,7 +150,44 @@ async fn respond_json(
     session.write_response_body(Some(body), true).await
 }
 
+/// The `consistent_hash` key of a request.
+fn hash_key(session: &Session, key: &HashKey) -> Vec<u8> {
+    let req = session.req_header();
+    match key {
+        HashKey::ClientIp => client_ip(session)
+            .map(|ip| ip.to_string().into_bytes())
+            .unwrap_or_default(),
+        HashKey::Path => req.uri.path().as_bytes().to_vec(),
+        HashKey::Header(name) => req
+            .headers
+            .get_all(name.as_str())
+            .iter()
+            .flat_map(|v| v.as_bytes().iter().copied().chain([b',']))
+            .collect(),
+        HashKey::Cookie(name) => req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_bytes().to_vec())
+            .unwrap_or_default(),
+    }
+}
+
 impl TenantProxy {
+    fn retries(&self, ctx: &RequestCtx) -> usize {
+        ctx.upstream.as_ref().map_or(0, |u| u.config.retries)
+    }
+
+    fn note_failure(&self, ctx: &RequestCtx) {
+        if let (Some(pool), Some(lease)) = (&ctx.upstream, &ctx.lease) {
+            pool.record_failure(lease.server());
+        }
+    }
+
     fn owner_allows(&self, host: &str) -> std::result::Result<(), Option<String>> {
         let view = self.hosts.load();
         match view.owners.lookup(host) {
@@ -208,7 +255,11 @@ impl ProxyHttp for TenantProxy {
             host: String::new(),
             route: String::new(),
             upstream: None,
-            connect_failures: 0,
+            lease: None,
+            tried: Vec::new(),
+            queue_deadline: None,
+            unavailable: None,
+            response_started: false,
         }
     }
 
@@ -265,24 +316,32 @@ impl ProxyHttp for TenantProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let upstream = ctx.upstream.as_ref().ok_or_else(|| {
+        let pool = ctx.upstream.clone().ok_or_else(|| {
             Error::explain(
                 ErrorType::InternalError,
                 "no upstream chosen for the request",
             )
         })?;
-        let key = client_ip(session)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        upstream.pick(key.as_bytes()).ok_or_else(|| {
-            Error::explain(
-                ErrorType::ConnectNoRoute,
-                format!(
-                    "upstream {:?} has no server available",
-                    upstream.config.name
-                ),
-            )
-        })
+        // A retry gives up its slot on the failed server before looking for another.
+        ctx.lease = None;
+        let key = hash_key(session, &pool.config.hash_key);
+        let deadline = *ctx
+            .queue_deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + pool.config.queue_timeout);
+        match pool.acquire(&key, &ctx.tried, deadline).await {
+            Ok((lease, peer)) => {
+                ctx.tried.push(lease.server().addr.clone());
+                ctx.lease = Some(lease);
+                Ok(peer)
+            }
+            Err(why) => {
+                ctx.unavailable = Some(why);
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    why.message(&pool.config.name),
+                ))
+            }
+        }
     }
 
     fn fail_to_connect(
@@ -292,12 +351,45 @@ impl ProxyHttp for TenantProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.connect_failures += 1;
-        let retries = ctx.upstream.as_ref().map_or(0, |u| u.config.retries);
-        if ctx.connect_failures <= retries {
-            e.set_retry(true);
-        }
+        self.note_failure(ctx);
+        // Nothing was sent: any method may go to another server.
+        e.set_retry(ctx.tried.len() <= self.retries(ctx));
         e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("server {peer}"));
+        if e.esource() == &ErrorSource::Upstream {
+            self.note_failure(ctx);
+        }
+        // Only a request that may safely run twice is sent again, and only
+        // while nothing of the response has reached the client.
+        let safe = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && !ctx.response_started
+            && session.response_written().is_none();
+        e.set_retry(safe && ctx.tried.len() <= self.retries(ctx));
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.response_started = true;
+        if let Some(lease) = &ctx.lease {
+            lease.server().record_success();
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -375,13 +467,24 @@ impl ProxyHttp for TenantProxy {
             },
         };
         if code > 0 {
+            let upstream = ctx.upstream.as_ref().map(|u| u.config.name.clone());
+            let message = match (ctx.unavailable, &upstream) {
+                (Some(why), Some(name)) => why.message(name),
+                _ => e.to_string(),
+            };
             let body = json!({
-                "error": e.to_string(),
+                "error": message,
                 "tenant": self.tenant,
-                "upstream": ctx.upstream.as_ref().map(|u| u.config.name.clone()),
+                "upstream": upstream,
+                "servers_tried": ctx.tried.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "request_id": ctx.request_id,
             });
-            let _ = respond_json(session, code, &body, &[]).await;
+            let extra: &[(&str, &str)] = if ctx.unavailable.is_some() {
+                &[("Retry-After", "1")]
+            } else {
+                &[]
+            };
+            let _ = respond_json(session, code, &body, extra).await;
         }
         FailToProxy {
             error_code: code,
@@ -403,6 +506,8 @@ impl ProxyHttp for TenantProxy {
             status,
             route = %ctx.route,
             upstream = ctx.upstream.as_ref().map_or("", |u| u.config.name.as_str()),
+            server = %ctx.tried.last().map(|a| a.to_string()).unwrap_or_default(),
+            attempts = ctx.tried.len(),
             duration_us = ctx.started.elapsed().as_micros() as u64,
             error = e.map(|e| e.to_string()),
         );

@@ -1,6 +1,6 @@
 //! The tenant's request routing: which route serves a host and path.
 
-use crate::upstream::Upstream;
+use crate::pool::Pool;
 use std::sync::Arc;
 use switchyard_shared::config::{RouteConfig, RouteTarget};
 use switchyard_shared::host::HostPattern;
@@ -9,7 +9,7 @@ use switchyard_shared::host::HostPattern;
 #[derive(Debug, Clone)]
 pub enum Target {
     /// Proxy to this group.
-    Upstream(Arc<Upstream>),
+    Upstream(Arc<Pool>),
     /// Answer with the JSON echo.
     Echo,
 }
@@ -30,7 +30,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Builds the table; `upstreams` is indexed as in the tenant file.
-    pub fn new(configs: &[RouteConfig], upstreams: &[Arc<Upstream>]) -> RouteTable {
+    pub fn new(configs: &[RouteConfig], upstreams: &[Arc<Pool>]) -> RouteTable {
         let mut routes: Vec<Route> = configs
             .iter()
             .map(|r| Route {

@@ -19,13 +19,17 @@
 mod host_file;
 mod source;
 mod tenant_file;
+mod upstream;
 
 pub use host_file::{
     HostConfig, Limits, ListenerConfig, Protocol, SplitterSettings, TenantConfig, UnknownHost,
 };
 pub use source::{resolve_relative, ConfigError, ConfigErrors};
-pub use tenant_file::{
-    LbKind, RouteConfig, RouteTarget, ServerAddr, TenantFile, TlsSource, UpstreamConfig,
+pub use tenant_file::{RouteConfig, RouteTarget, TenantFile, TlsSource};
+pub use upstream::{
+    parse_registration_ttl, DnsDiscovery, HashKey, HealthConfig, HealthKind, LbKind, PassiveHealth,
+    RegistrationConfig, RegistrationListen, ServerAddr, ServerSpec, UpstreamConfig, UpstreamTls,
+    MAX_WEIGHT, REGISTRATION_TTL,
 };
 
 #[cfg(test)]

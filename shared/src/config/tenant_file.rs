@@ -1,14 +1,14 @@
 //! A tenant file: the site's TLS, upstream groups and routes.
 
 use super::source::Source;
+use super::upstream::{
+    validate_registration, validate_upstream, RawRegistration, RawUpstream, RegistrationConfig,
+    UpstreamConfig,
+};
 use super::ConfigErrors;
 use crate::host::HostPattern;
-use crate::units::serde_duration;
 use serde::Deserialize;
-use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use toml::Spanned;
 
 #[derive(Deserialize)]
@@ -19,7 +19,7 @@ struct RawTenantFile {
     upstream: Vec<RawUpstream>,
     #[serde(default)]
     route: Vec<RawRoute>,
-    registration: Option<Spanned<toml::Table>>,
+    registration: Option<RawRegistration>,
 }
 
 #[derive(Deserialize)]
@@ -29,35 +29,6 @@ struct RawTls {
     key: Option<Spanned<String>>,
     #[serde(default)]
     self_signed: bool,
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_read_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_retries() -> usize {
-    2
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    name: Spanned<String>,
-    #[serde(default)]
-    servers: Vec<Spanned<String>>,
-    lb: Option<Spanned<String>>,
-    hash_key: Option<Spanned<String>>,
-    #[serde(default = "default_connect_timeout", with = "serde_duration")]
-    connect_timeout: Duration,
-    #[serde(default = "default_read_timeout", with = "serde_duration")]
-    read_timeout: Duration,
-    #[serde(default = "default_retries")]
-    retries: usize,
-    max_in_flight: Option<Spanned<usize>>,
-    health: Option<Spanned<toml::Table>>,
-    registration: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -81,50 +52,6 @@ pub enum TlsSource {
     },
     /// A certificate generated at start for the tenant's hosts (demo and tests).
     SelfSigned,
-}
-
-/// One upstream server address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ServerAddr {
-    /// TCP `IP:port`.
-    Tcp(SocketAddr),
-    /// A Unix stream socket path.
-    Unix(PathBuf),
-}
-
-impl fmt::Display for ServerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerAddr::Tcp(addr) => write!(f, "{addr}"),
-            ServerAddr::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-/// Load-balancing algorithm of an upstream group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LbKind {
-    /// Each server in turn.
-    RoundRobin,
-    /// A uniformly random server.
-    Random,
-}
-
-/// One `[[upstream]]` group.
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    /// Name routes refer to.
-    pub name: String,
-    /// Static servers.
-    pub servers: Vec<ServerAddr>,
-    /// Selection algorithm.
-    pub lb: LbKind,
-    /// TCP/Unix connect timeout.
-    pub connect_timeout: Duration,
-    /// Timeout of each read from the upstream.
-    pub read_timeout: Duration,
-    /// Connect failures retried on another server.
-    pub retries: usize,
 }
 
 /// What a route does with a request.
@@ -158,12 +85,9 @@ pub struct TenantFile {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[[route]]`, in file order.
     pub routes: Vec<RouteConfig>,
+    /// `[registration]`, when backends may register themselves.
+    pub registration: Option<RegistrationConfig>,
 }
-
-/// Features whose keys are part of the configuration contract but which this
-/// version does not implement yet: a config using them is refused rather than
-/// silently half-honoured.
-const NOT_YET: &str = "is not supported by this version of Switchyard yet; remove it";
 
 impl TenantFile {
     /// Reads and validates a tenant file.
@@ -216,65 +140,13 @@ impl TenantFile {
 
         let mut upstreams: Vec<UpstreamConfig> = Vec::new();
         for u in &raw.upstream {
-            let name = u.name.get_ref().clone();
-            if upstreams.iter().any(|other| other.name == name) {
-                src.error(
-                    u.name.span(),
-                    format!("upstream name {name:?} is used twice"),
-                );
-            }
-            let lb = match u.lb.as_ref().map(|l| (l.get_ref().as_str(), l.span())) {
-                None | Some(("round_robin", _)) => LbKind::RoundRobin,
-                Some(("random", _)) => LbKind::Random,
-                Some((other @ ("least_conn" | "consistent_hash"), span)) => {
-                    src.error(span, format!("lb = {other:?} {NOT_YET}"));
-                    LbKind::RoundRobin
-                }
-                Some((other, span)) => {
-                    src.error(
-                        span,
-                        format!("lb = {other:?} is unknown; use \"round_robin\" or \"random\""),
-                    );
-                    LbKind::RoundRobin
-                }
-            };
-            if let Some(key) = &u.hash_key {
-                src.error(key.span(), format!("hash_key {NOT_YET}"));
-            }
-            if let Some(value) = &u.max_in_flight {
-                src.error(value.span(), format!("max_in_flight {NOT_YET}"));
-            }
-            if let Some(value) = &u.health {
-                src.error(value.span(), format!("health {NOT_YET}"));
-            }
-            if let Some(value) = u.registration.as_ref().filter(|r| *r.get_ref()) {
-                src.error(value.span(), format!("registration {NOT_YET}"));
-            }
-            let mut servers = Vec::new();
-            for server in &u.servers {
-                match parse_server(src, server.get_ref()) {
-                    Ok(addr) => servers.push(addr),
-                    Err(message) => src.error(server.span(), message),
-                }
-            }
-            if servers.is_empty() {
-                src.error(
-                    u.name.span(),
-                    format!("upstream {name:?} has no servers; list at least one in `servers`"),
-                );
-            }
-            upstreams.push(UpstreamConfig {
-                name,
-                servers,
-                lb,
-                connect_timeout: u.connect_timeout,
-                read_timeout: u.read_timeout,
-                retries: u.retries,
-            });
+            let upstream = validate_upstream(src, u, &upstreams);
+            upstreams.push(upstream);
         }
-        if let Some(registration) = &raw.registration {
-            src.error(registration.span(), format!("[registration] {NOT_YET}"));
-        }
+        let registration = raw
+            .registration
+            .as_ref()
+            .and_then(|r| validate_registration(src, r, &upstreams));
 
         let mut routes = Vec::new();
         for r in &raw.route {
@@ -350,24 +222,9 @@ impl TenantFile {
             tls,
             upstreams,
             routes,
+            registration,
         }
     }
-}
-
-fn parse_server(src: &Source, text: &str) -> Result<ServerAddr, String> {
-    if let Some(path) = text.strip_prefix("unix:") {
-        if path.is_empty() {
-            return Err("unix server needs a path, e.g. \"unix:/run/app.sock\"".into());
-        }
-        return Ok(ServerAddr::Unix(src.resolve(path)));
-    }
-    text.parse::<SocketAddr>()
-        .map(ServerAddr::Tcp)
-        .map_err(|_| {
-            format!(
-                "server {text:?} is not IP:port or unix:PATH (host names are not resolved here)"
-            )
-        })
 }
 
 fn readable(path: &Path) -> std::io::Result<()> {

@@ -1,0 +1,373 @@
+//! Upstream pools: one per `[[upstream]]` group of the tenant file.
+//!
+//! A pool is a Pingora `LoadBalancer` (selection, health checks) over the
+//! servers its discovery yields — static, registered through the
+//! registration API, or found by DNS — plus what Pingora leaves to its user:
+//! `least_conn`, requests in flight per server with a bounded wait for a free
+//! one (`max_in_flight`, `queue_timeout`), passive ejection of servers whose
+//! requests fail, and never sending a retry to a server the request already
+//! tried while another is available.
+
+mod discovery;
+mod dns;
+mod health;
+mod peer;
+pub mod registry;
+pub mod server;
+mod upkeep;
+
+pub use upkeep::PoolUpkeep;
+
+use discovery::PoolDiscovery;
+use dns::DnsSource;
+use peer::PeerTemplate;
+use pingora::lb::selection::{Consistent, Random, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::upstreams::peer::HttpPeer;
+use registry::Registry;
+use serde_json::{json, Value};
+use server::{Lease, ServerState};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard_shared::config::{LbKind, ServerAddr, UpstreamConfig};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The most requests one pool lets wait for a free server; beyond it requests
+/// get `503` at once (the wait itself is bounded by `queue_timeout`).
+pub const MAX_QUEUED: usize = 4096;
+
+/// A group's load balancer, whichever the algorithm.
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Consistent(LoadBalancer<Consistent>),
+    /// Membership and health from Pingora; the choice is made here.
+    LeastConn(LoadBalancer<RoundRobin>),
+}
+
+/// Why a request gets no server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The pool has no servers at all.
+    Empty,
+    /// Every server failed its health check or is ejected.
+    AllDown,
+    /// Every healthy server stayed at `max_in_flight` for `queue_timeout`.
+    QueueTimeout,
+    /// Too many requests are already waiting.
+    QueueFull,
+}
+
+impl Unavailable {
+    /// What the client is told.
+    pub fn message(self, upstream: &str) -> String {
+        match self {
+            Unavailable::Empty => format!("upstream {upstream:?} has no servers (none listed, registered or found by DNS)"),
+            Unavailable::AllDown => format!("every server of upstream {upstream:?} is down (failed health checks or recent errors)"),
+            Unavailable::QueueTimeout => format!("every server of upstream {upstream:?} is at max_in_flight and none freed up within queue_timeout"),
+            Unavailable::QueueFull => format!("upstream {upstream:?} has too many requests waiting for a server"),
+        }
+    }
+}
+
+enum Pick {
+    Leased(Lease),
+    Busy,
+    Down(Unavailable),
+}
+
+/// One upstream group, ready to pick servers.
+pub struct Pool {
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// The group's settings.
+    pub config: UpstreamConfig,
+    balancer: Balancer,
+    peers: PeerTemplate,
+    registry: Option<Arc<Registry>>,
+    dns: Option<Arc<DnsSource>>,
+    /// Woken when an in-flight slot is released (queued requests wait on it).
+    freed: Arc<Notify>,
+    queued: AtomicUsize,
+    /// Asks the upkeep to run discovery now (a registration changed).
+    changed: Notify,
+    /// Asks the upkeep to run a health check pass now (membership changed).
+    check_now: Notify,
+    rotation: AtomicUsize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.config.name)
+            .finish()
+    }
+}
+
+/// Counts a request waiting for a free server, also when it is abandoned.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Pool {
+    /// Builds the pool of `config` and runs its first discovery.
+    pub async fn build(
+        tenant: &str,
+        config: UpstreamConfig,
+        registry: Option<Arc<Registry>>,
+    ) -> Result<Arc<Pool>, String> {
+        let what = format!("upstream {}", config.name);
+        let peers = PeerTemplate::new(&config).map_err(|e| format!("{what}: {e}"))?;
+        let dns = match &config.dns {
+            Some(d) => Some(Arc::new(
+                DnsSource::new(d.clone()).map_err(|e| format!("{what}: {e}"))?,
+            )),
+            None => None,
+        };
+        let discovery = PoolDiscovery {
+            upstream: config.name.clone(),
+            statics: config.servers.clone(),
+            registry: registry.clone().filter(|_| config.registration),
+            dns: dns.clone(),
+            states: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let mut backends = Backends::new(Box::new(discovery));
+        if let Some(health) = &config.health {
+            backends.set_health_check(
+                health::build(tenant, &config.name, health, &peers)
+                    .map_err(|e| format!("{what}: {e}"))?,
+            );
+        }
+        let balancer = match config.lb {
+            LbKind::RoundRobin => Balancer::RoundRobin(LoadBalancer::from_backends(backends)),
+            LbKind::Random => Balancer::Random(LoadBalancer::from_backends(backends)),
+            LbKind::ConsistentHash => Balancer::Consistent(LoadBalancer::from_backends(backends)),
+            LbKind::LeastConn => Balancer::LeastConn(LoadBalancer::from_backends(backends)),
+        };
+        let pool = Arc::new(Pool {
+            tenant: tenant.to_string(),
+            registry: registry.filter(|_| config.registration),
+            config,
+            balancer,
+            peers,
+            dns,
+            freed: Arc::new(Notify::new()),
+            queued: AtomicUsize::new(0),
+            changed: Notify::new(),
+            check_now: Notify::new(),
+            rotation: AtomicUsize::new(0),
+        });
+        pool.update().await?;
+        Ok(pool)
+    }
+
+    fn backends(&self) -> &Backends {
+        match &self.balancer {
+            Balancer::RoundRobin(lb) | Balancer::LeastConn(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+            Balancer::Consistent(lb) => lb.backends(),
+        }
+    }
+
+    /// Runs discovery; true when the membership changed.
+    pub async fn update(&self) -> Result<bool, String> {
+        let before = self.backends().get_backend();
+        let result = match &self.balancer {
+            Balancer::RoundRobin(lb) | Balancer::LeastConn(lb) => lb.update().await,
+            Balancer::Random(lb) => lb.update().await,
+            Balancer::Consistent(lb) => lb.update().await,
+        };
+        result.map_err(|e| format!("upstream {}: discovery failed: {e}", self.config.name))?;
+        Ok(!Arc::ptr_eq(&before, &self.backends().get_backend()))
+    }
+
+    /// Asks the upkeep to run discovery at once (after a registration).
+    pub fn membership_may_have_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    fn select(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
+        let iterations = 64 + 4 * self.backends().get_backend().len();
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.select_with(key, iterations, accept),
+            Balancer::Random(lb) => lb.select_with(key, iterations, accept),
+            Balancer::Consistent(lb) => lb.select_with(key, iterations, accept),
+            Balancer::LeastConn(lb) => {
+                // Fewest requests in flight per unit of weight; ties rotate.
+                let backends = lb.backends().get_backend();
+                let n = backends.len().max(1);
+                let start = self.rotation.fetch_add(1, Ordering::Relaxed) % n;
+                let mut ranked: Vec<(usize, &Backend)> = backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| ((i + n - start) % n, b))
+                    .collect();
+                ranked.sort_by(|(ia, a), (ib, b)| {
+                    let load = |b: &Backend| {
+                        let in_flight =
+                            b.ext.get::<Arc<ServerState>>().map_or(0, |s| s.in_flight());
+                        (in_flight + 1) as f64 / b.weight.max(1) as f64
+                    };
+                    load(a).total_cmp(&load(b)).then(ia.cmp(ib))
+                });
+                ranked
+                    .into_iter()
+                    .find(|(_, b)| accept(b, lb.backends().ready(b)))
+                    .map(|(_, b)| b.clone())
+            }
+        }
+    }
+
+    fn try_pick(&self, key: &[u8], tried: &[ServerAddr]) -> Pick {
+        let max = self.config.max_in_flight;
+        let leased: Cell<Option<Lease>> = Cell::new(None);
+        let busy = Cell::new(false);
+        let skipped_tried = Cell::new(false);
+        let accept = |b: &Backend, healthy: bool, avoid_tried: bool| {
+            let Some(state) = b.ext.get::<Arc<ServerState>>() else {
+                return false;
+            };
+            if !healthy || state.ejected_for().is_some() {
+                return false;
+            }
+            if avoid_tried && tried.contains(&state.addr) {
+                skipped_tried.set(true);
+                return false;
+            }
+            match state.try_acquire(max) {
+                Some(lease) => {
+                    leased.set(Some(lease));
+                    true
+                }
+                None => {
+                    busy.set(true);
+                    false
+                }
+            }
+        };
+        if self
+            .select(key, |b, healthy| accept(b, healthy, true))
+            .is_some()
+        {
+            return Pick::Leased(leased.take().expect("accepted with a lease"));
+        }
+        // Every other server is down or busy: the one already tried beats none.
+        if skipped_tried.get()
+            && self
+                .select(key, |b, healthy| accept(b, healthy, false))
+                .is_some()
+        {
+            return Pick::Leased(leased.take().expect("accepted with a lease"));
+        }
+        if busy.get() {
+            Pick::Busy
+        } else if self.backends().get_backend().is_empty() {
+            Pick::Down(Unavailable::Empty)
+        } else {
+            Pick::Down(Unavailable::AllDown)
+        }
+    }
+
+    /// Picks a server for a request, avoiding those in `tried`; when every
+    /// healthy server is at `max_in_flight`, waits until `deadline` for one.
+    pub async fn acquire(
+        &self,
+        key: &[u8],
+        tried: &[ServerAddr],
+        deadline: Instant,
+    ) -> Result<(Lease, Box<HttpPeer>), Unavailable> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.try_pick(key, tried) {
+                Pick::Leased(lease) => {
+                    let peer = self.peers.peer_for_server(&lease);
+                    let lease = match self.config.max_in_flight {
+                        Some(_) => lease.wake_on_release(self.freed.clone()),
+                        None => lease,
+                    };
+                    return Ok((lease, peer));
+                }
+                Pick::Down(why) => return Err(why),
+                Pick::Busy => {}
+            }
+            if self.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                return Err(Unavailable::QueueFull);
+            }
+            let _queued = Queued(&self.queued);
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(Unavailable::QueueTimeout);
+            }
+        }
+    }
+
+    /// Records a failed attempt on a server (passive health).
+    pub fn record_failure(&self, server: &ServerState) {
+        if server.record_failure(&self.config.passive) {
+            tracing::warn!(
+                tenant = %self.tenant,
+                upstream = %self.config.name,
+                server = %server.addr,
+                failures = self.config.passive.failures,
+                cooldown_ms = self.config.passive.cooldown.as_millis() as u64,
+                "server failed {} requests in a row; it gets no requests for the cool-down",
+                self.config.passive.failures
+            );
+        }
+    }
+
+    /// The pool as `GET /v1/upstreams` shows it.
+    pub fn report(&self) -> Value {
+        let expiry: HashMap<ServerAddr, Duration> = self
+            .registry
+            .as_ref()
+            .map(|r| {
+                r.live(&self.config.name)
+                    .into_iter()
+                    .map(|reg| (reg.spec.addr, reg.expires_in))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let backends = self.backends().get_backend();
+        let servers: Vec<Value> = backends
+            .iter()
+            .filter_map(|b| {
+                let state = b.ext.get::<Arc<ServerState>>()?;
+                let ejected = state.ejected_for();
+                Some(json!({
+                    "addr": state.addr.to_string(),
+                    "origin": state.origin.as_str(),
+                    "weight": b.weight,
+                    "healthy": self.backends().ready(b) && ejected.is_none(),
+                    "health_check": if self.config.health.is_some() {
+                        if self.backends().ready(b) { "up" } else { "down" }
+                    } else { "none" },
+                    "ejected_ms": ejected.map(|d| d.as_millis() as u64),
+                    "in_flight": state.in_flight(),
+                    "requests": state.requests(),
+                    "failures": state.failures(),
+                    "expires_in_ms": expiry.get(&state.addr).map(|d| d.as_millis() as u64),
+                }))
+            })
+            .collect();
+        json!({
+            "name": self.config.name,
+            "lb": format!("{:?}", self.config.lb),
+            "registration": self.config.registration,
+            "dns": self.config.dns.as_ref().map(|d| d.name.clone()),
+            "max_in_flight": self.config.max_in_flight,
+            "queued": self.queued.load(Ordering::Relaxed),
+            "servers": servers,
+        })
+    }
+}

@@ -1,0 +1,675 @@
+//! `[[upstream]]` groups and `[registration]` of a tenant file: servers and
+//! weights, selection, health checks, retries, backpressure, discovery and the
+//! connection to the servers.
+
+use super::source::Source;
+use crate::units::{parse_duration, serde_duration};
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use toml::Spanned;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+fn default_connect_timeout() -> Duration {
+    secs(1)
+}
+fn default_io_timeout() -> Duration {
+    secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    secs(60)
+}
+fn default_queue_timeout() -> Duration {
+    secs(1)
+}
+fn default_retries() -> usize {
+    2
+}
+fn default_health_interval() -> Duration {
+    secs(2)
+}
+fn default_health_timeout() -> Duration {
+    secs(1)
+}
+fn default_rise() -> usize {
+    2
+}
+fn default_fall() -> usize {
+    3
+}
+fn default_health_status() -> u16 {
+    200
+}
+fn default_passive_failures() -> u32 {
+    3
+}
+fn default_cooldown() -> Duration {
+    secs(10)
+}
+fn default_dns_interval() -> Duration {
+    secs(5)
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    name: Spanned<String>,
+    #[serde(default)]
+    servers: Vec<Spanned<String>>,
+    lb: Option<Spanned<String>>,
+    hash_key: Option<Spanned<String>>,
+    #[serde(default = "default_connect_timeout", with = "serde_duration")]
+    connect_timeout: Duration,
+    #[serde(default = "default_io_timeout", with = "serde_duration")]
+    read_timeout: Duration,
+    #[serde(default = "default_io_timeout", with = "serde_duration")]
+    write_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "serde_duration")]
+    idle_timeout: Duration,
+    #[serde(default = "default_retries")]
+    retries: usize,
+    max_in_flight: Option<Spanned<usize>>,
+    #[serde(default = "default_queue_timeout", with = "serde_duration")]
+    queue_timeout: Duration,
+    health: Option<Spanned<RawHealth>>,
+    #[serde(default)]
+    passive: RawPassive,
+    #[serde(default)]
+    registration: bool,
+    discovery: Option<Spanned<RawDiscovery>>,
+    tls: Option<Spanned<RawUpstreamTls>>,
+    #[serde(default)]
+    h2: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: Spanned<String>,
+    path: Option<String>,
+    host: Option<String>,
+    #[serde(default = "default_health_status")]
+    status: u16,
+    #[serde(default = "default_health_interval", with = "serde_duration")]
+    interval: Duration,
+    #[serde(default = "default_health_timeout", with = "serde_duration")]
+    timeout: Duration,
+    #[serde(default = "default_rise")]
+    rise: usize,
+    #[serde(default = "default_fall")]
+    fall: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPassive {
+    #[serde(default = "default_passive_failures")]
+    failures: u32,
+    #[serde(default = "default_cooldown", with = "serde_duration")]
+    cooldown: Duration,
+}
+
+impl Default for RawPassive {
+    fn default() -> Self {
+        RawPassive {
+            failures: default_passive_failures(),
+            cooldown: default_cooldown(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    dns: Spanned<String>,
+    port: Option<u16>,
+    #[serde(default = "default_dns_interval", with = "serde_duration")]
+    interval: Duration,
+    resolver: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    sni: Option<String>,
+    #[serde(default = "default_true")]
+    verify: bool,
+    ca: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRegistration {
+    listen: Spanned<String>,
+}
+
+/// One upstream server address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServerAddr {
+    /// TCP `IP:port`.
+    Tcp(SocketAddr),
+    /// A Unix stream socket path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddr::Tcp(addr) => write!(f, "{addr}"),
+            ServerAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl ServerAddr {
+    /// Parses `IP:port` or `unix:PATH`; host names are refused (use DNS discovery).
+    pub fn parse(text: &str) -> Result<ServerAddr, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("a unix server needs a path, e.g. \"unix:/run/app.sock\"".into());
+            }
+            return Ok(ServerAddr::Unix(PathBuf::from(path)));
+        }
+        text.parse::<SocketAddr>().map(ServerAddr::Tcp).map_err(|_| {
+            format!(
+                "server {text:?} is not IP:port or unix:PATH (host names are not resolved here; use discovery = {{ dns = \"NAME\" }})"
+            )
+        })
+    }
+}
+
+/// A server and its share of the traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// Where the server listens.
+    pub addr: ServerAddr,
+    /// Relative weight (1 when not given).
+    pub weight: usize,
+}
+
+/// The largest weight a server may have.
+pub const MAX_WEIGHT: usize = 1000;
+
+impl ServerSpec {
+    /// Parses `"ADDR"` or `"ADDR weight=N"`.
+    pub fn parse(text: &str) -> Result<ServerSpec, String> {
+        let mut words = text.split_whitespace();
+        let addr = ServerAddr::parse(words.next().unwrap_or(""))?;
+        let mut weight = 1;
+        for word in words {
+            match word.strip_prefix("weight=").map(str::parse::<usize>) {
+                Some(Ok(w)) if (1..=MAX_WEIGHT).contains(&w) => weight = w,
+                Some(_) => {
+                    return Err(format!(
+                        "server {text:?}: weight must be a whole number from 1 to {MAX_WEIGHT}"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "server {text:?}: unknown option {word:?}; the only option is weight=N"
+                    ))
+                }
+            }
+        }
+        Ok(ServerSpec { addr, weight })
+    }
+}
+
+/// Load-balancing algorithm of an upstream group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbKind {
+    /// Each server in turn, in proportion to its weight.
+    RoundRobin,
+    /// A random server, in proportion to its weight.
+    Random,
+    /// The server with the fewest requests in flight relative to its weight.
+    LeastConn,
+    /// A server chosen by hashing `hash_key` on a ring (Ketama): adding or
+    /// removing one server moves only about 1/N of the keys.
+    ConsistentHash,
+}
+
+/// What `consistent_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// The value of a request header (lower-case name).
+    Header(String),
+    /// The value of a cookie.
+    Cookie(String),
+    /// The request path (without the query).
+    Path,
+}
+
+impl HashKey {
+    fn parse(text: &str) -> Result<HashKey, String> {
+        let bad = || {
+            format!(
+                "hash_key {text:?} is unknown; use \"client_ip\", \"header:NAME\", \"cookie:NAME\" or \"path\""
+            )
+        };
+        match text.split_once(':') {
+            None if text == "client_ip" => Ok(HashKey::ClientIp),
+            None if text == "path" => Ok(HashKey::Path),
+            Some(("header", name)) if http_token(name) => {
+                Ok(HashKey::Header(name.to_ascii_lowercase()))
+            }
+            Some(("cookie", name)) if http_token(name) => Ok(HashKey::Cookie(name.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+fn http_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// How an active health check probes a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    /// A TCP (or Unix) connect succeeds.
+    Tcp,
+    /// `GET path` answers `status`.
+    Http {
+        /// Request path.
+        path: String,
+        /// `Host` header (the server's address when not given).
+        host: Option<String>,
+        /// The status that means healthy.
+        status: u16,
+    },
+}
+
+/// Active health checking of every server of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// The probe.
+    pub kind: HealthKind,
+    /// Time between probes of a server.
+    pub interval: Duration,
+    /// Connect and read timeout of one probe.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a server back.
+    pub rise: usize,
+    /// Consecutive failures that take a server out.
+    pub fall: usize,
+}
+
+/// Passive health checking: real requests that fail take a server out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Consecutive failed requests (connect errors, errors before a response)
+    /// that take the server out; 0 turns passive checking off.
+    pub failures: u32,
+    /// How long the server then gets no requests.
+    pub cooldown: Duration,
+}
+
+/// DNS discovery of a group's servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsDiscovery {
+    /// The name to resolve: SRV records first, then A/AAAA.
+    pub name: String,
+    /// Port used with A/AAAA answers (SRV answers carry their own).
+    pub port: Option<u16>,
+    /// How often the name is resolved again.
+    pub interval: Duration,
+    /// The DNS server to ask (the system's resolvers when not given).
+    pub resolver: Option<SocketAddr>,
+}
+
+/// TLS towards the servers of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Server name sent and verified (the server's IP when not given).
+    pub sni: Option<String>,
+    /// Verify the server's certificate chain and name.
+    pub verify: bool,
+    /// Trust these CA certificates (PEM) instead of the system's roots.
+    pub ca: Option<PathBuf>,
+}
+
+/// One `[[upstream]]` group.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Name routes refer to.
+    pub name: String,
+    /// Static servers.
+    pub servers: Vec<ServerSpec>,
+    /// Selection algorithm.
+    pub lb: LbKind,
+    /// What `consistent_hash` hashes.
+    pub hash_key: HashKey,
+    /// TCP/Unix (and TLS) connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of each read from a server.
+    pub read_timeout: Duration,
+    /// Timeout of each write to a server.
+    pub write_timeout: Duration,
+    /// How long an idle keep-alive connection to a server stays pooled.
+    pub idle_timeout: Duration,
+    /// Further attempts on other servers after a failure that is safe to retry.
+    pub retries: usize,
+    /// Requests in flight per server; beyond it requests queue.
+    pub max_in_flight: Option<usize>,
+    /// How long a request may queue for a free server before `503`.
+    pub queue_timeout: Duration,
+    /// Active health checks.
+    pub health: Option<HealthConfig>,
+    /// Passive health checks.
+    pub passive: PassiveHealth,
+    /// Whether servers may add themselves through the registration API.
+    pub registration: bool,
+    /// DNS discovery.
+    pub dns: Option<DnsDiscovery>,
+    /// TLS to the servers.
+    pub tls: Option<UpstreamTls>,
+    /// Offer HTTP/2 to the servers (ALPN with TLS, prior knowledge without).
+    pub h2: bool,
+}
+
+/// Where the registration API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationListen {
+    /// A TCP address (loopback by default).
+    Tcp(SocketAddr),
+    /// A Unix socket; a relative path is relative to the tenant's runtime
+    /// directory (`runtime_dir/tenants/NAME`).
+    Unix(PathBuf),
+}
+
+/// The `[registration]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationConfig {
+    /// Listener of the registration API.
+    pub listen: RegistrationListen,
+}
+
+pub(super) fn validate_upstream(
+    src: &mut Source,
+    u: &RawUpstream,
+    others: &[UpstreamConfig],
+) -> UpstreamConfig {
+    let name = u.name.get_ref().clone();
+    if others.iter().any(|other| other.name == name) {
+        src.error(
+            u.name.span(),
+            format!("upstream name {name:?} is used twice"),
+        );
+    }
+    let lb = match u.lb.as_ref().map(|l| (l.get_ref().as_str(), l.span())) {
+        None | Some(("round_robin", _)) => LbKind::RoundRobin,
+        Some(("random", _)) => LbKind::Random,
+        Some(("least_conn", _)) => LbKind::LeastConn,
+        Some(("consistent_hash", _)) => LbKind::ConsistentHash,
+        Some((other, span)) => {
+            src.error(
+                span,
+                format!("lb = {other:?} is unknown; use \"round_robin\", \"random\", \"least_conn\" or \"consistent_hash\""),
+            );
+            LbKind::RoundRobin
+        }
+    };
+    let hash_key = match &u.hash_key {
+        None => HashKey::ClientIp,
+        Some(key) => {
+            if lb != LbKind::ConsistentHash {
+                src.error(
+                    key.span(),
+                    "hash_key is used only with lb = \"consistent_hash\"",
+                );
+            }
+            HashKey::parse(key.get_ref()).unwrap_or_else(|e| {
+                src.error(key.span(), e);
+                HashKey::ClientIp
+            })
+        }
+    };
+    let mut servers = Vec::new();
+    for server in &u.servers {
+        match ServerSpec::parse(server.get_ref()) {
+            Ok(mut spec) => {
+                if let ServerAddr::Unix(path) = &spec.addr {
+                    spec.addr = ServerAddr::Unix(src.resolve(&path.to_string_lossy()));
+                }
+                servers.push(spec)
+            }
+            Err(message) => src.error(server.span(), message),
+        }
+    }
+    let dns = u.discovery.as_ref().map(|d| {
+        let raw = d.get_ref();
+        if raw.dns.get_ref().trim().is_empty() {
+            src.error(raw.dns.span(), "discovery.dns needs a name to resolve");
+        }
+        let resolver = raw.resolver.as_ref().and_then(|r| {
+            let text = r.get_ref();
+            let parsed = text.parse::<SocketAddr>().or_else(|_| {
+                text.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    src.error(
+                        r.span(),
+                        format!("discovery.resolver {text:?} is not IP or IP:port"),
+                    );
+                    None
+                }
+            }
+        });
+        DnsDiscovery {
+            name: raw.dns.get_ref().trim().to_string(),
+            port: raw.port,
+            interval: raw.interval.max(Duration::from_millis(100)),
+            resolver,
+        }
+    });
+    if servers.is_empty() && !u.registration && dns.is_none() {
+        src.error(
+            u.name.span(),
+            format!("upstream {name:?} has no servers; list at least one in `servers`, or set `registration = true` or `discovery = {{ dns = \"NAME\" }}`"),
+        );
+    }
+    let health = u.health.as_ref().and_then(|h| {
+        let raw = h.get_ref();
+        let kind = match raw.kind.get_ref().as_str() {
+            "tcp" => HealthKind::Tcp,
+            "http" => {
+                let path = raw.path.clone().unwrap_or_else(|| "/".to_string());
+                if !path.starts_with('/') {
+                    src.error(
+                        h.span(),
+                        format!("health path {path:?} must start with '/'"),
+                    );
+                }
+                if !(100..=599).contains(&raw.status) {
+                    src.error(h.span(), "health status must be an HTTP status (100-599)");
+                }
+                HealthKind::Http {
+                    path,
+                    host: raw.host.clone(),
+                    status: raw.status,
+                }
+            }
+            other => {
+                src.error(
+                    raw.kind.span(),
+                    format!("health kind {other:?} is unknown; use \"tcp\" or \"http\""),
+                );
+                return None;
+            }
+        };
+        if raw.rise == 0 || raw.fall == 0 {
+            src.error(h.span(), "health rise and fall must be at least 1");
+        }
+        if raw.interval < Duration::from_millis(50) {
+            src.error(h.span(), "health interval must be at least 50ms");
+        }
+        Some(HealthConfig {
+            kind,
+            interval: raw.interval,
+            timeout: raw.timeout,
+            rise: raw.rise.max(1),
+            fall: raw.fall.max(1),
+        })
+    });
+    if let Some(max) = &u.max_in_flight {
+        if *max.get_ref() == 0 {
+            src.error(max.span(), "max_in_flight must be at least 1");
+        }
+    }
+    let tls = u.tls.as_ref().map(|t| {
+        let raw = t.get_ref();
+        let ca = raw.ca.as_ref().map(|ca| {
+            let path = src.resolve(ca.get_ref());
+            if let Err(e) = std::fs::read(&path) {
+                src.error(
+                    ca.span(),
+                    format!("cannot read CA file {}: {e}", path.display()),
+                );
+            }
+            path
+        });
+        if raw.verify && raw.sni.as_deref().is_none_or(str::is_empty) {
+            src.error(
+                t.span(),
+                "tls needs `sni` (the name to send and verify) when verify = true; or set verify = false to skip verification",
+            );
+        }
+        UpstreamTls {
+            sni: raw.sni.clone(),
+            verify: raw.verify,
+            ca,
+        }
+    });
+    UpstreamConfig {
+        name,
+        servers,
+        lb,
+        hash_key,
+        connect_timeout: u.connect_timeout,
+        read_timeout: u.read_timeout,
+        write_timeout: u.write_timeout,
+        idle_timeout: u.idle_timeout,
+        retries: u.retries,
+        max_in_flight: u.max_in_flight.as_ref().map(|m| *m.get_ref()),
+        queue_timeout: u.queue_timeout,
+        health,
+        passive: PassiveHealth {
+            failures: u.passive.failures,
+            cooldown: u.passive.cooldown,
+        },
+        registration: u.registration,
+        dns,
+        tls,
+        h2: u.h2,
+    }
+}
+
+pub(super) fn validate_registration(
+    src: &mut Source,
+    raw: &RawRegistration,
+    upstreams: &[UpstreamConfig],
+) -> Option<RegistrationConfig> {
+    let text = raw.listen.get_ref();
+    let listen = if let Some(path) = text.strip_prefix("unix:") {
+        if path.is_empty() {
+            src.error(
+                raw.listen.span(),
+                "unix: needs a path, e.g. \"unix:register.sock\"",
+            );
+            return None;
+        }
+        RegistrationListen::Unix(PathBuf::from(path))
+    } else {
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => RegistrationListen::Tcp(addr),
+            Err(_) => {
+                src.error(
+                    raw.listen.span(),
+                    format!("[registration] listen {text:?} is not IP:port or unix:PATH"),
+                );
+                return None;
+            }
+        }
+    };
+    if !upstreams.iter().any(|u| u.registration) {
+        src.error(
+            raw.listen.span(),
+            "[registration] is set but no upstream has `registration = true`; nothing could register",
+        );
+    }
+    Some(RegistrationConfig { listen })
+}
+
+/// The time-to-live a registration may ask for.
+pub const REGISTRATION_TTL: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
+/// Parses the `ttl` of a registration request (`"10s"`), within [`REGISTRATION_TTL`].
+pub fn parse_registration_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if !REGISTRATION_TTL.contains(&ttl) {
+        return Err(format!("ttl {text:?} is out of range; use 1s to 1h"));
+    }
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_specs() {
+        assert_eq!(
+            ServerSpec::parse("127.0.0.1:80 weight=3").unwrap(),
+            ServerSpec {
+                addr: ServerAddr::Tcp("127.0.0.1:80".parse().unwrap()),
+                weight: 3
+            }
+        );
+        assert_eq!(ServerSpec::parse("[::1]:80").unwrap().weight, 1);
+        assert!(ServerSpec::parse("127.0.0.1:80 weight=0").is_err());
+        assert!(ServerSpec::parse("127.0.0.1:80 weight=x").is_err());
+        assert!(ServerSpec::parse("127.0.0.1:80 backup").is_err());
+        assert!(ServerSpec::parse("localhost:80").is_err());
+        assert!(ServerSpec::parse("unix:").is_err());
+    }
+
+    #[test]
+    fn hash_keys() {
+        assert_eq!(HashKey::parse("client_ip").unwrap(), HashKey::ClientIp);
+        assert_eq!(
+            HashKey::parse("header:X-User").unwrap(),
+            HashKey::Header("x-user".into())
+        );
+        assert_eq!(
+            HashKey::parse("cookie:sid").unwrap(),
+            HashKey::Cookie("sid".into())
+        );
+        assert!(HashKey::parse("header:").is_err());
+        assert!(HashKey::parse("header:a b").is_err());
+        assert!(HashKey::parse("query").is_err());
+    }
+
+    #[test]
+    fn ttls() {
+        assert!(parse_registration_ttl("10s").is_ok());
+        assert!(parse_registration_ttl("0s").is_err());
+        assert!(parse_registration_ttl("2h").is_err());
+        assert!(parse_registration_ttl("ten").is_err());
+    }
+}
