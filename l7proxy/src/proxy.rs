@@ -366,12 +366,15 @@ impl ProxyHttp for TenantProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("server {peer}"));
-        if e.esource() == &ErrorSource::Upstream {
+        let upstream_failed = e.esource() == &ErrorSource::Upstream;
+        if upstream_failed {
             self.note_failure(ctx);
         }
-        // Only a request that may safely run twice is sent again, and only
-        // while nothing of the response has reached the client.
-        let safe = session.req_header().method.is_idempotent()
+        // Only a server's failure is retried, only for a request that may
+        // safely run twice, and only while nothing of the response has reached
+        // the client.
+        let safe = upstream_failed
+            && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && !ctx.response_started
             && session.response_written().is_none();
@@ -490,6 +493,17 @@ impl ProxyHttp for TenantProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        // "No server" is in the access line already, and a client that went
+        // away is not the proxy's error.
+        ctx.unavailable.is_some()
+            || (e.esource() == &ErrorSource::Downstream
+                && matches!(
+                    e.etype(),
+                    ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                ))
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

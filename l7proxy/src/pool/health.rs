@@ -76,6 +76,7 @@ pub fn build(
                 }
             }));
             check.health_changed_callback = Some(logger);
+            check.set_backend_summary(|b| b.addr.to_string());
             Ok(Box::new(check))
         }
     }

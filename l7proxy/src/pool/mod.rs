@@ -201,23 +201,37 @@ impl Pool {
             Balancer::Random(lb) => lb.select_with(key, iterations, accept),
             Balancer::Consistent(lb) => lb.select_with(key, iterations, accept),
             Balancer::LeastConn(lb) => {
-                // Fewest requests in flight per unit of weight; ties rotate.
+                // Fewest requests in flight per unit of weight; among equals,
+                // a weighted rotation (so an idle pool still shares by weight).
                 let backends = lb.backends().get_backend();
-                let n = backends.len().max(1);
-                let start = self.rotation.fetch_add(1, Ordering::Relaxed) % n;
-                let mut ranked: Vec<(usize, &Backend)> = backends
+                let load = |b: &Backend| {
+                    let in_flight = b.ext.get::<Arc<ServerState>>().map_or(0, |s| s.in_flight());
+                    in_flight as f64 / b.weight.max(1) as f64
+                };
+                let mut ranked: Vec<(f64, &Backend)> =
+                    backends.iter().map(|b| (load(b), b)).collect();
+                ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let tied = ranked
                     .iter()
-                    .enumerate()
-                    .map(|(i, b)| ((i + n - start) % n, b))
-                    .collect();
-                ranked.sort_by(|(ia, a), (ib, b)| {
-                    let load = |b: &Backend| {
-                        let in_flight =
-                            b.ext.get::<Arc<ServerState>>().map_or(0, |s| s.in_flight());
-                        (in_flight + 1) as f64 / b.weight.max(1) as f64
-                    };
-                    load(a).total_cmp(&load(b)).then(ia.cmp(ib))
-                });
+                    .take_while(|(score, _)| *score == ranked[0].0)
+                    .count();
+                let total: usize = ranked[..tied].iter().map(|(_, b)| b.weight.max(1)).sum();
+                if total > 0 {
+                    let mut turn = self.rotation.fetch_add(1, Ordering::Relaxed) % total;
+                    let first = ranked[..tied]
+                        .iter()
+                        .position(|(_, b)| {
+                            let w = b.weight.max(1);
+                            if turn < w {
+                                true
+                            } else {
+                                turn -= w;
+                                false
+                            }
+                        })
+                        .unwrap_or(0);
+                    ranked[..tied].rotate_left(first);
+                }
                 ranked
                     .into_iter()
                     .find(|(_, b)| accept(b, lb.backends().ready(b)))

@@ -180,4 +180,97 @@ mod tests {
         );
         assert!(errors[1].contains("config file"), "{errors:?}");
     }
+
+    #[test]
+    fn upstream_pool_keys_are_checked_with_locations() {
+        let dir = Dir::new("pools");
+        dir.write(
+            "tenants/a.toml",
+            concat!(
+                "[[upstream]]\n",
+                "name = \"app\"\n",
+                "servers = [\"127.0.0.1:1 weight=0\", \"db.local:5432\"]\n",
+                "lb = \"fastest\"\n",
+                "hash_key = \"header:X-User\"\n",
+                "health = { kind = \"udp\" }\n",
+                "tls = { verify = true }\n",
+                "[[upstream]]\n",
+                "name = \"empty\"\n",
+                "[[route]]\n",
+                "upstream = \"app\"\n",
+                "[registration]\n",
+                "listen = \"localhost:9901\"\n",
+            ),
+        );
+        let errors = errors_of(
+            &dir,
+            &host_file(
+                "[[tenant]]\nname = \"a\"\nhosts = [\"a.com\"]\nconfig = \"tenants/a.toml\"\n",
+            ),
+        );
+        let expected = [
+            "a.toml:3:12: server \"127.0.0.1:1 weight=0\": weight must be a whole number",
+            "a.toml:3:36: server \"db.local:5432\" is not IP:port",
+            "a.toml:4:6: lb = \"fastest\" is unknown",
+            "a.toml:5:12: hash_key is used only with lb = \"consistent_hash\"",
+            "a.toml:6:19: health kind \"udp\" is unknown",
+            "a.toml:7:7: tls needs `sni`",
+            "a.toml:9:8: upstream \"empty\" has no servers",
+            "a.toml:13:10: [registration] listen \"localhost:9901\" is not IP:port or unix:PATH",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for (error, want) in errors.iter().zip(expected) {
+            assert!(error.contains(want), "{error}\n  expected: {want}");
+        }
+    }
+
+    #[test]
+    fn upstream_pool_keys_parse() {
+        let dir = Dir::new("pools-ok");
+        dir.write(
+            "tenants/a.toml",
+            concat!(
+                "[[upstream]]\n",
+                "name = \"app\"\n",
+                "servers = [\"127.0.0.1:1 weight=3\"]\n",
+                "lb = \"consistent_hash\"\n",
+                "hash_key = \"cookie:sid\"\n",
+                "max_in_flight = 8\n",
+                "queue_timeout = \"250ms\"\n",
+                "health = { kind = \"http\", path = \"/healthz\", interval = \"500ms\", fall = 2 }\n",
+                "passive = { failures = 5, cooldown = \"3s\" }\n",
+                "registration = true\n",
+                "discovery = { dns = \"_app._tcp.example\", resolver = \"127.0.0.1:5353\" }\n",
+                "[[route]]\n",
+                "upstream = \"app\"\n",
+                "[registration]\n",
+                "listen = \"unix:register.sock\"\n",
+            ),
+        );
+        let host = dir.write(
+            "host.toml",
+            &host_file(
+                "[[tenant]]\nname = \"a\"\nhosts = [\"a.com\"]\nconfig = \"tenants/a.toml\"\n",
+            ),
+        );
+        let config = HostConfig::load(&host).unwrap();
+        let file = TenantFile::load(&config.tenants[0].config).unwrap();
+        let app = &file.upstreams[0];
+        assert_eq!(app.servers[0].weight, 3);
+        assert_eq!(app.lb, LbKind::ConsistentHash);
+        assert_eq!(app.hash_key, HashKey::Cookie("sid".into()));
+        assert_eq!(app.max_in_flight, Some(8));
+        assert_eq!(app.queue_timeout, Duration::from_millis(250));
+        let health = app.health.as_ref().unwrap();
+        assert_eq!((health.rise, health.fall), (2, 2));
+        assert_eq!(app.passive.failures, 5);
+        assert_eq!(
+            app.dns.as_ref().unwrap().resolver,
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(
+            file.registration.unwrap().listen,
+            RegistrationListen::Unix("register.sock".into())
+        );
+    }
 }

@@ -477,7 +477,7 @@ pub(super) fn validate_upstream(
             resolver,
         }
     });
-    if servers.is_empty() && !u.registration && dns.is_none() {
+    if u.servers.is_empty() && !u.registration && dns.is_none() {
         src.error(
             u.name.span(),
             format!("upstream {name:?} has no servers; list at least one in `servers`, or set `registration = true` or `discovery = {{ dns = \"NAME\" }}`"),

@@ -4,7 +4,14 @@
 //! headers, the peer address, its own name), keeping connections alive.
 //! `--body-size N` answers with an N-byte body instead (for benchmarks).
 //!
-//! Usage: `echo-upstream --listen 127.0.0.1:18101 [--name app-1] [--body-size 100]`
+//! For pool tests: `?delay_ms=N` waits before answering, `/status/NNN` answers
+//! with that status, an `Upgrade` request is switched (101) and then echoes
+//! bytes, and `--register URL --upstream NAME` keeps the server registered with
+//! a tenant's registration API (retrying until the API answers, renewing at a
+//! third of `--ttl`).
+//!
+//! Usage: `echo-upstream --listen 127.0.0.1:18101 [--name app-1] [--body-size 100]
+//!         [--register http://127.0.0.1:9901 --upstream app [--ttl 3s]]`
 
 use std::io;
 use std::time::Duration;
@@ -15,6 +22,9 @@ struct Options {
     listen: String,
     name: String,
     body_size: Option<usize>,
+    register: Option<String>,
+    upstream: String,
+    ttl: String,
 }
 
 fn options() -> Result<Options, String> {
@@ -22,10 +32,16 @@ fn options() -> Result<Options, String> {
     let mut listen = None;
     let mut name = "echo-upstream".to_string();
     let mut body_size = None;
+    let mut register = None;
+    let mut upstream = "app".to_string();
+    let mut ttl = "3s".to_string();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next(),
             "--name" => name = args.next().ok_or("--name needs a value")?,
+            "--register" => register = Some(args.next().ok_or("--register needs a URL")?),
+            "--upstream" => upstream = args.next().ok_or("--upstream needs a name")?,
+            "--ttl" => ttl = args.next().ok_or("--ttl needs a duration")?,
             "--body-size" => {
                 body_size = Some(
                     args.next()
@@ -35,7 +51,7 @@ fn options() -> Result<Options, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: echo-upstream --listen ADDR [--name NAME] [--body-size BYTES]".into(),
+                    "usage: echo-upstream --listen ADDR [--name NAME] [--body-size BYTES] [--register URL --upstream NAME [--ttl 3s]]".into(),
                 )
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
@@ -45,6 +61,9 @@ fn options() -> Result<Options, String> {
         listen: listen.ok_or("--listen ADDR is required")?,
         name,
         body_size,
+        register,
+        upstream,
+        ttl,
     })
 }
 
@@ -76,6 +95,15 @@ async fn serve(options: Options) -> io::Result<()> {
         options.name,
         listener.local_addr()?
     );
+    if let Some(url) = options.register.clone() {
+        let addr = listener.local_addr()?.to_string();
+        tokio::spawn(keep_registered(
+            url,
+            options.upstream.clone(),
+            addr,
+            options.ttl.clone(),
+        ));
+    }
     let name: &'static str = Box::leak(options.name.into_boxed_str());
     let fixed_body: Option<&'static [u8]> = options
         .body_size
@@ -98,13 +126,23 @@ async fn connection(
     let mut buf = Vec::with_capacity(8192);
     loop {
         // Read until a complete header block is buffered.
-        let (head_len, response, close, body_len) = loop {
+        let (head_len, response, close, body_len, delay, upgrade) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut request = httparse::Request::new(&mut headers);
             match request.parse(&buf) {
                 Ok(httparse::Status::Complete(len)) => {
                     let mut body_len = 0usize;
                     let mut close = request.version == Some(0);
+                    let mut upgrade = false;
+                    let path = request.path.unwrap_or("");
+                    let delay = path
+                        .split_once("delay_ms=")
+                        .and_then(|(_, v)| v.split('&').next()?.parse::<u64>().ok())
+                        .map(Duration::from_millis);
+                    let status: u16 = path
+                        .strip_prefix("/status/")
+                        .and_then(|v| v.get(..3)?.parse().ok())
+                        .unwrap_or(200);
                     let mut header_map = serde_json::Map::new();
                     for h in request.headers.iter() {
                         let value = String::from_utf8_lossy(h.value).into_owned();
@@ -113,6 +151,9 @@ async fn connection(
                         }
                         if h.name.eq_ignore_ascii_case("connection") {
                             close = value.eq_ignore_ascii_case("close");
+                        }
+                        if h.name.eq_ignore_ascii_case("upgrade") {
+                            upgrade = true;
                         }
                         header_map.insert(
                             h.name.to_ascii_lowercase(),
@@ -134,8 +175,13 @@ async fn connection(
                             json.into_bytes()
                         }
                     };
+                    if upgrade {
+                        let response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+                        break (len, response, false, body_len, delay, true);
+                    }
                     let mut response = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+                        "HTTP/1.1 {status} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+                        if status == 200 { "OK" } else { "Status" },
                         if fixed_body.is_some() {
                             "text/plain"
                         } else {
@@ -146,7 +192,7 @@ async fn connection(
                     )
                     .into_bytes();
                     response.extend_from_slice(&body);
-                    break (len, response, close, body_len);
+                    break (len, response, close, body_len, delay, false);
                 }
                 Ok(httparse::Status::Partial) => {}
                 Err(_) => {
@@ -175,9 +221,63 @@ async fn connection(
             buf.extend_from_slice(&chunk[..n]);
         }
         buf.drain(..head_len + body_len);
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         stream.write_all(&response).await?;
+        if upgrade {
+            // The connection now carries the upgraded protocol: echo it.
+            stream.write_all(&buf).await?;
+            let (mut reader, mut writer) = stream.split();
+            tokio::io::copy(&mut reader, &mut writer).await?;
+            return Ok(());
+        }
         if close {
             return Ok(());
         }
+    }
+}
+
+/// Registers this server with a tenant's registration API and renews the
+/// registration at a third of its TTL, retrying every 200 ms while the API
+/// does not answer (the proxy may start after the backend).
+async fn keep_registered(url: String, upstream: String, addr: String, ttl: String) {
+    let api = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let ttl_ms = ttl
+        .strip_suffix("ms")
+        .and_then(|n| n.parse::<u64>().ok())
+        .or_else(|| {
+            ttl.strip_suffix('s')
+                .and_then(|n| n.parse::<u64>().ok())
+                .map(|s| s * 1000)
+        })
+        .unwrap_or(3000);
+    let body = serde_json::json!({"upstream": upstream, "addr": addr, "ttl": ttl}).to_string();
+    let request = format!(
+        "POST /v1/register HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut registered = false;
+    loop {
+        let answer = async {
+            let mut stream = TcpStream::connect(&api).await?;
+            stream.write_all(request.as_bytes()).await?;
+            let mut reply = Vec::new();
+            stream.read_to_end(&mut reply).await?;
+            Ok::<_, io::Error>(reply)
+        };
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_secs(2), answer).await,
+            Ok(Ok(reply)) if reply.starts_with(b"HTTP/1.1 200")
+        );
+        if ok && !registered {
+            eprintln!("echo-upstream: registered {addr} in {upstream} at {api}");
+        }
+        registered = ok;
+        let wait = if ok { ttl_ms / 3 } else { 200 };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }
