@@ -3,6 +3,7 @@
 # tenants (config/demo.toml). Then, from another terminal:
 #   curl -k https://alpha.localhost:8443/       # tenant alpha, proxied to the upstream
 #   curl http://beta.localhost:8080/            # tenant beta, built-in echo
+#   curl http://127.0.0.1:9901/v1/upstreams     # alpha's upstream pool (registration API)
 # Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,4 +17,5 @@ upstream=$!
 trap 'kill $upstream 2>/dev/null || true' EXIT
 echo "==> splitter on https://127.0.0.1:8443 (SNI) and http://127.0.0.1:8080 (Host); Ctrl-C to stop"
 echo "    try: curl -k https://alpha.localhost:8443/   and   curl http://beta.localhost:8080/"
+echo "    alpha's pool: curl http://127.0.0.1:9901/v1/upstreams  (add a backend: see README, Upstream pools)"
 ./target/release/splitter --config config/demo.toml

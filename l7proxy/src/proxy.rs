@@ -324,7 +324,10 @@ impl ProxyHttp for TenantProxy {
         })?;
         // A retry gives up its slot on the failed server before looking for another.
         ctx.lease = None;
-        let key = hash_key(session, &pool.config.hash_key);
+        let key = match pool.uses_hash_key() {
+            true => hash_key(session, &pool.config.hash_key),
+            false => Vec::new(),
+        };
         let deadline = *ctx
             .queue_deadline
             .get_or_insert_with(|| tokio::time::Instant::now() + pool.config.queue_timeout);

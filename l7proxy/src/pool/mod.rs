@@ -189,6 +189,11 @@ impl Pool {
         Ok(!Arc::ptr_eq(&before, &self.backends().get_backend()))
     }
 
+    /// Whether selection uses the request's `hash_key`.
+    pub fn uses_hash_key(&self) -> bool {
+        self.config.lb == LbKind::ConsistentHash
+    }
+
     /// Asks the upkeep to run discovery at once (after a registration).
     pub fn membership_may_have_changed(&self) {
         self.changed.notify_one();
@@ -298,19 +303,27 @@ impl Pool {
         tried: &[ServerAddr],
         deadline: Instant,
     ) -> Result<(Lease, Box<HttpPeer>), Unavailable> {
+        let leased = |lease: Lease| {
+            let peer = self.peers.peer_for_server(&lease);
+            let lease = match self.config.max_in_flight {
+                Some(_) => lease.wake_on_release(self.freed.clone()),
+                None => lease,
+            };
+            Ok((lease, peer))
+        };
         loop {
+            match self.try_pick(key, tried) {
+                Pick::Leased(lease) => return leased(lease),
+                Pick::Down(why) => return Err(why),
+                Pick::Busy => {}
+            }
+            // Every healthy server is full: register for a release, then look
+            // again so that a release in between is not missed.
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             match self.try_pick(key, tried) {
-                Pick::Leased(lease) => {
-                    let peer = self.peers.peer_for_server(&lease);
-                    let lease = match self.config.max_in_flight {
-                        Some(_) => lease.wake_on_release(self.freed.clone()),
-                        None => lease,
-                    };
-                    return Ok((lease, peer));
-                }
+                Pick::Leased(lease) => return leased(lease),
                 Pick::Down(why) => return Err(why),
                 Pick::Busy => {}
             }
