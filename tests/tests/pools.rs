@@ -619,3 +619,64 @@ fn upstream_tls_with_sni_h2_and_verification() {
     let strict = tenant.get("/strict");
     assert_eq!(strict.status, 502, "{strict:?}");
 }
+
+#[test]
+fn registrations_reach_every_process_of_the_pool_and_survive_a_rolling_restart() {
+    let _alone = measuring_alone();
+    let backend = loopback();
+    let _backend = start_upstream(backend, "registered");
+    let registration = loopback();
+    let mut tenant = TenantSpec::echo("shop", &["shop.test"]);
+    tenant.file = format!(
+        "[[upstream]]\nname = \"app\"\nregistration = true\n[[route]]\npath = \"/\"\nupstream = \"app\"\n[[route]]\npath = \"/echo\"\nrespond = \"echo\"\n[registration]\nlisten = \"{registration}\"\n"
+    );
+    tenant.processes = 2;
+    let s = SplitterBuilder::new(vec![tenant]).start();
+    wait_until(Duration::from_secs(10), || {
+        s.tenant_pids("shop", "ready").len() == 2
+    });
+    // Either process may take the registration (SO_REUSEPORT); both serve it.
+    let reply = post_json(
+        registration,
+        "/v1/register",
+        &format!(r#"{{"upstream":"app","addr":"{backend}","ttl":"1h"}}"#),
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen_by = |pids: &mut std::collections::BTreeSet<u64>| {
+        // New connections take turns over the processes: the echo names
+        // them, and every proxied request must reach the registered backend.
+        for _ in 0..10 {
+            let echo = http_get(s.http, "shop.test", "/echo").unwrap().json();
+            pids.insert(echo["pid"].as_u64().unwrap());
+        }
+        for _ in 0..40 {
+            let r = http_get(s.http, "shop.test", "/").unwrap();
+            assert_eq!(backend_of(&r), "registered");
+        }
+    };
+    std::thread::sleep(Duration::from_millis(600));
+    let mut pids = Default::default();
+    seen_by(&mut pids);
+    assert_eq!(pids.len(), 2, "both processes answered: {pids:?}");
+
+    let http = s.http;
+    let load =
+        std::thread::spawn(move || wrk(&format!("http://{http}/"), "shop.test", 4, 8, false));
+    std::thread::sleep(Duration::from_millis(1000));
+    let (code, out, err) = s.ctl(&["restart", "shop"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report = load.join().unwrap();
+    println!(
+        "rolling restart of a 2-process tenant whose only server is registered: {} requests, {} non-2xx, {} socket errors",
+        report.requests, report.non_2xx, report.socket_errors
+    );
+    assert_eq!(report.non_2xx, 0, "{}", report.output);
+    assert_eq!(report.socket_errors, 0, "{}", report.output);
+    let mut after = Default::default();
+    seen_by(&mut after);
+    assert!(
+        after.is_disjoint(&pids),
+        "new generation: {after:?} vs {pids:?}"
+    );
+}
