@@ -63,22 +63,17 @@ impl HandedStream {
     }
 }
 
+/// One system call (`SO_PROTOCOL`) tells a TCP socket from anything else
+/// (UDP, Unix, raw, or not a socket at all).
 fn check_tcp_socket(fd: &OwnedFd) -> io::Result<()> {
-    use nix::sys::socket::{getsockopt, sockopt, AddressFamily, SockType, SockaddrLike};
-    let kind = getsockopt(fd, sockopt::SockType).map_err(io::Error::from)?;
-    if kind != SockType::Stream {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "received descriptor is not a stream socket",
-        ));
-    }
-    let addr: nix::sys::socket::SockaddrStorage =
-        nix::sys::socket::getsockname(fd.as_raw_fd()).map_err(io::Error::from)?;
-    match addr.family() {
-        Some(AddressFamily::Inet | AddressFamily::Inet6) => Ok(()),
+    match socket2::SockRef::from(fd).protocol()? {
+        Some(socket2::Protocol::TCP) => Ok(()),
         other => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("received descriptor is not a TCP socket (family {other:?})"),
+            format!(
+                "received descriptor is not a TCP socket (protocol {})",
+                other.map_or(0, i32::from)
+            ),
         )),
     }
 }

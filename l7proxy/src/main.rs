@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod handed;
+mod metrics;
 mod pool;
 mod proxy;
 mod registration;

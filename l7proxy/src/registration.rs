@@ -1,7 +1,7 @@
 //! The registration API: backends add themselves to a pool, renew, and leave,
 //! with no configuration reload (`POST /v1/register`, `POST /v1/deregister`,
-//! `GET /v1/upstreams`), served on the tenant's `[registration] listen`
-//! address as a Pingora HTTP app.
+//! `GET /v1/upstreams`, and the pools' Prometheus metrics at `GET /metrics`),
+//! served on the tenant's `[registration] listen` address as a Pingora HTTP app.
 //!
 //! Anyone who can connect may register a server, so the listener is meant for
 //! loopback (every local user) or a Unix socket in the tenant's 0700 runtime
@@ -218,6 +218,15 @@ impl ServeHttp for RegistrationApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if path == "/metrics" && method == Method::GET {
+            let body = crate::metrics::render(&self.tenant, &self.pools);
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("Content-Type", "text/plain; version=0.0.4")
+                .header("Content-Length", body.len())
+                .body(body)
+                .unwrap_or_default();
+        }
         let (allowed, result) = match path.as_str() {
             "/v1/register" | "/v1/deregister" if method == Method::POST => {
                 let result = match read_body(session).await {
@@ -245,7 +254,7 @@ impl ServeHttp for RegistrationApi {
                 "",
                 Err(refuse(
                     StatusCode::NOT_FOUND,
-                    format!("no such endpoint {path:?}; the API has POST /v1/register, POST /v1/deregister and GET /v1/upstreams"),
+                    format!("no such endpoint {path:?}; the API has POST /v1/register, POST /v1/deregister, GET /v1/upstreams and GET /metrics"),
                 )),
             ),
         };

@@ -113,8 +113,8 @@ fn unusable_descriptors_are_closed_with_a_reason_and_nothing_leaks() {
         .unwrap();
     for expected in [
         "unusable descriptor received; closed",
-        "received descriptor is not a stream socket",
-        "received descriptor is not a TCP socket",
+        "received descriptor is not a TCP socket (protocol 17)",
+        "received descriptor is not a TCP socket (protocol 0)",
         "Conn message without a descriptor",
         "handoff protocol version 9 received",
     ] {

@@ -203,6 +203,23 @@ fn kill_9_of_one_backend_under_load_loses_nothing_and_it_gets_no_more_requests()
     );
     let live = counts(&more);
     assert_eq!(live.len(), 2, "{live:?}");
+
+    // The same, as Prometheus metrics.
+    let metrics = http_get(tenant.registration, "localhost", "/metrics").unwrap();
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body).unwrap();
+    let up_of = |addr: SocketAddr| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("switchyard_upstream_server_up{")
+                    && l.contains(&format!("server=\"{addr}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(up_of(addrs[1]).as_deref(), Some("0"), "{text}");
+    assert_eq!(up_of(addrs[0]).as_deref(), Some("1"), "{text}");
+    assert!(text.contains("tenant=\"t\""), "{text}");
 }
 
 #[test]

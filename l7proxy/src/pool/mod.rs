@@ -353,8 +353,13 @@ impl Pool {
         }
     }
 
-    /// The pool as `GET /v1/upstreams` shows it.
-    pub fn report(&self) -> Value {
+    /// How many requests wait for a free server.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// The current servers and their state.
+    pub fn snapshot(&self) -> Vec<ServerSnapshot> {
         let expiry: HashMap<ServerAddr, Duration> = self
             .registry
             .as_ref()
@@ -366,25 +371,50 @@ impl Pool {
             })
             .unwrap_or_default();
         let backends = self.backends().get_backend();
-        let servers: Vec<Value> = backends
+        backends
             .iter()
             .filter_map(|b| {
                 let state = b.ext.get::<Arc<ServerState>>()?;
+                let checked_up = self.backends().ready(b);
                 let ejected = state.ejected_for();
-                Some(json!({
-                    "addr": state.addr.to_string(),
-                    "origin": state.origin.as_str(),
-                    "weight": b.weight,
-                    "healthy": self.backends().ready(b) && ejected.is_none(),
-                    "health_check": if self.config.health.is_some() {
-                        if self.backends().ready(b) { "up" } else { "down" }
-                    } else { "none" },
-                    "ejected_ms": ejected.map(|d| d.as_millis() as u64),
-                    "in_flight": state.in_flight(),
-                    "requests": state.requests(),
-                    "failures": state.failures(),
-                    "expires_in_ms": expiry.get(&state.addr).map(|d| d.as_millis() as u64),
-                }))
+                Some(ServerSnapshot {
+                    addr: state.addr.to_string(),
+                    origin: state.origin.as_str(),
+                    weight: b.weight,
+                    up: checked_up && ejected.is_none(),
+                    health_check: match (self.config.health.is_some(), checked_up) {
+                        (false, _) => "none",
+                        (true, true) => "up",
+                        (true, false) => "down",
+                    },
+                    ejected_for: ejected,
+                    in_flight: state.in_flight(),
+                    requests: state.requests(),
+                    failures: state.failures(),
+                    expires_in: expiry.get(&state.addr).copied(),
+                })
+            })
+            .collect()
+    }
+
+    /// The pool as `GET /v1/upstreams` shows it.
+    pub fn report(&self) -> Value {
+        let servers: Vec<Value> = self
+            .snapshot()
+            .into_iter()
+            .map(|s| {
+                json!({
+                    "addr": s.addr,
+                    "origin": s.origin,
+                    "weight": s.weight,
+                    "healthy": s.up,
+                    "health_check": s.health_check,
+                    "ejected_ms": s.ejected_for.map(|d| d.as_millis() as u64),
+                    "in_flight": s.in_flight,
+                    "requests": s.requests,
+                    "failures": s.failures,
+                    "expires_in_ms": s.expires_in.map(|d| d.as_millis() as u64),
+                })
             })
             .collect();
         json!({
@@ -393,8 +423,33 @@ impl Pool {
             "registration": self.config.registration,
             "dns": self.config.dns.as_ref().map(|d| d.name.clone()),
             "max_in_flight": self.config.max_in_flight,
-            "queued": self.queued.load(Ordering::Relaxed),
+            "queued": self.queued(),
             "servers": servers,
         })
     }
+}
+
+/// One server of a pool as reported.
+#[derive(Debug, Clone)]
+pub struct ServerSnapshot {
+    /// Its address.
+    pub addr: String,
+    /// `static`, `registered` or `dns`.
+    pub origin: &'static str,
+    /// Its weight.
+    pub weight: usize,
+    /// Whether it gets new requests (health check passing, not ejected).
+    pub up: bool,
+    /// `up`, `down`, or `none` without active checks.
+    pub health_check: &'static str,
+    /// Time left in a passive cool-down.
+    pub ejected_for: Option<Duration>,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Attempts sent so far.
+    pub requests: u64,
+    /// Failed attempts so far.
+    pub failures: u64,
+    /// Time before a registration lapses.
+    pub expires_in: Option<Duration>,
 }
