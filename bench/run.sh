@@ -75,6 +75,8 @@ cleanup() {
 }
 trap cleanup EXIT
 export RUST_LOG=error   # access logs off for every Switchyard process
+# What the splitter gives its tenant processes; the standalone l7proxy gets the same.
+export MIMALLOC_ARENA_EAGER_COMMIT=0
 
 taskset -c 0 "$BIN/echo-upstream" --listen 127.0.0.1:19001 --body-size 100 2>/dev/null & pids+=($!)
 taskset -c 1 "$BIN/splitter" --config "$OUT/host.toml" & pids+=($!); twotier_pid=$!
