@@ -143,6 +143,11 @@ fn run(cli: Cli) -> Result<(), String> {
         // `HandoffService::drain`); this caps the wait. Pingora's default is 300 s.
         grace_period_seconds: Some(DRAIN_GRACE_SECONDS),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Timeouts of a second or more on tokio's timer instead of Pingora's
+        // "fast timeout", whose clock thread wakes every 10 ms for the life of
+        // the process: 100 idle tenants cost 16-18 % of a core with it and
+        // nothing without it, at the same keep-alive req/s (bench/RESULTS.md).
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         pid_file: String::new(),
         upgrade_sock: String::new(),
         ..ServerConf::default()

@@ -419,7 +419,7 @@ impl Pool {
             .collect();
         json!({
             "name": self.config.name,
-            "lb": format!("{:?}", self.config.lb),
+            "lb": self.config.lb.as_str(),
             "registration": self.config.registration,
             "dns": self.config.dns.as_ref().map(|d| d.name.clone()),
             "max_in_flight": self.config.max_in_flight,

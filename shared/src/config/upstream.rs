@@ -249,6 +249,18 @@ pub enum HashKey {
     Path,
 }
 
+impl LbKind {
+    /// The name used in the tenant file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbKind::RoundRobin => "round_robin",
+            LbKind::Random => "random",
+            LbKind::LeastConn => "least_conn",
+            LbKind::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
 impl HashKey {
     fn parse(text: &str) -> Result<HashKey, String> {
         let bad = || {
