@@ -1,6 +1,7 @@
 //! A tiny authoritative DNS server for tests: answers SRV queries for one name
-//! from a list the test can change, A queries for the SRV targets with
-//! 127.0.0.1, and everything else with an empty answer. UDP only, TTL 1.
+//! from a list the test can change, A queries for that name and for the SRV
+//! targets with 127.0.0.1, and everything else with an empty answer. UDP only,
+//! TTL 1.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
@@ -102,9 +103,10 @@ fn answer(query: &[u8], srv_name: &str, records: &SrvRecords) -> Option<Vec<u8>>
                 answers.push((33, rdata));
             }
         }
-        1 if records
-            .iter()
-            .any(|(_, _, _, t)| t.trim_end_matches('.').eq_ignore_ascii_case(&qname)) =>
+        1 if qname == srv_name
+            || records
+                .iter()
+                .any(|(_, _, _, t)| t.trim_end_matches('.').eq_ignore_ascii_case(&qname)) =>
         {
             answers.push((1, vec![127, 0, 0, 1]));
         }

@@ -14,6 +14,17 @@ fn loopback() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
 
+/// `N` echo-upstream backends named `b0`, `b1`, … on free loopback ports.
+fn backends<const N: usize>() -> ([SocketAddr; N], Vec<Proc>) {
+    let addrs: [SocketAddr; N] = std::array::from_fn(|_| loopback());
+    let procs = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| start_upstream(*a, &format!("b{i}")))
+        .collect();
+    (addrs, procs)
+}
+
 fn quoted(addrs: &[SocketAddr]) -> String {
     addrs
         .iter()
@@ -70,12 +81,7 @@ fn server_entry(tenant: &StandaloneTenant, addr: SocketAddr) -> Option<serde_jso
 
 #[test]
 fn round_robin_gives_each_of_three_backends_a_third() {
-    let addrs = [loopback(), loopback(), loopback()];
-    let _backends: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| start_upstream(*a, &format!("b{i}")))
-        .collect();
+    let (addrs, _backends) = backends::<3>();
     let tenant = StandaloneTenant::start(&format!(
         "[[upstream]]\nname = \"app\"\nservers = [{}]\nlb = \"round_robin\"\n[[route]]\nupstream = \"app\"\n",
         quoted(&addrs)
@@ -93,12 +99,7 @@ fn round_robin_gives_each_of_three_backends_a_third() {
 
 #[test]
 fn weights_and_least_conn_share_by_weight() {
-    let addrs = [loopback(), loopback()];
-    let _backends: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| start_upstream(*a, &format!("b{i}")))
-        .collect();
+    let (addrs, _backends) = backends::<2>();
     for lb in ["round_robin", "least_conn"] {
         let tenant = StandaloneTenant::start(&format!(
             "[[upstream]]\nname = \"app\"\nservers = [\"{} weight=3\", \"{}\"]\nlb = \"{lb}\"\n[[route]]\nupstream = \"app\"\n",
@@ -116,12 +117,7 @@ fn weights_and_least_conn_share_by_weight() {
 
 #[test]
 fn consistent_hash_keeps_keys_and_moves_only_the_removed_servers_keys() {
-    let addrs = [loopback(), loopback(), loopback()];
-    let _backends: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| start_upstream(*a, &format!("b{i}")))
-        .collect();
+    let (addrs, _backends) = backends::<3>();
     let tenant = StandaloneTenant::start(
         "[[upstream]]\nname = \"app\"\nregistration = true\nlb = \"consistent_hash\"\nhash_key = \"header:X-User\"\n[[route]]\nupstream = \"app\"\n[registration]\nlisten = \"{registration}\"\n",
     );
@@ -383,12 +379,7 @@ fn max_in_flight_queues_then_503s_and_nothing_hangs() {
 
 #[test]
 fn dns_discovery_follows_srv_answers() {
-    let addrs = [loopback(), loopback(), loopback()];
-    let _backends: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| start_upstream(*a, &format!("b{i}")))
-        .collect();
+    let (addrs, _backends) = backends::<3>();
     let srv = |a: &SocketAddr| (0u16, 10u16, a.port(), "backend.test.".to_string());
     let dns = DnsServer::start("_app._tcp.test", vec![srv(&addrs[0])]);
     let tenant = StandaloneTenant::start(&format!(
@@ -417,6 +408,23 @@ fn dns_discovery_follows_srv_answers() {
         "the pool followed a new SRV answer within {:?}",
         changed.elapsed()
     );
+}
+
+#[test]
+fn dns_discovery_falls_back_to_a_records_with_the_configured_port() {
+    let (addrs, _backends) = backends::<1>();
+    // No SRV records for the name; its A record is 127.0.0.1.
+    let dns = DnsServer::start("app.test", Vec::new());
+    let tenant = StandaloneTenant::start(&format!(
+        "[[upstream]]\nname = \"app\"\ndiscovery = {{ dns = \"app.test\", port = {}, interval = \"200ms\", resolver = \"{}\" }}\n[[route]]\nupstream = \"app\"\n",
+        addrs[0].port(),
+        dns.addr
+    ));
+    wait_until(
+        Duration::from_secs(5),
+        || matches!(http_get(tenant.addr, "app.test", "/"), Ok(r) if r.status == 200),
+    );
+    assert_eq!(backend_of(&tenant.get("/")), "b0");
 }
 
 #[test]
