@@ -184,6 +184,9 @@ impl RegistrationApi {
     fn list(&self) -> Value {
         json!({
             "tenant": self.tenant,
+            // With `processes` > 1 every process answers for its own counters
+            // and health checks; the registrations are shared.
+            "pid": std::process::id(),
             "upstreams": self.pools.iter().map(|p| p.report()).collect::<Vec<_>>(),
         })
     }

@@ -705,3 +705,43 @@ fn registrations_reach_every_process_of_the_pool_and_survive_a_rolling_restart()
         "new generation: {after:?} vs {pids:?}"
     );
 }
+
+#[test]
+fn upstream_tls_verifies_against_a_configured_ca() {
+    // A certificate for backend.test, trusted through `ca` in the tenant file.
+    let generated = rcgen::generate_simple_self_signed(vec!["backend.test".to_string()]).unwrap();
+    let backend_dir = TempDir::new("tls-ca-backend");
+    let cert = backend_dir.write("backend.pem", &generated.cert.pem());
+    backend_dir.write("backend.key", &generated.key_pair.serialize_pem());
+    backend_dir.write(
+        "tenants/b.toml",
+        "[tls]\ncert = \"../backend.pem\"\nkey = \"../backend.key\"\n[[route]]\nrespond = \"echo\"\n",
+    );
+    let host = backend_dir.write(
+        "host.toml",
+        &format!("[splitter]\nruntime_dir = \"run\"\n[[listen]]\naddr = \"127.0.0.1:{}\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"b\"\nhosts = [\"backend.test\", \"app.test\"]\nconfig = \"tenants/b.toml\"\n", free_port()),
+    );
+    let backend_addr = loopback();
+    let _backend = Proc(
+        Command::new(bin("l7proxy"))
+            .args(["--tenant", "b", "--config"])
+            .arg(&host)
+            .args(["--listen", &format!("{backend_addr},tls")])
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(20), || {
+        TcpStream::connect(backend_addr).is_ok()
+    });
+    let tenant = StandaloneTenant::start(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{backend_addr}\"]\ntls = {{ sni = \"backend.test\", ca = \"{}\" }}\n[[upstream]]\nname = \"wrong-name\"\nservers = [\"{backend_addr}\"]\ntls = {{ sni = \"other.test\", ca = \"{}\" }}\n[[route]]\nupstream = \"app\"\n[[route]]\npath = \"/wrong\"\nupstream = \"wrong-name\"\n",
+        cert.display(),
+        cert.display()
+    ));
+    let reply = tenant.get("/");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["tls"], true);
+    // The same CA, but the certificate is not for the name sent and checked.
+    let wrong = tenant.get("/wrong");
+    assert_eq!(wrong.status, 502, "{wrong:?}");
+}
