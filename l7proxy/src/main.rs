@@ -4,7 +4,8 @@
 //! `SCM_RIGHTS`; run by hand with `--listen`, it is the same tenant on a listener
 //! of its own (the single-tier baseline). Either way it is a Pingora `Server`
 //! terminating TLS with the tenant's own certificate, routing by path, and
-//! proxying to the tenant's upstreams.
+//! proxying to the tenant's upstream pools ([`pool`]), which backends may join
+//! through the registration API ([`registration`]).
 
 #![forbid(unsafe_code)]
 
