@@ -16,6 +16,28 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sets `TCP_DEFER_ACCEPT` on a listening socket: the kernel completes the
+/// handshake but reports the connection to `accept` only once the client has
+/// sent data (or after about `seconds`), so the first peek finds bytes to read.
+pub fn set_defer_accept(listener: BorrowedFd<'_>, seconds: u32) -> io::Result<()> {
+    let value: libc::c_int = seconds.try_into().unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid descriptor, and a pointer to a c_int with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Registers a descriptor-owning value with tokio's reactor.
 ///
 /// The value must own its descriptor (`OwnedFd`, `TcpListener`, …); it stays open
