@@ -600,31 +600,35 @@ fn websocket_upgrade_is_passed_through() {
     }
 }
 
-#[test]
-fn upstream_tls_with_sni_h2_and_verification() {
-    // The backend is another l7proxy serving TLS (a generated certificate)
-    // with its echo responder; it also answers app.test, the name forwarded.
-    let backend_dir = TempDir::new("tls-backend");
-    backend_dir.write(
+/// A TLS backend: another l7proxy, on its own listener, with `tls` as its
+/// `[tls]` section and the echo responder; it answers backend.test and
+/// app.test (the name the front tenant forwards).
+fn tls_backend(dir: &TempDir, tls: &str) -> (SocketAddr, Proc) {
+    dir.write(
         "tenants/b.toml",
-        "[tls]\nself_signed = true\n[[route]]\nrespond = \"echo\"\n",
+        &format!("[tls]\n{tls}\n[[route]]\nrespond = \"echo\"\n"),
     );
-    let host = backend_dir.write(
+    let host = dir.write(
         "host.toml",
         &format!("[splitter]\nruntime_dir = \"run\"\n[[listen]]\naddr = \"127.0.0.1:{}\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"b\"\nhosts = [\"backend.test\", \"app.test\"]\nconfig = \"tenants/b.toml\"\n", free_port()),
     );
-    let backend_addr = loopback();
-    let _backend = Proc(
+    let addr = loopback();
+    let backend = Proc(
         Command::new(bin("l7proxy"))
             .args(["--tenant", "b", "--config"])
             .arg(&host)
-            .args(["--listen", &format!("{backend_addr},tls")])
+            .args(["--listen", &format!("{addr},tls")])
             .spawn()
             .unwrap(),
     );
-    wait_until(Duration::from_secs(20), || {
-        TcpStream::connect(backend_addr).is_ok()
-    });
+    wait_until(Duration::from_secs(20), || TcpStream::connect(addr).is_ok());
+    (addr, backend)
+}
+
+#[test]
+fn upstream_tls_with_sni_h2_and_verification() {
+    let backend_dir = TempDir::new("tls-backend");
+    let (backend_addr, _backend) = tls_backend(&backend_dir, "self_signed = true");
     let tenant = StandaloneTenant::start(&format!(
         "[[upstream]]\nname = \"app\"\nservers = [\"{backend_addr}\"]\ntls = {{ sni = \"backend.test\", verify = false }}\nh2 = true\n[[upstream]]\nname = \"strict\"\nservers = [\"{backend_addr}\"]\ntls = {{ sni = \"backend.test\" }}\n[[route]]\nupstream = \"app\"\n[[route]]\npath = \"/strict\"\nupstream = \"strict\"\n"
     ));
@@ -713,26 +717,10 @@ fn upstream_tls_verifies_against_a_configured_ca() {
     let backend_dir = TempDir::new("tls-ca-backend");
     let cert = backend_dir.write("backend.pem", &generated.cert.pem());
     backend_dir.write("backend.key", &generated.key_pair.serialize_pem());
-    backend_dir.write(
-        "tenants/b.toml",
-        "[tls]\ncert = \"../backend.pem\"\nkey = \"../backend.key\"\n[[route]]\nrespond = \"echo\"\n",
+    let (backend_addr, _backend) = tls_backend(
+        &backend_dir,
+        "cert = \"../backend.pem\"\nkey = \"../backend.key\"",
     );
-    let host = backend_dir.write(
-        "host.toml",
-        &format!("[splitter]\nruntime_dir = \"run\"\n[[listen]]\naddr = \"127.0.0.1:{}\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"b\"\nhosts = [\"backend.test\", \"app.test\"]\nconfig = \"tenants/b.toml\"\n", free_port()),
-    );
-    let backend_addr = loopback();
-    let _backend = Proc(
-        Command::new(bin("l7proxy"))
-            .args(["--tenant", "b", "--config"])
-            .arg(&host)
-            .args(["--listen", &format!("{backend_addr},tls")])
-            .spawn()
-            .unwrap(),
-    );
-    wait_until(Duration::from_secs(20), || {
-        TcpStream::connect(backend_addr).is_ok()
-    });
     let tenant = StandaloneTenant::start(&format!(
         "[[upstream]]\nname = \"app\"\nservers = [\"{backend_addr}\"]\ntls = {{ sni = \"backend.test\", ca = \"{}\" }}\n[[upstream]]\nname = \"wrong-name\"\nservers = [\"{backend_addr}\"]\ntls = {{ sni = \"other.test\", ca = \"{}\" }}\n[[route]]\nupstream = \"app\"\n[[route]]\npath = \"/wrong\"\nupstream = \"wrong-name\"\n",
         cert.display(),
