@@ -23,7 +23,11 @@ impl BackgroundService for PoolUpkeep {
     async fn start(&self, shutdown: ShutdownWatch) {
         let mut tasks = tokio::task::JoinSet::new();
         for pool in &self.pools {
-            tasks.spawn(pool.clone().discovery_loop(shutdown.clone()));
+            // Static servers were loaded when the pool was built and never
+            // change: only registrations and DNS need discovery again.
+            if pool.registry.is_some() || pool.dns.is_some() {
+                tasks.spawn(pool.clone().discovery_loop(shutdown.clone()));
+            }
             if pool.config.health.is_some() {
                 tasks.spawn(pool.clone().health_loop(shutdown.clone()));
             }
