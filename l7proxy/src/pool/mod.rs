@@ -125,6 +125,7 @@ impl Pool {
         registry: Option<Arc<Registry>>,
     ) -> Result<Arc<Pool>, String> {
         let what = format!("upstream {}", config.name);
+        let registry = registry.filter(|_| config.registration);
         let peers = PeerTemplate::new(&config).map_err(|e| format!("{what}: {e}"))?;
         let dns = match &config.dns {
             Some(d) => Some(Arc::new(
@@ -135,7 +136,7 @@ impl Pool {
         let discovery = PoolDiscovery {
             upstream: config.name.clone(),
             statics: config.servers.clone(),
-            registry: registry.clone().filter(|_| config.registration),
+            registry: registry.clone(),
             dns: dns.clone(),
             states: Arc::new(Mutex::new(HashMap::new())),
         };
@@ -154,7 +155,7 @@ impl Pool {
         };
         let pool = Arc::new(Pool {
             tenant: tenant.to_string(),
-            registry: registry.filter(|_| config.registration),
+            registry,
             config,
             balancer,
             peers,
