@@ -834,6 +834,15 @@ impl StandaloneTenant {
         tenant
     }
 
+    /// Waits (up to 5 s) until `GET /` for `app.test` answers `200`: until the
+    /// pool has a server.
+    pub fn wait_until_served(&self) {
+        wait_until(
+            Duration::from_secs(5),
+            || matches!(http_get(self.addr, "app.test", "/"), Ok(r) if r.status == 200),
+        );
+    }
+
     /// `GET path` for `app.test` on a new connection.
     pub fn get(&self, path: &str) -> Response {
         http_get(self.addr, "app.test", path).unwrap()

@@ -271,10 +271,7 @@ fn backends_register_in_any_order_under_load_and_lapse_without_renewal() {
         registration: registration_addr,
         ..tenant
     };
-    wait_until(
-        Duration::from_secs(5),
-        || matches!(http_get(tenant.addr, "app.test", "/"), Ok(r) if r.status == 200),
-    );
+    tenant.wait_until_served();
     assert_eq!(backend_of(&tenant.get("/")), "early");
 
     let url = format!("http://{}/", tenant.addr);
@@ -386,10 +383,7 @@ fn dns_discovery_follows_srv_answers() {
         "[[upstream]]\nname = \"app\"\nregistration = true\ndiscovery = {{ dns = \"_app._tcp.test\", interval = \"200ms\", resolver = \"{}\" }}\n[[route]]\nupstream = \"app\"\n[registration]\nlisten = \"{{registration}}\"\n",
         dns.addr
     ));
-    wait_until(
-        Duration::from_secs(5),
-        || matches!(http_get(tenant.addr, "app.test", "/"), Ok(r) if r.status == 200),
-    );
+    tenant.wait_until_served();
     assert_eq!(
         counts(&spread(tenant.addr, 30, |_| String::new()))
             .keys()
@@ -420,10 +414,7 @@ fn dns_discovery_falls_back_to_a_records_with_the_configured_port() {
         addrs[0].port(),
         dns.addr
     ));
-    wait_until(
-        Duration::from_secs(5),
-        || matches!(http_get(tenant.addr, "app.test", "/"), Ok(r) if r.status == 200),
-    );
+    tenant.wait_until_served();
     assert_eq!(backend_of(&tenant.get("/")), "b0");
 }
 

@@ -41,7 +41,10 @@ fn options() -> Result<Options, String> {
             "--name" => name = args.next().ok_or("--name needs a value")?,
             "--register" => register = Some(args.next().ok_or("--register needs a URL")?),
             "--upstream" => upstream = args.next().ok_or("--upstream needs a name")?,
-            "--ttl" => ttl = args.next().ok_or("--ttl needs a duration")?,
+            "--ttl" => {
+                ttl = args.next().ok_or("--ttl needs a duration")?;
+                switchyard_shared::units::parse_duration(&ttl)?;
+            }
             "--body-size" => {
                 body_size = Some(
                     args.next()
@@ -246,15 +249,9 @@ async fn keep_registered(url: String, upstream: String, addr: String, ttl: Strin
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let ttl_ms = ttl
-        .strip_suffix("ms")
-        .and_then(|n| n.parse::<u64>().ok())
-        .or_else(|| {
-            ttl.strip_suffix('s')
-                .and_then(|n| n.parse::<u64>().ok())
-                .map(|s| s * 1000)
-        })
-        .unwrap_or(3000);
+    let renew_every = switchyard_shared::units::parse_duration(&ttl)
+        .map(|ttl| ttl / 3)
+        .unwrap_or(Duration::from_secs(1));
     let body = serde_json::json!({"upstream": upstream, "addr": addr, "ttl": ttl}).to_string();
     let request = format!(
         "POST /v1/register HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -277,7 +274,11 @@ async fn keep_registered(url: String, upstream: String, addr: String, ttl: Strin
             eprintln!("echo-upstream: registered {addr} in {upstream} at {api}");
         }
         registered = ok;
-        let wait = if ok { ttl_ms / 3 } else { 200 };
-        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let wait = if ok {
+            renew_every
+        } else {
+            Duration::from_millis(200)
+        };
+        tokio::time::sleep(wait).await;
     }
 }
