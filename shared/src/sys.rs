@@ -94,6 +94,46 @@ pub fn inherit_and_die_with_parent(command: &mut std::process::Command, fd: Borr
     }
 }
 
+/// Puts the calling thread, and every thread or process it creates from now on,
+/// under `SCHED_BATCH`: the kernel never lets it preempt a running task when it
+/// wakes up; it runs when the CPU is free or at the next scheduler tick. No
+/// privilege is needed (it only gives up priority).
+pub fn set_batch_scheduling() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The scheduling policy of thread or process `pid` (0: the calling thread), as
+/// `libc::SCHED_*`.
+pub fn scheduling_policy(pid: i32) -> io::Result<i32> {
+    // SAFETY: a plain query; an unknown pid gives ESRCH.
+    let policy = unsafe { libc::sched_getscheduler(pid) };
+    if policy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(policy)
+}
+
+/// Makes `command`'s child run under the normal policy (`SCHED_OTHER`) whatever
+/// the parent's, before it executes.
+pub fn normal_scheduling_in_child(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: sched_setscheduler is a plain system call, async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            if libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Makes `command`'s child set its open-file limit (`RLIMIT_NOFILE`, soft and
 /// hard) to `limit` before it runs. Lowering always works; raising works up to
 /// the splitter's own hard limit.

@@ -25,7 +25,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use switchyard_shared::config::HostConfig;
-use tracing::error;
+use tracing::{error, info, warn};
 
 /// Switchyard's front tier: routes connections on shared ports to per-site
 /// l7proxy processes by TLS SNI or HTTP Host, handing over the socket itself.
@@ -141,6 +141,13 @@ fn ctl(config_path: &std::path::Path, action: CtlAction) -> ExitCode {
 
 fn run(config: HostConfig) -> ExitCode {
     switchyard_shared::logging::init("splitter");
+    if config.splitter.sched_batch {
+        // Before the runtime exists, so that all its threads inherit it.
+        match switchyard_shared::sys::set_batch_scheduling() {
+            Ok(()) => info!("scheduling policy SCHED_BATCH (sched_batch = true): under load the splitter yields the CPU to tenant processes and hands off several connections per wake-up"),
+            Err(e) => warn!(error = %e, "cannot switch to SCHED_BATCH; running under the normal policy (set sched_batch = false to silence this)"),
+        }
+    }
     let threads = config.splitter.threads;
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -176,6 +176,9 @@ fn spawn(
     // The child inherits its end of the handoff socket, and a tenant must not
     // outlive a splitter that was killed outright.
     switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
+    // A splitter under SCHED_BATCH would pass it on; tenants serve requests and
+    // keep the normal policy.
+    switchyard_shared::sys::normal_scheduling_in_child(&mut command);
     let child = Command::from(command).kill_on_drop(true).spawn()?;
     drop(theirs);
     if let Some(pid) = child.id() {

@@ -398,3 +398,41 @@ fn reload_says_which_changes_wait_for_a_restart() {
         "{stdout}"
     );
 }
+
+/// Scheduling policy of every thread of `pid`.
+fn thread_policies(pid: u32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        // SAFETY: a query by thread id; a thread that just exited gives -1.
+        .map(|tid| unsafe { libc::sched_getscheduler(tid) })
+        .filter(|&policy| policy >= 0)
+        .collect()
+}
+
+#[test]
+fn the_splitter_runs_under_sched_batch_and_its_tenants_do_not() {
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
+        .splitter_lines("threads = 2")
+        .start();
+    let splitter = thread_policies(s.proc.pid());
+    assert!(splitter.len() >= 3, "main and two workers: {splitter:?}");
+    assert!(
+        splitter.iter().all(|&p| p == libc::SCHED_BATCH),
+        "every splitter thread under SCHED_BATCH: {splitter:?}"
+    );
+    let tenant = thread_policies(s.tenant_pids("alpha", "ready")[0] as u32);
+    assert!(
+        !tenant.is_empty() && tenant.iter().all(|&p| p == libc::SCHED_OTHER),
+        "tenant threads keep the normal policy: {tenant:?}"
+    );
+
+    let normal = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
+        .splitter_lines("sched_batch = false")
+        .start();
+    let policies = thread_policies(normal.proc.pid());
+    assert!(
+        policies.iter().all(|&p| p == libc::SCHED_OTHER),
+        "sched_batch = false: {policies:?}"
+    );
+}

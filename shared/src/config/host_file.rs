@@ -36,6 +36,9 @@ fn default_max_peek_bytes() -> usize {
 fn default_max_pending() -> usize {
     10000
 }
+fn default_sched_batch() -> bool {
+    true
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +56,8 @@ struct RawSplitter {
     max_pending: usize,
     unknown_host: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
+    #[serde(default = "default_sched_batch")]
+    sched_batch: bool,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +145,10 @@ pub struct SplitterSettings {
     pub unknown_host: UnknownHost,
     /// Optional admin HTTP address (metrics and status).
     pub admin: Option<SocketAddr>,
+    /// Run the splitter under `SCHED_BATCH` (tenant processes keep the normal
+    /// policy): a connection arriving while a tenant runs waits for the CPU
+    /// instead of preempting it, so under load one wake-up hands off several.
+    pub sched_batch: bool,
 }
 
 /// One `[[listen]]` entry.
@@ -223,6 +232,7 @@ impl HostConfig {
             max_pending: default_max_pending(),
             unknown_host: None,
             admin: None,
+            sched_batch: default_sched_batch(),
         });
         let runtime_dir = match &raw_splitter.runtime_dir {
             Some(dir) => src.resolve(dir.get_ref()),
@@ -399,6 +409,7 @@ impl HostConfig {
                 max_pending: raw_splitter.max_pending,
                 unknown_host,
                 admin,
+                sched_batch: raw_splitter.sched_batch,
             },
             listeners,
             tenants,

@@ -85,6 +85,7 @@ mod tests {
         let (host, tenants) = HostConfig::load_all(&path).unwrap();
         assert_eq!(host.splitter.runtime_dir, dir.0.join("run"));
         assert_eq!(host.splitter.peek_timeout, Duration::from_secs(10));
+        assert!(host.splitter.sched_batch);
         assert_eq!(
             host.tenants[0].hosts[0],
             HostPattern::Exact("a.example.com".into())
@@ -103,6 +104,22 @@ mod tests {
             errors[0].contains("host.toml:3:1: unknown field `peek_timout`"),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn sched_batch_is_a_boolean() {
+        let dir = Dir::new("sched");
+        let path = dir.write(
+            "host.toml",
+            &host_file("").replace("[splitter]\n", "[splitter]\nsched_batch = false\n"),
+        );
+        assert!(!HostConfig::load(&path).unwrap().splitter.sched_batch);
+        let errors = errors_of(
+            &dir,
+            &host_file("").replace("[splitter]\n", "[splitter]\nsched_batch = \"yes\"\n"),
+        );
+        assert!(errors[0].contains("host.toml:2:15:"), "{errors:?}");
+        assert!(errors[0].contains("expected a boolean"), "{errors:?}");
     }
 
     #[test]
