@@ -118,17 +118,16 @@ pub fn scheduling_policy(pid: i32) -> io::Result<i32> {
     Ok(policy)
 }
 
-/// Makes `command`'s child run under the normal policy (`SCHED_OTHER`) whatever
-/// the parent's, before it executes.
+/// Makes `command`'s child switch to the normal policy (`SCHED_OTHER`) before it
+/// executes. Best effort: a child that may not switch keeps its parent's policy
+/// and still starts.
 pub fn normal_scheduling_in_child(command: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: sched_setscheduler is a plain system call, async-signal-safe.
     unsafe {
         command.pre_exec(|| {
             let param = libc::sched_param { sched_priority: 0 };
-            if libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
             Ok(())
         });
     }

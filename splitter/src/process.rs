@@ -176,9 +176,12 @@ fn spawn(
     // The child inherits its end of the handoff socket, and a tenant must not
     // outlive a splitter that was killed outright.
     switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
-    // A splitter under SCHED_BATCH would pass it on; tenants serve requests and
-    // keep the normal policy.
-    switchyard_shared::sys::normal_scheduling_in_child(&mut command);
+    // Under `sched_batch` the splitter would pass SCHED_BATCH on; tenants serve
+    // requests and get the normal policy back. (Without it, they inherit whatever
+    // policy the operator started the splitter with.)
+    if switchyard_shared::sys::scheduling_policy(0).is_ok_and(|p| p == libc::SCHED_BATCH) {
+        switchyard_shared::sys::normal_scheduling_in_child(&mut command);
+    }
     let child = Command::from(command).kill_on_drop(true).spawn()?;
     drop(theirs);
     if let Some(pid) = child.id() {

@@ -404,9 +404,8 @@ fn thread_policies(pid: u32) -> Vec<i32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        // SAFETY: a query by thread id; a thread that just exited gives -1.
-        .map(|tid| unsafe { libc::sched_getscheduler(tid) })
-        .filter(|&policy| policy >= 0)
+        // A thread that exited meanwhile is skipped.
+        .filter_map(|tid| switchyard_shared::sys::scheduling_policy(tid).ok())
         .collect()
 }
 
