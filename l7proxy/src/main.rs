@@ -56,6 +56,11 @@ struct Cli {
     /// `ADDR` for plaintext HTTP, `ADDR,tls` for TLS (e.g. `127.0.0.1:9443,tls`).
     #[arg(long, value_name = "ADDR[,tls]")]
     listen: Option<String>,
+    /// Validate the tenant's file (and its certificate and key) and exit: 0 when
+    /// valid, 2 with `FILE:LINE:COL: message` lines when not. `splitter check`,
+    /// reload and restart run this as the tenant's user.
+    #[arg(long)]
+    check: bool,
 }
 
 /// mimalloc instead of glibc malloc: Pingora frees ~75 allocations per request,
@@ -68,6 +73,9 @@ const DRAIN_GRACE_SECONDS: u64 = 10;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Files this process creates (registrations, logs, sockets) are its user's
+    // alone unless it opens them up on purpose.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     switchyard_shared::logging::init("l7proxy");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +88,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+
     let host = HostConfig::load(&cli.config).map_err(|e| e.to_string())?;
     let entry = host
         .tenant(&cli.tenant)
@@ -97,6 +106,20 @@ fn run(cli: Cli) -> Result<(), String> {
         })?
         .clone();
     let file = TenantFile::load(&entry.config).map_err(|e| e.to_string())?;
+    if cli.check {
+        if let Some(source) = &file.tls {
+            tls::load_certificate(source, &entry.hosts)
+                .map_err(|e| format!("{}: tenant {}: {e}", entry.config.display(), entry.name))?;
+        }
+        for warning in &file.warnings {
+            println!("{warning}");
+        }
+        println!("{}: tenant {} OK", entry.config.display(), entry.name);
+        return Ok(());
+    }
+    for warning in &file.warnings {
+        tracing::warn!("{warning}");
+    }
 
     let hosts = Arc::new(arc_swap::ArcSwap::from_pointee(proxy::HostView::new(
         &host,
@@ -175,7 +198,7 @@ fn run(cli: Cli) -> Result<(), String> {
             &tenant_dir,
             registry.clone(),
             upstreams.clone(),
-        ));
+        )?);
     }
 
     match cli.listen {
@@ -214,10 +237,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some(_) => switchyard_shared::sys::take_inherited_fd(HANDOFF_FD_ENV)?,
                 // Started by hand (e.g. a systemd unit per site): join the pool.
                 None => {
-                    let path = host
-                        .splitter
-                        .runtime_dir
-                        .join(switchyard_shared::handoff::HANDOFF_SOCKET_NAME);
+                    let path = tenant_dir.join(switchyard_shared::handoff::HANDOFF_SOCKET_NAME);
                     let socket = switchyard_shared::handoff::seqpacket_connect(&path).map_err(|e| {
                         format!(
                             "cannot join the splitter at {} ({e}); is it running with this host file? To run without a splitter pass --listen ADDR[,tls]",
@@ -232,7 +252,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let acceptor = certificate.map(|cert| tls::settings(cert).build());
             let service =
                 service::HandoffService::new(&entry.name, socket, app, acceptor, entry.threads)
-                    .reload_hosts_on_sighup(cli.config.clone(), hosts);
+                    .reload_hosts_from(cli.config.clone(), hosts);
             server.add_service(service);
         }
     }
@@ -248,34 +268,51 @@ fn registration_service(
     tenant_dir: &std::path::Path,
     registry: Arc<pool::registry::Registry>,
     pools: Vec<Arc<pool::Pool>>,
-) -> pingora::services::listening::Service<registration::RegistrationApi> {
+) -> Result<pingora::services::listening::Service<registration::PeerCheck>, String> {
+    use std::os::unix::fs::PermissionsExt;
     use switchyard_shared::config::RegistrationListen;
+    let token = match &settings.listen {
+        RegistrationListen::Tcp { token_file, .. } => Some(
+            switchyard_shared::files::read_regular_text(token_file, switchyard_shared::files::MAX_PEM_BYTES)
+                .map_err(|e| format!("tenant {tenant}: cannot read token_file {}: {e}", token_file.display()))?
+                .trim()
+                .to_string(),
+        ),
+        RegistrationListen::Unix(_) => None,
+    };
     let api = registration::RegistrationApi {
         tenant: tenant.to_string(),
         registry,
         pools,
+        tenant_dir: tenant_dir.to_path_buf(),
+        allow_addrs: settings.allow_addrs.clone(),
+        token,
     };
-    let mut service =
-        pingora::services::listening::Service::new(format!("registration {tenant}"), api);
+    let own = nix::unistd::getuid().as_raw();
+    let mut uids = vec![own, 0];
+    uids.extend(&settings.allow_uids);
+    let others_allowed = !settings.allow_uids.is_empty() || !settings.allow_gids.is_empty();
+    let check_peers = matches!(settings.listen, RegistrationListen::Unix(_));
+    let app = registration::PeerCheck::new(api, check_peers, uids, settings.allow_gids.clone());
+    let mut service = pingora::services::listening::Service::new(format!("registration {tenant}"), app);
     match &settings.listen {
-        RegistrationListen::Tcp(addr) => {
-            if !addr.ip().is_loopback() {
-                tracing::warn!(tenant, %addr, "the registration API listens beyond loopback: anyone who can reach it can add servers to this tenant's pools");
-            }
+        RegistrationListen::Tcp { addr, .. } => {
             let mut options = pingora::listeners::TcpSocketOptions::default();
             options.so_reuseport = Some(true);
             service.add_tcp_with_settings(&addr.to_string(), options);
-            info!(tenant, %addr, "registration API listening");
+            info!(tenant, %addr, "registration API listening (bearer token required)");
         }
         RegistrationListen::Unix(path) => {
             let path = tenant_dir.join(path);
-            use std::os::unix::fs::PermissionsExt;
-            service.add_uds(
-                &path.to_string_lossy(),
-                Some(std::fs::Permissions::from_mode(0o600)),
-            );
-            info!(tenant, path = %path.display(), "registration API listening");
+            // Other users reach the socket only when the tenant file allows
+            // some: then the directory lets them pass (not list) and the socket
+            // is open, and SO_PEERCRED decides; otherwise both stay owner-only.
+            let (dir_mode, socket_mode) = if others_allowed { (0o711, 0o666) } else { (0o700, 0o600) };
+            std::fs::set_permissions(tenant_dir, std::fs::Permissions::from_mode(dir_mode))
+                .map_err(|e| format!("tenant {tenant}: cannot set the mode of {}: {e}", tenant_dir.display()))?;
+            service.add_uds(&path.to_string_lossy(), Some(std::fs::Permissions::from_mode(socket_mode)));
+            info!(tenant, path = %path.display(), "registration API listening (callers checked by SO_PEERCRED)");
         }
     }
-    service
+    Ok(service)
 }

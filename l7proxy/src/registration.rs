@@ -3,16 +3,25 @@
 //! `GET /v1/upstreams`, and the pools' Prometheus metrics at `GET /metrics`),
 //! served on the tenant's `[registration] listen` address as a Pingora HTTP app.
 //!
-//! Anyone who can connect may register a server, so the listener is meant for
-//! loopback (every local user) or a Unix socket in the tenant's 0700 runtime
-//! directory (the tenant's user and root only).
+//! Who may call it: on the Unix socket (the default, `register.sock` in the
+//! tenant's runtime directory) the kernel's `SO_PEERCRED` of every connection is
+//! checked against the tenant's own user, root, and the tenant file's
+//! `allow_users` / `allow_groups` ([`PeerCheck`]); on TCP every request needs
+//! `Authorization: Bearer TOKEN` (`401` otherwise). Registered servers may
+//! point only where `allow_addrs` allows (loopback by default), and `unix:`
+//! servers only inside the tenant's own runtime directory.
 
 use crate::pool::registry::Registry;
 use crate::pool::Pool;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
+use pingora::apps::ServerApp;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use std::path::PathBuf;
+use switchyard_shared::net::AddrRule;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -49,6 +58,95 @@ pub struct RegistrationApi {
     pub registry: Arc<Registry>,
     /// Every pool of the tenant.
     pub pools: Vec<Arc<Pool>>,
+    /// The tenant's runtime directory: `unix:` servers must lie inside it.
+    pub tenant_dir: PathBuf,
+    /// Where registered TCP servers may point.
+    pub allow_addrs: Vec<AddrRule>,
+    /// The bearer token every request must carry (TCP listeners).
+    pub token: Option<String>,
+}
+
+/// Lets a connection on the Unix socket reach the API only when the kernel
+/// says its peer is the tenant's user, root, or an allowed user or group (on
+/// TCP, where the kernel knows no user, the bearer token decides instead).
+pub struct PeerCheck {
+    /// The API.
+    pub api: Arc<RegistrationApi>,
+    /// Whether connections are checked (Unix socket) or not (TCP).
+    pub check_peers: bool,
+    /// Allowed uids (the tenant's own, root, `allow_users`).
+    pub uids: Vec<u32>,
+    /// Allowed gids (`allow_groups`): the peer's primary group or any group
+    /// that lists the peer's user.
+    pub gids: Vec<u32>,
+    refusals: std::sync::Mutex<(std::time::Instant, u32)>,
+}
+
+impl PeerCheck {
+    /// A check in front of `api`.
+    pub fn new(api: RegistrationApi, check_peers: bool, uids: Vec<u32>, gids: Vec<u32>) -> PeerCheck {
+        PeerCheck {
+            api: Arc::new(api),
+            check_peers,
+            uids,
+            gids,
+            refusals: std::sync::Mutex::new((std::time::Instant::now(), 0)),
+        }
+    }
+
+    fn allowed(&self, peer: switchyard_shared::handoff::PeerCredentials) -> bool {
+        if self.uids.contains(&peer.uid) || self.gids.contains(&peer.gid) {
+            return true;
+        }
+        if self.gids.is_empty() {
+            return false;
+        }
+        let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid)) else {
+            return false;
+        };
+        self.gids.iter().any(|gid| {
+            nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(*gid))
+                .ok()
+                .flatten()
+                .is_some_and(|g| g.mem.contains(&user.name))
+        })
+    }
+
+    /// At most ten refusal lines a minute.
+    fn log_refusal(&self, message: String) {
+        let mut state = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0.elapsed() >= Duration::from_secs(60) {
+            *state = (std::time::Instant::now(), 0);
+        }
+        state.1 += 1;
+        if state.1 <= 10 {
+            tracing::warn!(tenant = %self.api.tenant, "{message}");
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for PeerCheck {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        if !self.check_peers {
+            return self.api.process_new(stream, shutdown).await;
+        }
+        // Pingora's stream id is its descriptor number.
+        match switchyard_shared::sys::peer_credentials_of(stream.id()) {
+            Ok(peer) if self.allowed(peer) => self.api.process_new(stream, shutdown).await,
+            Ok(peer) => {
+                self.log_refusal(format!(
+                    "registration API: refused a connection from uid {} (pid {}); allow it with [registration] allow_users or allow_groups",
+                    peer.uid, peer.pid
+                ));
+                None
+            }
+            Err(e) => {
+                self.log_refusal(format!("registration API: cannot identify a peer ({e}); refused"));
+                None
+            }
+        }
+    }
 }
 
 /// A `400`/`404`/... answer with a message saying what to fix.
@@ -104,17 +202,33 @@ impl RegistrationApi {
         })
     }
 
-    fn server_addr(text: &str) -> Result<ServerAddr, Refusal> {
+    fn server_addr(&self, text: &str) -> Result<ServerAddr, Refusal> {
         let addr = ServerAddr::parse(text).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
         match &addr {
             ServerAddr::Tcp(sa) if sa.port() == 0 || sa.ip().is_unspecified() || sa.ip().is_multicast() => Err(refuse(
                 StatusCode::BAD_REQUEST,
                 format!("addr {text:?} cannot be connected to; give the IP and port the server listens on"),
             )),
-            ServerAddr::Unix(path) if !path.is_absolute() => Err(refuse(
-                StatusCode::BAD_REQUEST,
-                format!("addr {text:?}: a unix socket path must be absolute"),
+            ServerAddr::Tcp(sa) if !self.allow_addrs.iter().any(|rule| rule.allows(*sa)) => Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "addr {text:?} is not allowed for this tenant (allow_addrs: {}); add it to [registration] allow_addrs in the tenant file",
+                    self.allow_addrs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+                ),
             )),
+            ServerAddr::Unix(path)
+                if !path.is_absolute()
+                    || path.components().any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir))
+                    || !path.starts_with(&self.tenant_dir) =>
+            {
+                Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "addr {text:?}: a unix socket server must be an absolute path inside the tenant's runtime directory {} (no '..')",
+                        self.tenant_dir.display()
+                    ),
+                ))
+            }
             _ => Ok(addr),
         }
     }
@@ -122,7 +236,7 @@ impl RegistrationApi {
     fn register(&self, body: &[u8]) -> Result<Value, Refusal> {
         let req: RegisterRequest = Self::parse(body)?;
         let pool = self.pool(&req.upstream)?;
-        let addr = Self::server_addr(&req.addr)?;
+        let addr = self.server_addr(&req.addr)?;
         let ttl = match &req.ttl {
             Some(text) => {
                 parse_registration_ttl(text).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?
@@ -157,7 +271,7 @@ impl RegistrationApi {
     fn deregister(&self, body: &[u8]) -> Result<Value, Refusal> {
         let req: DeregisterRequest = Self::parse(body)?;
         let pool = self.pool(&req.upstream)?;
-        let addr = Self::server_addr(&req.addr)?;
+        let addr = self.server_addr(&req.addr)?;
         let found = self
             .registry
             .deregister(&req.upstream, &addr)
@@ -192,6 +306,11 @@ impl RegistrationApi {
     }
 }
 
+/// Compares without an early exit on the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Refusal> {
     let mut body = Vec::new();
     loop {
@@ -221,6 +340,22 @@ impl ServeHttp for RegistrationApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if let Some(token) = &self.token {
+            let given = session
+                .req_header()
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+                return json_response(
+                    StatusCode::UNAUTHORIZED,
+                    &json!({"error": "send Authorization: Bearer TOKEN (the token in [registration] token_file)", "tenant": self.tenant}),
+                    None,
+                );
+            }
+        }
         if path == "/metrics" && method == Method::GET {
             let body = crate::metrics::render(&self.tenant, &self.pools);
             return Response::builder()

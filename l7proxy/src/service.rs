@@ -82,9 +82,9 @@ impl<A> HandoffService<A> {
         }
     }
 
-    /// On SIGHUP, re-read the tenant's hosts from `host_file` into `view` (the
-    /// splitter signals a tenant whose hosts changed in a reload).
-    pub fn reload_hosts_on_sighup(
+    /// On `HostsChanged`, re-read the tenants' hosts from `host_file` into
+    /// `view` (the splitter sends it after a reload changed names).
+    pub fn reload_hosts_from(
         mut self,
         host_file: PathBuf,
         view: Arc<ArcSwap<HostView>>,
@@ -94,21 +94,14 @@ impl<A> HandoffService<A> {
     }
 }
 
-async fn reload_hosts_on_sighup(tenant: String, host_file: PathBuf, view: Arc<ArcSwap<HostView>>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        warn!(tenant = %tenant, "cannot watch SIGHUP; host changes need a restart of this tenant");
-        return;
-    };
-    while hangup.recv().await.is_some() {
-        match HostConfig::load(&host_file) {
-            Ok(host) => {
-                view.store(Arc::new(HostView::new(&host, &tenant)));
-                info!(tenant = %tenant, "SIGHUP: host names re-read");
-            }
-            Err(e) => {
-                warn!(tenant = %tenant, error = %e, "SIGHUP: host file invalid; keeping the host names in use")
-            }
+fn reload_hosts(tenant: &str, host_file: &std::path::Path, view: &ArcSwap<HostView>) {
+    match HostConfig::load(host_file) {
+        Ok(host) => {
+            view.store(Arc::new(HostView::new(&host, tenant)));
+            info!(tenant = %tenant, "host names re-read after the splitter's reload");
+        }
+        Err(e) => {
+            warn!(tenant = %tenant, error = %e, "host file invalid; keeping the host names in use")
         }
     }
 }
@@ -163,9 +156,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
             error!(tenant = %self.tenant, error = %e, "cannot greet the splitter over the handoff socket; exiting");
             request_graceful_stop();
             return;
-        }
-        if let Some((host_file, view)) = self.host_reload.clone() {
-            tokio::spawn(reload_hosts_on_sighup(self.tenant.clone(), host_file, view));
         }
         ready.notify_ready();
         info!(tenant = %self.tenant, pid = std::process::id(), "ready for handed-off connections");
@@ -284,6 +274,12 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             Message::Drain => {
                 info!(tenant = %self.tenant, "the splitter asked this process to drain");
                 request_graceful_stop();
+                None
+            }
+            Message::HostsChanged => {
+                if let Some((host_file, view)) = &self.host_reload {
+                    reload_hosts(&self.tenant, host_file, view);
+                }
                 None
             }
             other => {

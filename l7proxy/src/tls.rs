@@ -28,8 +28,13 @@ pub fn load_certificate(
 ) -> Result<Arc<CertifiedKey>, String> {
     let (certs, key) = match source {
         TlsSource::Files { cert, key } => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .and_then(|iter| iter.collect())
+            let read = |path: &std::path::Path| {
+                switchyard_shared::files::read_regular(path, switchyard_shared::files::MAX_PEM_BYTES)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            };
+            let cert_pem = read(cert)?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+                .collect::<Result<_, _>>()
                 .map_err(|e| {
                     format!("{}: cannot read the certificate chain: {e}", cert.display())
                 })?;
@@ -39,7 +44,8 @@ pub fn load_certificate(
                     cert.display()
                 ));
             }
-            let key = PrivateKeyDer::from_pem_file(key)
+            let key_pem = read(key)?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem)
                 .map_err(|e| format!("{}: cannot read the private key: {e}", key.display()))?;
             (certs, key)
         }

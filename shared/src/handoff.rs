@@ -12,6 +12,7 @@
 //! | `Draining` (4) | l7proxy → splitter | — |
 //! | `Conn` (16) | splitter → l7proxy | seq `u64`, protocol `u8`, local port `u16`, accepted-at µs since the epoch `u64`, server name (`u8` length + bytes, empty when none); exactly one fd in `SCM_RIGHTS` |
 //! | `Drain` (17) | splitter → l7proxy | — |
+//! | `HostsChanged` (18) | splitter → l7proxy | — (re-read the tenants' names from the host file) |
 //!
 //! Receivers use `MSG_CMSG_CLOEXEC`, treat `MSG_CTRUNC`/`MSG_TRUNC` as errors and
 //! close every descriptor they were passed but cannot use (dropping the
@@ -25,7 +26,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// The protocol version this build speaks. A peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The environment variable through which a spawned l7proxy learns the number of
 /// its inherited handoff descriptor.
@@ -71,6 +72,8 @@ pub enum Message {
     Conn(ConnMeta),
     /// Stop taking connections, finish in-flight work and exit.
     Drain,
+    /// The host file changed: read the tenants' names again (for the 421 check).
+    HostsChanged,
 }
 
 /// The description that accompanies a handed-off socket.
@@ -149,6 +152,7 @@ impl Message {
                 put_text(out, meta.server_name.as_deref().unwrap_or(""));
             }
             Message::Drain => out.push(17),
+            Message::HostsChanged => out.push(18),
         }
     }
 
@@ -191,6 +195,7 @@ impl Message {
                 })
             }
             17 => Message::Drain,
+            18 => Message::HostsChanged,
             other => return Err(DecodeError::UnknownKind(other)),
         };
         Ok(message)
@@ -269,8 +274,29 @@ pub fn seqpacket_connect(path: &std::path::Path) -> io::Result<OwnedFd> {
 
 /// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`).
 pub fn peer_uid(socket: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(peer_credentials(socket)?.uid)
+}
+
+/// Who is at the other end of a Unix socket, as the kernel recorded it when the
+/// connection was made (`SO_PEERCRED`): never what the peer says of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Process id.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// The peer's `SO_PEERCRED`.
+pub fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<PeerCredentials> {
     let creds = nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::PeerCredentials)?;
-    Ok(creds.uid())
+    Ok(PeerCredentials {
+        pid: creds.pid().max(0) as u32,
+        uid: creds.uid(),
+        gid: creds.gid(),
+    })
 }
 
 /// Creates a connected, non-blocking, close-on-exec `SOCK_SEQPACKET` pair.
@@ -336,9 +362,20 @@ pub struct Received {
 /// is an error, and every descriptor that did arrive with it is closed.
 pub fn recv(socket: BorrowedFd<'_>) -> io::Result<Option<Received>> {
     let mut buf = [0u8; MAX_MESSAGE_LEN];
+    Ok(recv_bytes(socket, &mut buf)?.map(|(len, fds)| Received {
+        message: Message::decode(&buf[..len]),
+        fds,
+    }))
+}
+
+/// Receives one datagram of raw bytes into `buf` without blocking: its length
+/// and the descriptors that came with it, already owned. `Ok(None)`: the peer
+/// closed the socket. A datagram longer than `buf` or with cut control data is
+/// an error, and its descriptors are closed.
+pub fn recv_bytes(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
     let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
     let (bytes, fds, flags) = loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut iov = [IoSliceMut::new(buf)];
         match recvmsg::<()>(
             socket.as_raw_fd(),
             &mut iov,
@@ -380,10 +417,7 @@ pub fn recv(socket: BorrowedFd<'_>) -> io::Result<Option<Received>> {
     if bytes == 0 && fds.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Received {
-        message: Message::decode(&buf[..bytes]),
-        fds,
-    }))
+    Ok(Some((bytes, fds)))
 }
 
 /// The current time in microseconds since the Unix epoch, as `Conn` carries it.
@@ -425,6 +459,7 @@ mod tests {
                 accepted_at_us: 1,
             }),
             Message::Drain,
+            Message::HostsChanged,
         ]
     }
 

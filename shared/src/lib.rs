@@ -7,6 +7,8 @@
 //! * [`host`]: host-name normalisation and the exact/wildcard host table.
 //! * [`units`]: duration and size strings (`"500ms"`, `"256MiB"`).
 //! * [`logging`]: the `tracing` subscriber both binaries install.
+//! * [`files`]: reading files named by someone untrusted (regular files, bounded).
+//! * [`net`]: CIDR and port-range rules (`trusted_proxies`, `allow_addrs`).
 //!
 //! * [`sys`]: safe wrappers over the system calls the binaries need.
 //!
@@ -18,10 +20,12 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod files;
 #[allow(unsafe_code)]
 pub mod handoff;
 pub mod host;
 pub mod logging;
+pub mod net;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod units;

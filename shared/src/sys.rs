@@ -16,6 +16,32 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Accepts one TCP connection like [`accept`], also returning the peer's
+/// address as the kernel reports it (from the same `accept4` call).
+pub fn accept_with_peer(
+    listener: BorrowedFd<'_>,
+) -> io::Result<(OwnedFd, Option<std::net::SocketAddr>)> {
+    // SAFETY: the closure passes the zeroed storage and its length to accept4,
+    // which writes at most that many bytes and updates the length.
+    let (fd, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let fd = libc::accept4(
+                listener.as_raw_fd(),
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if fd < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(fd)
+            }
+        })
+    }?;
+    // SAFETY: accept4 just returned this new descriptor; nothing else owns it.
+    Ok((unsafe { OwnedFd::from_raw_fd(fd) }, addr.as_socket()))
+}
+
 /// Sets `TCP_DEFER_ACCEPT` on a listening socket: the kernel completes the
 /// handshake but reports the connection to `accept` only once the client has
 /// sent data (or after about `seconds`), so the first peek finds bytes to read.
@@ -151,4 +177,45 @@ pub fn limit_open_files(command: &mut std::process::Command, limit: u64) {
             Ok(())
         });
     }
+}
+
+/// Makes `command`'s child unable to gain privileges (`PR_SET_NO_NEW_PRIVS`)
+/// and receive SIGKILL if the thread that spawned it dies.
+pub fn no_new_privileges(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sets `PR_SET_NO_NEW_PRIVS` on the calling process: from now on no `execve`
+/// can grant it privileges (setuid binaries, file capabilities).
+pub fn forbid_new_privileges() -> io::Result<()> {
+    // SAFETY: a plain prctl on the calling process.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `SO_PEERCRED` of the Unix socket with descriptor number `fd`, for callers
+/// (Pingora's streams) that expose only the number of a socket they own and
+/// keep open during the call.
+pub fn peer_credentials_of(fd: RawFd) -> io::Result<crate::handoff::PeerCredentials> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: the caller's stream owns this open descriptor for the duration
+    // of the call; it is only borrowed for one getsockopt.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    crate::handoff::peer_credentials(fd)
 }

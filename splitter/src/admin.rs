@@ -1,40 +1,109 @@
 //! The admin HTTP endpoint (`[splitter] admin`): `GET /metrics` (Prometheus
 //! text) and `GET /status` (the JSON of `ctl status --json`). Plain HTTP/1.1,
-//! one request per connection; bind it to loopback or a private address.
+//! one request per connection.
+//!
+//! Who can read it: on `unix:PATH` (mode 0600 in `runtime_dir`) root and the
+//! splitter's own user; on `IP:port` whoever sends `Authorization: Bearer TOKEN`
+//! with the token of `admin_token_file` (`401` otherwise).
 
 use crate::fleet::Fleet;
-use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use switchyard_shared::config::AdminListen;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-/// Binds the admin address.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot bind the admin address {addr}: {e}"))?;
-    info!(addr = %addr, "admin endpoint: GET /metrics, GET /status");
-    Ok(listener)
+/// Admin requests answered at once; more wait in the kernel's backlog.
+const MAX_CONCURRENT: usize = 16;
+
+/// A bound admin endpoint.
+pub enum Admin {
+    /// On a Unix socket.
+    Unix(UnixListener),
+    /// On TCP, guarded by a bearer token.
+    Tcp(TcpListener, String),
 }
 
-/// Serves admin requests forever.
-pub async fn serve(listener: TcpListener, fleet: Arc<Fleet>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(answer(stream, fleet.clone()));
-            }
-            Err(e) => {
-                warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+/// Binds the admin endpoint (`unix:` paths relative to `runtime_dir`).
+pub async fn bind(listen: &AdminListen, runtime_dir: &Path) -> Result<Admin, String> {
+    match listen {
+        AdminListen::Unix(path) => {
+            let path = runtime_dir.join(path);
+            let _ = std::fs::remove_file(&path);
+            let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            let listener = UnixListener::bind(&path);
+            nix::sys::stat::umask(old);
+            let listener = listener.map_err(|e| format!("cannot bind the admin socket {}: {e}", path.display()))?;
+            info!(path = %path.display(), "admin endpoint (mode 0600): GET /metrics, GET /status");
+            Ok(Admin::Unix(listener))
+        }
+        AdminListen::Tcp { addr, token_file } => {
+            let token = switchyard_shared::files::read_regular_text(token_file, switchyard_shared::files::MAX_PEM_BYTES)
+                .map_err(|e| format!("cannot read admin_token_file {}: {e}", token_file.display()))?
+                .trim()
+                .to_string();
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot bind the admin address {addr}: {e}"))?;
+            info!(addr = %addr, "admin endpoint (bearer token required): GET /metrics, GET /status");
+            Ok(Admin::Tcp(listener, token))
         }
     }
 }
 
-async fn answer(mut stream: TcpStream, fleet: Arc<Fleet>) {
+/// Serves admin requests forever.
+pub async fn serve(admin: Admin, fleet: Arc<Fleet>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let fleet = fleet.clone();
+        let accepted = match &admin {
+            Admin::Unix(listener) => listener.accept().await.map(|(stream, _)| {
+                tokio::spawn(async move {
+                    answer(stream, fleet, None).await;
+                    drop(permit);
+                });
+            }),
+            Admin::Tcp(listener, token) => listener.accept().await.map(|(stream, _)| {
+                let token = token.clone();
+                tokio::spawn(async move {
+                    answer(stream, fleet, Some(&token)).await;
+                    drop(permit);
+                });
+            }),
+        };
+        if let Err(e) = accepted {
+            warn!(error = %e, "admin accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Whether the request head carries `Authorization: Bearer TOKEN` (compared in
+/// constant time).
+fn authorized(head: &str, token: &str) -> bool {
+    head.lines().any(|line| {
+        let Some((name, value)) = line.split_once(':') else { return false };
+        if !name.trim().eq_ignore_ascii_case("authorization") {
+            return false;
+        }
+        let Some(given) = value.trim().strip_prefix("Bearer ") else { return false };
+        constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    })
+}
+
+/// Compares without an early exit on the first difference.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, fleet: Arc<Fleet>, token: Option<&str>) {
     let mut head = Vec::with_capacity(1024);
     let read = tokio::time::timeout(Duration::from_secs(5), async {
         let mut buf = [0u8; 1024];
@@ -54,7 +123,13 @@ async fn answer(mut stream: TcpStream, fleet: Arc<Fleet>) {
     let line = String::from_utf8_lossy(&head);
     let mut words = line.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let allowed = token.is_none_or(|token| authorized(&line, token));
     let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
+        _ if !allowed => (
+            "401 Unauthorized",
+            "text/plain",
+            "send Authorization: Bearer TOKEN (the token in admin_token_file)\n".to_string(),
+        ),
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4",
@@ -82,4 +157,16 @@ async fn answer(mut stream: TcpStream, fleet: Arc<Fleet>) {
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bearer_tokens() {
+        let head = "GET /metrics HTTP/1.1\r\nHost: x\r\nauthorization: Bearer s3cret-token-0123\r\n\r\n";
+        assert!(super::authorized(head, "s3cret-token-0123"));
+        assert!(!super::authorized(head, "s3cret-token-0124"));
+        assert!(!super::authorized("GET / HTTP/1.1\r\n\r\n", "s3cret-token-0123"));
+        assert!(!super::constant_time_eq(b"ab", b"abc"));
+    }
 }

@@ -1,24 +1,86 @@
 //! A client connection on its way from a listener to a tenant process.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use switchyard_shared::config::Protocol;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use switchyard_shared::config::{Protocol, SplitterSettings};
 use switchyard_shared::handoff::{ConnMeta, ConnProtocol};
 
-/// Counts connections being peeked or held, against `max_pending`.
+/// Most source addresses whose connection rate is remembered; beyond it, idle
+/// ones are forgotten first, and a new address is not rate-limited until there
+/// is room (memory stays bounded whatever the number of addresses).
+const MAX_TRACKED_SOURCES: usize = 65_536;
+
+/// Why a new connection was refused at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_pending` connections are peeking or held.
+    MaxPending,
+    /// Its source has `max_pending_per_ip` connections peeking or held.
+    PerIpPending,
+    /// Its source opened more than `max_conn_rate_per_ip` connections a second.
+    PerIpRate,
+}
+
+impl Refusal {
+    /// The outcome label in `switchyard_connections_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MaxPending => "max_pending",
+            Refusal::PerIpPending => "max_pending_per_ip",
+            Refusal::PerIpRate => "max_conn_rate_per_ip",
+        }
+    }
+}
+
+/// A source as limits see it: an IPv4 address, or an IPv6 /64 (one host
+/// usually owns a whole /64, so counting addresses would count nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourceKey(u128);
+
+impl SourceKey {
+    /// The key of `ip`.
+    pub fn of(ip: IpAddr) -> SourceKey {
+        match switchyard_shared::net::canonical(ip) {
+            IpAddr::V4(v4) => SourceKey(u32::from(v4) as u128),
+            // The /64 prefix, marked so that it never equals an IPv4 key.
+            IpAddr::V6(v6) => SourceKey((u128::from(v6) >> 64 << 64) | (1 << 32)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Source {
+    pending: usize,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Counts connections being peeked or held, against `max_pending` for the
+/// whole splitter and `max_pending_per_ip` per source, and limits each
+/// source's rate of new connections (a token bucket of `max_conn_rate_per_ip`
+/// a second, as deep as one second's worth).
 #[derive(Debug)]
 pub struct PendingLimit {
     now: AtomicUsize,
     max: usize,
+    max_per_source: usize,
+    rate: f64,
+    sources: Mutex<HashMap<SourceKey, Source>>,
 }
 
 impl PendingLimit {
-    /// A limit of `max` connections.
-    pub fn new(max: usize) -> Arc<PendingLimit> {
+    /// The limits of `settings`.
+    pub fn new(settings: &SplitterSettings) -> Arc<PendingLimit> {
         Arc::new(PendingLimit {
             now: AtomicUsize::new(0),
-            max,
+            max: settings.max_pending,
+            max_per_source: settings.max_pending_per_ip,
+            rate: settings.max_conn_rate_per_ip as f64,
+            sources: Mutex::new(HashMap::new()),
         })
     }
 
@@ -27,19 +89,68 @@ impl PendingLimit {
         self.now.load(Ordering::Relaxed)
     }
 
-    /// Takes a place, or `None` when all `max` are taken.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<PendingSlot> {
+    /// Takes a place for a connection from `peer`, or says why not.
+    pub fn try_acquire(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<PendingSlot, Refusal> {
+        let key = peer.map(SourceKey::of);
+        if let Some(key) = key {
+            self.admit_source(key)?;
+        }
         let mut now = self.now.load(Ordering::Relaxed);
         loop {
             if now >= self.max {
-                return None;
+                if let Some(key) = key {
+                    self.release_source(key);
+                }
+                return Err(Refusal::MaxPending);
             }
             match self
                 .now
                 .compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return Some(PendingSlot(Some(self.clone()))),
+                Ok(_) => return Ok(PendingSlot(Some((self.clone(), key)))),
                 Err(seen) => now = seen,
+            }
+        }
+    }
+
+    fn admit_source(&self, key: SourceKey) -> Result<(), Refusal> {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if !sources.contains_key(&key) && sources.len() >= MAX_TRACKED_SOURCES {
+            let rate = self.rate;
+            sources.retain(|_, s| s.pending > 0 && (rate == 0.0 || s.tokens + now.duration_since(s.refilled).as_secs_f64() * rate < rate));
+        }
+        let tracked = sources.len() < MAX_TRACKED_SOURCES || sources.contains_key(&key);
+        if !tracked {
+            return Ok(());
+        }
+        let burst = self.rate;
+        let source = sources.entry(key).or_insert(Source {
+            pending: 0,
+            tokens: burst,
+            refilled: now,
+        });
+        if source.pending >= self.max_per_source {
+            return Err(Refusal::PerIpPending);
+        }
+        if self.rate > 0.0 {
+            source.tokens = (source.tokens + now.duration_since(source.refilled).as_secs_f64() * self.rate).min(burst);
+            source.refilled = now;
+            if source.tokens < 1.0 {
+                return Err(Refusal::PerIpRate);
+            }
+            source.tokens -= 1.0;
+        }
+        source.pending += 1;
+        Ok(())
+    }
+
+    fn release_source(&self, key: SourceKey) {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(source) = sources.get_mut(&key) {
+            source.pending = source.pending.saturating_sub(1);
+            if source.pending == 0 && self.rate == 0.0 {
+                sources.remove(&key);
             }
         }
     }
@@ -47,13 +158,16 @@ impl PendingLimit {
 
 /// One place under [`PendingLimit`], given back when dropped or released.
 #[derive(Debug)]
-pub struct PendingSlot(Option<Arc<PendingLimit>>);
+pub struct PendingSlot(Option<(Arc<PendingLimit>, Option<SourceKey>)>);
 
 impl PendingSlot {
     /// Gives the place back now (the connection was handed off).
     pub fn release(&mut self) {
-        if let Some(limit) = self.0.take() {
+        if let Some((limit, key)) = self.0.take() {
             limit.now.fetch_sub(1, Ordering::AcqRel);
+            if let Some(key) = key {
+                limit.release_source(key);
+            }
         }
     }
 }
@@ -106,5 +220,75 @@ impl ClientConn {
 impl AsFd for ClientConn {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize, per_ip: usize, rate: u32) -> Arc<PendingLimit> {
+        let mut settings = settings();
+        settings.max_pending = max;
+        settings.max_pending_per_ip = per_ip;
+        settings.max_conn_rate_per_ip = rate;
+        PendingLimit::new(&settings)
+    }
+
+    fn settings() -> SplitterSettings {
+        SplitterSettings {
+            runtime_dir: "/tmp".into(),
+            threads: 1,
+            peek_timeout: std::time::Duration::from_secs(1),
+            max_peek_bytes: 1024,
+            hold_timeout: std::time::Duration::from_secs(1),
+            max_pending: 1,
+            unknown_host: switchyard_shared::config::UnknownHost::Reject,
+            admin: None,
+            sched_batch: false,
+            user: None,
+            max_pending_per_ip: 1,
+            max_conn_rate_per_ip: 0,
+            max_unacked: 1,
+            trusted_proxies: vec![],
+        }
+    }
+
+    #[test]
+    fn one_source_cannot_take_every_place() {
+        let limit = limits(10, 3, 0);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| limit.try_acquire(Some(a)).unwrap()).collect();
+        assert_eq!(limit.try_acquire(Some(a)).unwrap_err(), Refusal::PerIpPending);
+        let other = limit.try_acquire(Some(b)).unwrap();
+        drop(held);
+        assert!(limit.try_acquire(Some(a)).is_ok());
+        drop(other);
+        assert_eq!(limit.current(), 0);
+    }
+
+    #[test]
+    fn the_rate_is_a_token_bucket_per_source() {
+        let limit = limits(1000, 1000, 5);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..5 {
+            drop(limit.try_acquire(Some(a)).unwrap());
+        }
+        assert_eq!(limit.try_acquire(Some(a)).unwrap_err(), Refusal::PerIpRate);
+        assert!(limit.try_acquire(Some("10.0.0.2".parse().unwrap())).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert!(limit.try_acquire(Some(a)).is_ok(), "refilled after 1/5 s");
+    }
+
+    #[test]
+    fn ipv6_sources_are_counted_per_64() {
+        let x = SourceKey::of("2001:db8::1".parse().unwrap());
+        assert_eq!(x, SourceKey::of("2001:db8::ffff:1".parse().unwrap()));
+        assert_ne!(x, SourceKey::of("2001:db8:0:1::1".parse().unwrap()));
+        assert_eq!(
+            SourceKey::of("::ffff:10.0.0.1".parse().unwrap()),
+            SourceKey::of("10.0.0.1".parse().unwrap())
+        );
     }
 }

@@ -7,16 +7,15 @@
 //! routing table and swaps it in atomically.
 
 use crate::listener::Front;
-use crate::process::{supervise, SpawnSpec};
+use crate::helper::Helper;
+use crate::process::supervise;
 use crate::routing::RoutingTable;
 use crate::tenant::Tenant;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard_shared::config::{
-    HostConfig, ListenerConfig, SplitterSettings, TenantConfig, TenantFile,
-};
+use switchyard_shared::config::{HostConfig, ListenerConfig, SplitterSettings, TenantConfig};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -31,10 +30,10 @@ struct Generation {
 }
 
 impl Generation {
-    fn start(tenant: &Arc<Tenant>, spec: &SpawnSpec, id: u64) -> Generation {
+    fn start(tenant: &Arc<Tenant>, helper: &Arc<Helper>, id: u64) -> Generation {
         let (stop, stop_rx) = watch::channel(false);
         let tasks = (0..tenant.config().processes)
-            .map(|_| tokio::spawn(supervise(tenant.clone(), spec.clone(), id, stop_rx.clone())))
+            .map(|_| tokio::spawn(supervise(tenant.clone(), helper.clone(), id, stop_rx.clone())))
             .collect();
         Generation { id, stop, tasks }
     }
@@ -51,11 +50,16 @@ impl Generation {
 struct Running {
     tenant: Arc<Tenant>,
     generation: Generation,
+    /// Admits processes started by hand on the tenant's handoff.sock.
+    admission: JoinHandle<()>,
 }
 
 /// Every tenant the splitter runs.
 pub struct Fleet {
-    spec: SpawnSpec,
+    helper: Arc<Helper>,
+    /// Whether the splitter was started as root (the host file's rules for a
+    /// root splitter apply on reload too).
+    as_root: bool,
     front: Arc<Front>,
     started: Instant,
     running: Mutex<Vec<Running>>,
@@ -67,18 +71,19 @@ pub struct Fleet {
 
 impl Fleet {
     /// Starts every tenant of `config` and routes to them through `front`.
-    pub fn start(config: &HostConfig, spec: SpawnSpec, front: Arc<Front>) -> Arc<Fleet> {
+    pub fn start(config: &HostConfig, helper: Arc<Helper>, as_root: bool, front: Arc<Front>) -> Arc<Fleet> {
         let running: Vec<Running> = config
             .tenants
             .iter()
-            .map(|t| start_tenant(t.clone(), &spec, config))
+            .map(|t| start_tenant(t.clone(), &helper, config))
             .collect();
         let tenants: Vec<Arc<Tenant>> = running.iter().map(|r| r.tenant.clone()).collect();
         front
             .routes
             .store(Arc::new(RoutingTable::new(config, &tenants)));
         Arc::new(Fleet {
-            spec,
+            helper,
+            as_root,
             front,
             started: Instant::now(),
             running: Mutex::new(running),
@@ -104,9 +109,11 @@ impl Fleet {
             (run.tenant.clone(), run.generation.id)
         };
         let config = tenant.config();
-        TenantFile::load(&config.config)
+        self.helper
+            .check(name)
+            .await
             .map_err(|e| format!("tenant {name} not restarted: its file is invalid:\n{e}"))?;
-        let new = Generation::start(&tenant, &self.spec, old_id + 1);
+        let new = Generation::start(&tenant, &self.helper, old_id + 1);
         let deadline = Instant::now() + READY_TIMEOUT;
         while tenant.ready_in_generation(new.id) < config.processes {
             if Instant::now() >= deadline {
@@ -144,8 +151,36 @@ impl Fleet {
     /// table is swapped atomically. An invalid file changes nothing.
     pub async fn reload(&self, config_path: &std::path::Path) -> Result<String, String> {
         let _operation = self.operations.lock().await;
-        let (config, _files) = HostConfig::load_all(config_path)
+        let config = HostConfig::load_as(config_path, self.as_root)
             .map_err(|e| format!("reload refused, nothing changed:\n{e}"))?;
+        // Tenant files are checked by the tenants' own users, never read here.
+        let mut problems = Vec::new();
+        {
+            let running = self.running.lock().await;
+            for t in &config.tenants {
+                let unchanged = running
+                    .iter()
+                    .any(|r| r.tenant.name() == t.name && &r.tenant.config() == t);
+                if !unchanged {
+                    if let Err(e) = self.helper.check(&t.name).await {
+                        problems.push(e);
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(format!("reload refused, nothing changed:\n{}", problems.join("\n")));
+        }
+        self.helper
+            .reload()
+            .await
+            .map_err(|e| format!("reload refused, nothing changed: {e}"))?;
+        let hosts_changed = {
+            let running = self.running.lock().await;
+            let old: Vec<_> = running.iter().map(|r| (r.tenant.name().to_string(), r.tenant.config().hosts)).collect();
+            let new: Vec<_> = config.tenants.iter().map(|t| (t.name.clone(), t.hosts.clone())).collect();
+            old != new || config.splitter.unknown_host != self.front.settings.unknown_host
+        };
         let mut running = self.running.lock().await;
         let mut notes = Vec::new();
         if config.listeners != self.listeners {
@@ -178,13 +213,6 @@ impl Fleet {
                     run.tenant.set_config(new.clone());
                     if hosts_only {
                         notes.push(format!("tenant {}: hosts changed", new.name));
-                        // Its processes re-read the host file for their 421 checks.
-                        for pid in run.tenant.pids() {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid as i32),
-                                nix::sys::signal::Signal::SIGHUP,
-                            );
-                        }
                     } else {
                         notes.push(format!(
                             "tenant {}: settings changed, rolling restart",
@@ -203,17 +231,25 @@ impl Fleet {
         for t in &config.tenants {
             if !kept.iter().any(|r| r.tenant.name() == t.name) {
                 notes.push(format!("tenant {}: added", t.name));
-                kept.push(start_tenant(t.clone(), &self.spec, &config));
+                kept.push(start_tenant(t.clone(), &self.helper, &config));
             }
         }
         let tenants: Vec<Arc<Tenant>> = kept.iter().map(|r| r.tenant.clone()).collect();
         self.front
             .routes
             .store(Arc::new(RoutingTable::new(&config, &tenants)));
+        if hosts_changed {
+            // Every process re-reads the host file for its 421 checks (the
+            // names of every tenant, and who takes unknown names).
+            for run in &kept {
+                run.tenant.notify_hosts_changed();
+            }
+        }
         *running = kept;
         drop(running);
         for run in to_retire {
             run.tenant.close();
+            run.admission.abort();
             tokio::spawn(run.generation.retire());
         }
         for name in to_restart {
@@ -228,16 +264,6 @@ impl Fleet {
         Ok(notes.join("\n"))
     }
 
-    /// The running tenant called `name`.
-    pub async fn tenant(&self, name: &str) -> Option<Arc<Tenant>> {
-        self.running
-            .lock()
-            .await
-            .iter()
-            .find(|r| r.tenant.name() == name)
-            .map(|r| r.tenant.clone())
-    }
-
     /// Drains every tenant; resolves when all their processes have exited.
     pub async fn stop(&self) {
         let _operation = self.operations.lock().await;
@@ -246,6 +272,7 @@ impl Fleet {
             .drain(..)
             .map(|run| {
                 run.tenant.close();
+                run.admission.abort();
                 tokio::spawn(run.generation.retire())
             })
             .collect();
@@ -274,6 +301,8 @@ impl Fleet {
                     "hold_timeouts": t.counters.hold_timeouts.load(Ordering::Relaxed),
                     "rehanded": t.counters.rehanded.load(Ordering::Relaxed),
                     "socket_full": t.counters.socket_full.load(Ordering::Relaxed),
+                    "held_full": t.counters.held_full.load(Ordering::Relaxed),
+                    "unacked_full": t.counters.unacked_full.load(Ordering::Relaxed),
                     "restarts": t.counters.restarts.load(Ordering::Relaxed),
                     "respawn_backoff_ms": t.counters.backoff_ms.load(Ordering::Relaxed),
                     "processes": procs.iter().map(|p| json!({
@@ -281,13 +310,18 @@ impl Fleet {
                         "state": p.state.as_str(),
                         "uptime_s": (p.uptime_s * 10.0).round() / 10.0,
                         "handed_off": p.handed,
-                        "generation": p.generation,
+                        "generation": match p.origin {
+                            crate::tenant::Origin::Supervised { generation } => generation,
+                            crate::tenant::Origin::Attached => 0,
+                        },
+                        "attached": p.origin == crate::tenant::Origin::Attached,
                     })).collect::<Vec<_>>(),
                 })
             })
             .collect();
         json!({
             "pid": std::process::id(),
+            "helper_pid": self.helper.pid(),
             "uptime_s": self.started.elapsed().as_secs(),
             "pending": self.front.pending.current(),
             "tenants": tenants,
@@ -295,11 +329,16 @@ impl Fleet {
     }
 }
 
-fn start_tenant(config: TenantConfig, spec: &SpawnSpec, host: &HostConfig) -> Running {
-    let tenant = Tenant::new(config, host.splitter.hold_timeout);
+fn start_tenant(config: TenantConfig, helper: &Arc<Helper>, host: &HostConfig) -> Running {
+    let allowed_uid = crate::isolation::identity(&config)
+        .ok()
+        .and_then(|identity| identity.uid)
+        .unwrap_or_else(|| nix::unistd::getuid().as_raw());
+    let tenant = Tenant::new(config, host.splitter.hold_timeout, host.splitter.max_unacked);
     tokio::spawn(tenant.clone().expire_held());
-    let generation = Generation::start(&tenant, spec, 1);
-    Running { tenant, generation }
+    let generation = Generation::start(&tenant, helper, 1);
+    let admission = tokio::spawn(crate::process::admit_attached(tenant.clone(), helper.clone(), allowed_uid));
+    Running { tenant, generation, admission }
 }
 
 fn unknown_tenant(name: &str, running: &[Running]) -> String {

@@ -182,3 +182,87 @@ pub fn drop_privileges() {
         Err(e) => warn!(error = %e, "cannot drop capabilities; running with all of root's"),
     }
 }
+
+/// Turns this process into the unprivileged front: when it runs as root, it
+/// clears its capability bounding set, takes `user`'s uid and gid with no
+/// supplementary groups (which empties its capability sets), and in every
+/// case sets `no_new_privs`. Call after every privileged socket is bound and
+/// the helper is started.
+pub fn become_front(user: Option<&str>) -> Result<(), String> {
+    use nix::unistd::{getegid, geteuid, getgid, getuid, setgid, setgroups, setuid, User};
+    if geteuid().is_root() {
+        let name = user.ok_or(
+            "the splitter runs as root but [splitter] user is not set; set it to an unprivileged user",
+        )?;
+        let user = User::from_name(name)
+            .map_err(|e| format!("[splitter] user {name:?}: {e}"))?
+            .ok_or_else(|| format!("[splitter] user {name:?} does not exist"))?;
+        if user.uid.is_root() {
+            return Err(format!("[splitter] user {name:?} is uid 0; name an unprivileged user"));
+        }
+        for cap in caps::all() {
+            if caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, caps::CapSet::Bounding, cap)
+                    .map_err(|e| format!("cannot clear the capability bounding set: {e}"))?;
+            }
+        }
+        caps::clear(None, caps::CapSet::Inheritable)
+            .map_err(|e| format!("cannot clear inheritable capabilities: {e}"))?;
+        setgroups(&[]).map_err(|e| format!("cannot drop supplementary groups: {e}"))?;
+        setgid(user.gid).map_err(|e| format!("cannot switch to group {}: {e}", user.gid))?;
+        setuid(user.uid).map_err(|e| format!("cannot switch to user {name:?}: {e}"))?;
+        if getuid().is_root() || geteuid().is_root() || getgid() != user.gid || getegid() != user.gid {
+            return Err("the front is still privileged after switching users; refusing to serve".into());
+        }
+        info!(user = name, uid = user.uid.as_raw(), "the network-facing front runs unprivileged; the helper keeps the rights to start tenants");
+    } else if let Some(name) = user {
+        if nix::unistd::User::from_name(name).ok().flatten().is_none_or(|u| u.uid != getuid()) {
+            warn!(user = name, "[splitter] user is ignored: the splitter was not started as root");
+        }
+    }
+    switchyard_shared::sys::forbid_new_privileges()
+        .map_err(|e| format!("cannot set no_new_privs: {e}"))?;
+    Ok(())
+}
+
+/// Descriptors kept free for the splitter's own needs (logs, control and admin
+/// connections, the helper, reloads).
+const RESERVED_FDS: u64 = 64;
+
+/// The most descriptors the splitter may hold under `config`: every peeking
+/// or held connection, every unacknowledged one of every process (twice the
+/// pool during a rolling restart, plus the hand-started ones), every handoff
+/// socket, and a reserve.
+pub fn descriptor_budget(config: &switchyard_shared::config::HostConfig) -> u64 {
+    let per_process = config.splitter.max_unacked as u64 + 1;
+    let processes: u64 = config
+        .tenants
+        .iter()
+        .map(|t| 2 * t.processes as u64 + crate::process::MAX_ATTACHED as u64)
+        .sum();
+    config.splitter.max_pending as u64
+        + processes * per_process
+        + 2 * config.tenants.len() as u64
+        + config.listeners.len() as u64
+        + RESERVED_FDS
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and refuses to start when
+/// the [`descriptor_budget`] does not fit, so that no tenant and no client can
+/// make the splitter run out of descriptors.
+pub fn fit_descriptor_budget(config: &switchyard_shared::config::HostConfig) -> Result<(), String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| format!("cannot raise the open-file limit to {hard}: {e}"))?;
+    }
+    let budget = descriptor_budget(config);
+    if budget > hard {
+        return Err(format!(
+            "the configuration needs up to {budget} descriptors (max_pending {} + per tenant process max_unacked {} + 1, doubled during rolling restarts, + reserve {RESERVED_FDS}) but the open-file limit is {hard}: lower max_pending or max_unacked, or raise the limit (LimitNOFILE= in the unit, `ulimit -n`)",
+            config.splitter.max_pending, config.splitter.max_unacked
+        ));
+    }
+    info!(budget, limit = hard, "descriptor budget fits the open-file limit");
+    Ok(())
+}

@@ -92,9 +92,9 @@ pub async fn accept_loop(
         };
         // Several accepts per wake-up, until the queue is empty.
         loop {
-            let err = match switchyard_shared::sys::accept(listener.get_ref().as_fd()) {
-                Ok(fd) => {
-                    accepted(&front, fd, protocol, port, &label);
+            let err = match switchyard_shared::sys::accept_with_peer(listener.get_ref().as_fd()) {
+                Ok((fd, peer)) => {
+                    accepted(&front, fd, peer.map(|p| p.ip()), protocol, port, &label);
                     continue;
                 }
                 Err(err) => err,
@@ -127,11 +127,21 @@ pub async fn accept_loop(
 }
 
 /// Handles a freshly accepted socket.
-fn accepted(front: &Arc<Front>, fd: OwnedFd, protocol: Protocol, port: u16, label: &Arc<str>) {
-    let Some(slot) = front.pending.try_acquire() else {
-        debug!(port, "max_pending reached; connection closed");
-        metrics::connection(label, "max_pending");
-        return;
+fn accepted(
+    front: &Arc<Front>,
+    fd: OwnedFd,
+    peer: Option<std::net::IpAddr>,
+    protocol: Protocol,
+    port: u16,
+    label: &Arc<str>,
+) {
+    let slot = match front.pending.try_acquire(peer) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            debug!(port, reason = refusal.as_str(), "connection refused at once");
+            metrics::connection(label, refusal.as_str());
+            return;
+        }
     };
     let conn = ClientConn {
         fd,

@@ -12,8 +12,10 @@ mod admin;
 mod conn;
 mod control;
 mod fleet;
+mod helper;
 mod isolation;
 mod listener;
+mod logs;
 mod metrics;
 mod process;
 mod reject;
@@ -59,6 +61,10 @@ enum Command {
         #[command(subcommand)]
         action: CtlAction,
     },
+    /// The privileged helper the running splitter starts for itself (not for
+    /// operators): it spawns tenant processes as their users.
+    #[command(hide = true)]
+    Helper,
 }
 
 #[derive(Subcommand, Debug)]
@@ -93,8 +99,18 @@ fn main() -> ExitCode {
     }
     // One absolute path, so a reload compares like with like.
     let config_path = std::fs::canonicalize(&config_path).unwrap_or(config_path);
-    let config = match HostConfig::load_all(&config_path) {
-        Ok((config, _tenant_files)) => config,
+    if let Some(Command::Helper) = cli.command {
+        switchyard_shared::logging::init("splitter-helper");
+        return match helper::serve::run(config_path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("privileged helper: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match HostConfig::load(&config_path) {
+        Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("splitter: configuration is invalid; nothing was started");
@@ -102,18 +118,54 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Check) => {
-            println!(
-                "{}: configuration OK ({} listeners, {} tenants)",
-                config_path.display(),
-                config.listeners.len(),
-                config.tenants.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Some(Command::Ctl { .. }) => unreachable!("handled above"),
+        Some(Command::Check) => check(&config),
+        Some(Command::Ctl { .. } | Command::Helper) => unreachable!("handled above"),
         None => run(config),
     }
+}
+
+/// `splitter check`: the host file here, each tenant file by `l7proxy --check`
+/// run as the tenant's user (the splitter never reads a tenant's files).
+fn check(config: &HostConfig) -> ExitCode {
+    for warning in &config.warnings {
+        eprintln!("{warning}");
+    }
+    let l7proxy = match process::locate_l7proxy() {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("splitter check: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        eprintln!("splitter check: cannot start a runtime");
+        return ExitCode::from(2);
+    };
+    let mut failed = false;
+    for tenant in &config.tenants {
+        match runtime.block_on(helper::serve::check_tenant(&l7proxy, &config.path, tenant)) {
+            Ok(output) => {
+                if !output.is_empty() {
+                    eprintln!("{output}");
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        eprintln!("splitter check: configuration is invalid");
+        return ExitCode::from(2);
+    }
+    println!(
+        "{}: configuration OK ({} listeners, {} tenants)",
+        config.path.display(),
+        config.listeners.len(),
+        config.tenants.len()
+    );
+    ExitCode::SUCCESS
 }
 
 fn ctl(config_path: &std::path::Path, action: CtlAction) -> ExitCode {

@@ -6,19 +6,18 @@
 //! unacknowledged connections to the rest of the pool and respawn it after a
 //! backoff that doubles while the process keeps dying young.
 
-use crate::isolation;
+use crate::helper::proto::StopSignal;
+use crate::helper::{Helper, TenantChild};
 use crate::tenant::{HandoffSocket, ProcKey, Tenant};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_shared::handoff::{self, Message, HANDOFF_FD_ENV};
+use switchyard_shared::handoff::{self, Message};
 use tokio::io::unix::AsyncFd;
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -32,77 +31,46 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a draining process may take (its own cap is 10 s plus shutdown).
 const DRAIN_GRACE: Duration = Duration::from_secs(15);
-
-/// Environment variables passed through to tenant processes; everything else
-/// is cleared.
-const PASSED_ENV: &[&str] = &[
-    "PATH",
-    "RUST_LOG",
-    "RUST_BACKTRACE",
-    "SWITCHYARD_LOG_FORMAT",
-    switchyard_shared::handoff::FAULT_DIE_ON_CONN_ENV,
-    MIMALLOC_ARENA_EAGER_COMMIT,
-];
-
-/// The l7proxy's allocator (mimalloc) commits each memory arena up front by
-/// default; lazily, an idle tenant process measured 11.4 instead of 18.4 MiB
-/// RSS and one under load 19 instead of 31 MiB, at the same req/s and CPU
-/// (bench/RESULTS.md). The operator's own setting wins.
-const MIMALLOC_ARENA_EAGER_COMMIT: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+/// A process that has left a handed connection unacknowledged this long is
+/// stuck: its connections go to other processes and it is replaced. (A healthy
+/// process acknowledges within milliseconds; acks are batched per read.)
+pub const ACK_DEADLINE: Duration = Duration::from_secs(5);
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
-/// What every supervisor needs to spawn a process.
-#[derive(Debug, Clone)]
-pub struct SpawnSpec {
-    /// Path of the l7proxy binary.
-    pub l7proxy: PathBuf,
-    /// The host file, passed as `--config`.
-    pub host_config: PathBuf,
-    /// The splitter's runtime directory (tenant directories go under it).
-    pub runtime_dir: PathBuf,
-}
-
-impl SpawnSpec {
-    /// The l7proxy beside this executable, or `$SWITCHYARD_L7PROXY`.
-    pub fn locate(host_config: PathBuf, runtime_dir: PathBuf) -> io::Result<SpawnSpec> {
-        let l7proxy = match std::env::var_os("SWITCHYARD_L7PROXY") {
-            Some(path) => PathBuf::from(path),
-            None => std::env::current_exe()?.with_file_name("l7proxy"),
-        };
-        if !l7proxy.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "l7proxy binary not found at {} (build it with `cargo build`, or set SWITCHYARD_L7PROXY)",
-                    l7proxy.display()
-                ),
-            ));
-        }
-        Ok(SpawnSpec {
-            l7proxy,
-            host_config,
-            runtime_dir,
-        })
+/// The l7proxy beside this executable, or `$SWITCHYARD_L7PROXY`.
+pub fn locate_l7proxy() -> io::Result<PathBuf> {
+    let l7proxy = match std::env::var_os("SWITCHYARD_L7PROXY") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()?.with_file_name("l7proxy"),
+    };
+    if !l7proxy.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "l7proxy binary not found at {} (build it with `cargo build`, or set SWITCHYARD_L7PROXY)",
+                l7proxy.display()
+            ),
+        ));
     }
+    Ok(l7proxy)
 }
 
 /// Keeps one slot of `tenant`'s pool (in pool generation `generation`) filled
 /// until `stop` turns true; then drains the slot's process.
 pub async fn supervise(
     tenant: Arc<Tenant>,
-    spec: SpawnSpec,
+    helper: Arc<Helper>,
     generation: u64,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = MIN_BACKOFF;
     while !*stop.borrow() {
         let started = Instant::now();
-        match spawn(&tenant, &spec, generation) {
-            Ok((key, child, socket)) => {
-                let pid = child.id().unwrap_or(0);
+        match spawn(&tenant, &helper, generation).await {
+            Ok((key, pid, exit, socket)) => {
                 info!(tenant = %tenant.name(), pid, "tenant process started");
-                let status = run(&tenant, key, child, socket, &mut stop).await;
+                let status = run(&tenant, &helper, key, pid, exit, socket, &mut stop).await;
                 tenant.remove_process(key);
                 if *stop.borrow() {
                     info!(tenant = %tenant.name(), pid, "tenant process stopped");
@@ -130,7 +98,6 @@ pub async fn supervise(
             Err(e) => error!(
                 tenant = %tenant.name(),
                 error = %e,
-                l7proxy = %spec.l7proxy.display(),
                 "cannot spawn tenant process; retrying"
             ),
         }
@@ -147,113 +114,97 @@ pub async fn supervise(
     }
 }
 
-fn spawn(
+async fn spawn(
     tenant: &Arc<Tenant>,
-    spec: &SpawnSpec,
+    helper: &Helper,
     generation: u64,
-) -> io::Result<(ProcKey, Child, HandoffSocket)> {
-    let config = tenant.config();
-    let identity = isolation::identity(&config)?;
-    isolation::tenant_dir(&spec.runtime_dir, tenant.name(), identity)?;
-    let (ours, theirs) = handoff::seqpacket_pair()?;
-    let mut command = std::process::Command::new(&spec.l7proxy);
-    isolation::apply_identity(&mut command, identity);
-    isolation::apply_nofile(&mut command, &config.limits)?;
-    command
-        .arg("--tenant")
-        .arg(tenant.name())
-        .arg("--config")
-        .arg(&spec.host_config)
-        .env_clear()
-        .env(HANDOFF_FD_ENV, theirs.as_raw_fd().to_string())
-        .env(MIMALLOC_ARENA_EAGER_COMMIT, "0")
-        .stdin(Stdio::null());
-    for name in PASSED_ENV {
-        if let Some(value) = std::env::var_os(name) {
-            command.env(name, value);
-        }
-    }
-    // The child inherits its end of the handoff socket, and a tenant must not
-    // outlive a splitter that was killed outright.
-    switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
-    // Under `sched_batch` the splitter would pass SCHED_BATCH on; tenants serve
-    // requests and get the normal policy back. (Without it, they inherit whatever
-    // policy the operator started the splitter with.)
-    if switchyard_shared::sys::scheduling_policy(0).is_ok_and(|p| p == libc::SCHED_BATCH) {
-        switchyard_shared::sys::normal_scheduling_in_child(&mut command);
-    }
-    let child = Command::from(command).kill_on_drop(true).spawn()?;
-    drop(theirs);
-    if let Some(pid) = child.id() {
-        isolation::apply_cgroup_limits(tenant.name(), pid, &config.limits);
-    }
-    let socket: HandoffSocket = Arc::new(switchyard_shared::sys::register(ours)?);
+) -> Result<(ProcKey, u32, oneshot::Receiver<String>, HandoffSocket), String> {
+    let TenantChild { pid, socket, exit } = helper.spawn(tenant.name()).await?;
+    let socket: HandoffSocket =
+        Arc::new(switchyard_shared::sys::register(socket).map_err(|e| e.to_string())?);
     let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-    tenant.add_process(key, generation, socket.clone());
-    Ok((key, child, socket))
+    tenant.add_process(key, generation, socket.clone(), pid);
+    Ok((key, pid, exit, socket))
 }
 
 /// Serves one process until it exits (or is stopped); returns its exit status.
 async fn run(
     tenant: &Arc<Tenant>,
+    helper: &Helper,
     key: ProcKey,
-    mut child: Child,
+    pid: u32,
+    mut exit: oneshot::Receiver<String>,
     socket: HandoffSocket,
     stop: &mut watch::Receiver<bool>,
 ) -> String {
-    let pid = child.id().unwrap_or(0);
-    let asked_to_stop = tokio::select! {
-        status = child.wait() => return describe(status),
-        reason = read_messages(tenant, key, &socket) => {
-            warn!(tenant = %tenant.name(), pid, reason = %reason, "handoff socket closed; stopping the process");
-            false
+    let outcome = tokio::select! {
+        status = &mut exit => return status.unwrap_or_else(|_| "unknown".into()),
+        reason = read_messages(tenant, key, &socket) => Some(reason),
+        _ = stop.changed() => None,
+        _ = watch_acks(tenant, key) => {
+            error!(tenant = %tenant.name(), pid, deadline = ?ACK_DEADLINE, "tenant process stopped acknowledging connections; handing them to other processes and replacing it");
+            tenant.remove_process(key);
+            return terminate(helper, pid, &mut exit, Duration::ZERO).await;
         }
-        _ = stop.changed() => true,
     };
     tenant.mark_draining(key);
-    // Asked to stop: drain gracefully (in-flight requests finish, then the
-    // process exits). A process whose socket failed gets SIGTERM instead.
-    if asked_to_stop {
-        match handoff::send(socket.get_ref().as_fd(), &Message::Drain, None) {
+    match outcome {
+        // Asked to stop: drain gracefully (in-flight requests finish, then the
+        // process exits).
+        None => match handoff::send(socket.get_ref().as_fd(), &Message::Drain, None) {
             Ok(()) => {
-                if let Ok(status) = tokio::time::timeout(DRAIN_GRACE, child.wait()).await {
-                    return describe(status);
+                if let Ok(status) = tokio::time::timeout(DRAIN_GRACE, &mut exit).await {
+                    return status.unwrap_or_else(|_| "unknown".into());
                 }
                 warn!(tenant = %tenant.name(), pid, grace = ?DRAIN_GRACE, "process did not drain in time; sending SIGTERM");
             }
             Err(e) => {
                 warn!(tenant = %tenant.name(), pid, error = %e, "cannot send Drain; sending SIGTERM")
             }
+        },
+        Some(reason) => {
+            warn!(tenant = %tenant.name(), pid, reason = %reason, "disconnected from the tenant process; stopping it");
+            // Its connections go elsewhere now, not when it has exited.
+            tenant.remove_process(key);
         }
     }
-    terminate(&mut child, pid).await
+    terminate(helper, pid, &mut exit, STOP_GRACE).await
 }
 
-async fn terminate(child: &mut Child, pid: u32) -> String {
-    if pid != 0 {
-        // Our own child, not yet reaped: the pid cannot have been reused.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-        Ok(status) => describe(status),
-        Err(_) => {
-            let _ = child.kill().await;
-            format!("killed after {STOP_GRACE:?} grace")
+/// Resolves when the process has left a connection unacknowledged for longer
+/// than [`ACK_DEADLINE`].
+async fn watch_acks(tenant: &Tenant, key: ProcKey) {
+    loop {
+        tokio::time::sleep(ACK_DEADLINE / 5).await;
+        if tenant.oldest_unacked(key).is_some_and(|handed| handed.elapsed() > ACK_DEADLINE) {
+            return;
         }
     }
 }
 
-fn describe(status: io::Result<std::process::ExitStatus>) -> String {
-    match status {
-        Ok(status) => status.to_string(),
-        Err(e) => format!("unknown ({e})"),
+/// SIGTERM (unless `grace` is zero), then SIGKILL after `grace`; waits for the exit.
+async fn terminate(helper: &Helper, pid: u32, exit: &mut oneshot::Receiver<String>, grace: Duration) -> String {
+    if !grace.is_zero() {
+        let _ = helper.signal(pid, StopSignal::Term).await;
+        if let Ok(status) = tokio::time::timeout(grace, &mut *exit).await {
+            return status.unwrap_or_else(|_| "unknown".into());
+        }
+    }
+    let _ = helper.signal(pid, StopSignal::Kill).await;
+    match tokio::time::timeout(STOP_GRACE, exit).await {
+        Ok(status) => status.unwrap_or_else(|_| "unknown".into()),
+        Err(_) => "did not exit after SIGKILL".into(),
     }
 }
 
-/// Reads the process's messages until its socket closes; returns why it stopped.
+/// Most log lines about one process's misbehaviour per minute; the rest are
+/// counted, not written.
+const MISBEHAVIOUR_LOGS_PER_MINUTE: u32 = 10;
+
+/// Reads the process's messages until its socket closes or it breaks the
+/// protocol; returns why it stopped. Anything a process may not send (a message
+/// for the other direction, an undecodable datagram, descriptors) ends the
+/// connection: the process is then treated as crashed.
 async fn read_messages(tenant: &Arc<Tenant>, key: ProcKey, socket: &AsyncFd<OwnedFd>) -> String {
     loop {
         let mut guard = match socket.readable().await {
@@ -264,21 +215,20 @@ async fn read_messages(tenant: &Arc<Tenant>, key: ProcKey, socket: &AsyncFd<Owne
             match handoff::recv(socket.get_ref().as_fd()) {
                 Ok(Some(received)) => {
                     if !received.fds.is_empty() {
-                        warn!(tenant = %tenant.name(), count = received.fds.len(), "tenant process sent descriptors; closed them");
+                        return format!("it sent {} descriptors (closed)", received.fds.len());
                     }
                     match received.message {
-                        Ok(Message::Hello { tenant: name, pid }) => {
+                        Ok(Message::Hello { tenant: name, .. }) => {
+                            // The pid it reports is not used: the splitter knows
+                            // its processes' pids from the kernel.
                             if name != tenant.name() {
-                                return format!("process says it serves tenant {name:?}");
+                                return format!("it says it serves tenant {:?}", truncate(&name));
                             }
-                            tenant.set_pid(key, pid);
                         }
                         Ok(Message::Ready) => tenant.mark_ready(key),
                         Ok(Message::Ack { up_to_seq }) => tenant.acknowledge(key, up_to_seq),
                         Ok(Message::Draining) => tenant.mark_draining(key),
-                        Ok(other) => {
-                            warn!(tenant = %tenant.name(), message = ?other, "unexpected message from a tenant process; ignored")
-                        }
+                        Ok(other) => return format!("unexpected message {:?}", other_kind(&other)),
                         Err(e) => return format!("protocol error: {e}"),
                     }
                 }
@@ -287,59 +237,99 @@ async fn read_messages(tenant: &Arc<Tenant>, key: ProcKey, socket: &AsyncFd<Owne
                     guard.clear_ready();
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    warn!(tenant = %tenant.name(), error = %e, "bad datagram from a tenant process; ignored")
-                }
                 Err(e) => return e.to_string(),
             }
         }
     }
 }
 
-/// Accepts l7proxy processes started by hand on `runtime_dir/handoff.sock`.
+fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+fn other_kind(message: &Message) -> &'static str {
+    match message {
+        Message::Conn(_) => "Conn",
+        Message::Drain => "Drain",
+        Message::HostsChanged => "HostsChanged",
+        _ => "other",
+    }
+}
+
+/// How many hand-started processes may be saying `Hello` at once, per tenant.
+const MAX_UNADMITTED: usize = 4;
+/// How long a hand-started process has to say `Hello`.
+const HELLO_DEADLINE: Duration = Duration::from_secs(1);
+/// Most hand-started processes attached to one tenant at once.
+pub const MAX_ATTACHED: usize = 4;
+
+/// Admits l7proxy processes started by hand on the tenant's own
+/// `runtime_dir/tenants/NAME/handoff.sock` (in a 0700 directory owned by the
+/// tenant's user, so only that user and root can connect), until the tenant
+/// is removed.
 ///
-/// A process is admitted into its tenant's pool only if its `SO_PEERCRED` uid is
-/// the tenant's configured `user` (or the splitter's own uid when the tenant has
-/// none). Such processes are not supervised: they are not respawned, and a
-/// rolling restart leaves them alone (they are pool generation 0).
-pub async fn admit_attached(listener: OwnedFd, fleet: Arc<crate::fleet::Fleet>) {
-    let listener = match switchyard_shared::sys::register(listener) {
+/// A process is admitted only if its `SO_PEERCRED` uid is the tenant's user's
+/// (or the splitter's own when the tenant has none). Such processes are not
+/// supervised: they are not respawned, and a rolling restart leaves them alone.
+pub async fn admit_attached(tenant: Arc<Tenant>, helper: Arc<Helper>, allowed_uid: u32) {
+    let listener = match helper.listen(tenant.name()).await {
         Ok(listener) => listener,
         Err(e) => {
-            error!(error = %e, "cannot watch handoff.sock; processes started by hand cannot join");
+            error!(tenant = %tenant.name(), error = %e, "processes started by hand cannot join this tenant");
             return;
         }
     };
+    let listener = match switchyard_shared::sys::register(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(tenant = %tenant.name(), error = %e, "cannot watch the tenant's handoff.sock");
+            return;
+        }
+    };
+    let admitting = Arc::new(tokio::sync::Semaphore::new(MAX_UNADMITTED));
+    let mut refusals = crate::logs::Throttle::new(MISBEHAVIOUR_LOGS_PER_MINUTE);
     loop {
         let Ok(mut guard) = listener.readable().await else {
             return;
         };
         match switchyard_shared::sys::accept(listener.get_ref().as_fd()) {
             Ok(socket) => {
-                tokio::spawn(attach(socket, fleet.clone()));
+                let Ok(permit) = admitting.clone().try_acquire_owned() else {
+                    if refusals.allow() {
+                        warn!(tenant = %tenant.name(), "handoff.sock: too many processes saying Hello at once; refused one");
+                    }
+                    continue;
+                };
+                tokio::spawn(attach(socket, tenant.clone(), allowed_uid, permit));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
             Err(e) => {
-                warn!(error = %e, "accept on handoff.sock failed");
+                if refusals.allow() {
+                    warn!(tenant = %tenant.name(), error = %e, "accept on handoff.sock failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-async fn attach(socket: OwnedFd, fleet: Arc<crate::fleet::Fleet>) {
-    let uid = match handoff::peer_uid(socket.as_fd()) {
-        Ok(uid) => uid,
+async fn attach(socket: OwnedFd, tenant: Arc<Tenant>, allowed_uid: u32, permit: tokio::sync::OwnedSemaphorePermit) {
+    let name = tenant.name().to_string();
+    let peer = match handoff::peer_credentials(socket.as_fd()) {
+        Ok(peer) => peer,
         Err(e) => {
-            warn!(error = %e, "handoff.sock: cannot read the peer's credentials; refused");
+            warn!(tenant = %name, error = %e, "handoff.sock: cannot read the peer's credentials; refused");
             return;
         }
     };
+    if peer.uid != allowed_uid {
+        warn!(tenant = %name, pid = peer.pid, uid = peer.uid, expected_uid = allowed_uid, "handoff.sock: refused a process running as the wrong user (start it as the tenant's `user`)");
+        return;
+    }
     let Ok(socket) = switchyard_shared::sys::register(socket) else {
         return;
     };
-    // The first message must be Hello, within a few seconds.
-    let hello = tokio::time::timeout(Duration::from_secs(5), async {
+    let hello = tokio::time::timeout(HELLO_DEADLINE, async {
         loop {
             let mut guard = socket.readable().await.ok()?;
             match handoff::recv(socket.get_ref().as_fd()) {
@@ -351,50 +341,30 @@ async fn attach(socket: OwnedFd, fleet: Arc<crate::fleet::Fleet>) {
         }
     })
     .await;
-    let (name, pid) = match hello {
-        Ok(Some(Ok(Message::Hello { tenant, pid }))) => (tenant, pid),
+    match hello {
+        Ok(Some(Ok(Message::Hello { tenant: said, .. }))) if said == name => {}
         Ok(Some(Err(e))) => {
-            warn!(uid, error = %e, "handoff.sock: refused a process speaking another protocol");
+            warn!(tenant = %name, pid = peer.pid, error = %e, "handoff.sock: refused a process speaking another protocol");
             return;
         }
         _ => {
-            warn!(
-                uid,
-                "handoff.sock: refused a process that did not say Hello"
-            );
+            warn!(tenant = %name, pid = peer.pid, "handoff.sock: refused a process that did not say Hello for this tenant in time");
             return;
         }
-    };
-    let Some(tenant) = fleet.tenant(&name).await else {
-        warn!(uid, pid, tenant = %name, "handoff.sock: refused a process for an unknown tenant");
-        return;
-    };
-    let allowed = match tenant.config().user {
-        Some(user) => match nix::unistd::User::from_name(&user) {
-            Ok(Some(user)) => user.uid.as_raw(),
-            _ => {
-                warn!(tenant = %name, user = %user, "handoff.sock: the tenant's user does not exist; refused");
-                return;
-            }
-        },
-        None => nix::unistd::getuid().as_raw(),
-    };
-    if uid != allowed {
-        warn!(
-            tenant = %name,
-            pid,
-            uid,
-            expected_uid = allowed,
-            "handoff.sock: refused a process running as the wrong user (start it as the tenant's `user`)"
-        );
+    }
+    drop(permit);
+    if tenant.attached_count() >= MAX_ATTACHED {
+        warn!(tenant = %name, pid = peer.pid, max = MAX_ATTACHED, "handoff.sock: refused a process: the tenant has the most hand-started processes allowed");
         return;
     }
     let socket: HandoffSocket = Arc::new(socket);
     let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-    tenant.add_process(key, 0, socket.clone());
-    tenant.set_pid(key, pid);
-    info!(tenant = %name, pid, uid, "a process started by hand joined the pool");
-    let reason = read_messages(&tenant, key, &socket).await;
+    tenant.add_attached(key, socket.clone(), peer.pid);
+    info!(tenant = %name, pid = peer.pid, uid = peer.uid, "a process started by hand joined the pool");
+    let reason = tokio::select! {
+        reason = read_messages(&tenant, key, &socket) => reason,
+        _ = watch_acks(&tenant, key) => "it stopped acknowledging connections".to_string(),
+    };
     tenant.remove_process(key);
-    info!(tenant = %name, pid, reason = %reason, "a process started by hand left the pool");
+    info!(tenant = %name, pid = peer.pid, reason = %reason, "a process started by hand left the pool");
 }

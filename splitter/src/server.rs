@@ -1,23 +1,25 @@
-//! Running the splitter: bind everything, drop privileges, start the tenants,
-//! serve until SIGTERM, SIGINT or `ctl stop`, reload on SIGHUP, then drain.
+//! Running the splitter: bind everything, start the privileged helper, become
+//! the unprivileged front, start the tenants, serve until SIGTERM, SIGINT or
+//! `ctl stop`, reload on SIGHUP, then drain.
 
-use crate::{admin, conn, control, fleet, isolation, listener, process, routing};
+use crate::{admin, conn, control, fleet, helper, isolation, listener, routing};
 use std::sync::Arc;
 use switchyard_shared::config::HostConfig;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Serves `config` until asked to stop; returns why it could not start.
 pub async fn serve(config: HostConfig) -> Result<(), String> {
     let config_path = config.path.clone();
-    let spec = process::SpawnSpec::locate(config_path.clone(), config.splitter.runtime_dir.clone())
-        .map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&config.splitter.runtime_dir).map_err(|e| {
-        format!(
-            "cannot create runtime_dir {}: {e}",
-            config.splitter.runtime_dir.display()
-        )
-    })?;
+    let as_root = nix::unistd::geteuid().is_root();
+    crate::process::locate_l7proxy().map_err(|e| e.to_string())?;
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
+    let runtime_dir = &config.splitter.runtime_dir;
+    std::fs::create_dir_all(runtime_dir)
+        .map_err(|e| format!("cannot create runtime_dir {}: {e}", runtime_dir.display()))?;
+    isolation::fit_descriptor_budget(&config)?;
 
     let mut listeners = Vec::new();
     for listen in &config.listeners {
@@ -32,32 +34,31 @@ pub async fn serve(config: HostConfig) -> Result<(), String> {
         listeners.push((socket, listen.protocol));
     }
 
-    let control_listener = control::bind(&control::socket_path(&config.splitter.runtime_dir))?;
-    let front = Arc::new(listener::Front {
-        routes: arc_swap::ArcSwap::from_pointee(routing::RoutingTable::default()),
-        pending: conn::PendingLimit::new(config.splitter.max_pending),
-        settings: config.splitter.clone(),
-    });
-    let fleet = fleet::Fleet::start(&config, spec, front.clone());
-    let handoff_path = config
-        .splitter
-        .runtime_dir
-        .join(switchyard_shared::handoff::HANDOFF_SOCKET_NAME);
-    let handoff_listener = switchyard_shared::handoff::seqpacket_listen(&handoff_path)
-        .map_err(|e| format!("cannot listen on {}: {e}", handoff_path.display()))?;
-    // Anyone may connect; SO_PEERCRED decides who joins which tenant.
-    let _ = std::fs::set_permissions(
-        &handoff_path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    );
-    let admin = match config.splitter.admin {
-        Some(addr) => Some(admin::bind(addr).await?),
+    let control_path = control::socket_path(runtime_dir);
+    let control_listener = control::bind(&control_path)?;
+    let admin = match &config.splitter.admin {
+        Some(listen) => Some(admin::bind(listen, runtime_dir).await?),
         None => None,
     };
-    // Every socket is bound: keep only what starting tenants needs.
-    isolation::drop_privileges();
-    let admin = admin.map(|listener| tokio::spawn(admin::serve(listener, fleet.clone())));
-    let attach = tokio::spawn(process::admit_attached(handoff_listener, fleet.clone()));
+    // The helper keeps the privileges this process has now; the front gives
+    // them up before it reads a byte from the network.
+    let (helper_child, helper_socket) = helper::start(&config_path)
+        .map_err(|e| format!("cannot start the privileged helper: {e}"))?;
+    let helper = helper::Helper::new(helper_socket, helper_child.id()).map_err(|e| e.to_string())?;
+    tokio::spawn(helper.clone().read_events());
+    isolation::become_front(config.splitter.user.as_deref())?;
+    // A host file the front cannot read would make every reload fail.
+    HostConfig::load_as(&config_path, as_root).map_err(|e| {
+        format!("after dropping privileges the front cannot read the host file ({e}); make it readable by [splitter] user")
+    })?;
+
+    let front = Arc::new(listener::Front {
+        routes: arc_swap::ArcSwap::from_pointee(routing::RoutingTable::default()),
+        pending: conn::PendingLimit::new(&config.splitter),
+        settings: config.splitter.clone(),
+    });
+    let fleet = fleet::Fleet::start(&config, helper.clone(), as_root, front.clone());
+    let admin = admin.map(|admin| tokio::spawn(admin::serve(admin, fleet.clone())));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_loops = Vec::new();
@@ -70,7 +71,6 @@ pub async fn serve(config: HostConfig) -> Result<(), String> {
         )));
     }
     let stop_requested = Arc::new(tokio::sync::Notify::new());
-    let control_path = control::socket_path(&config.splitter.runtime_dir);
     let control = tokio::spawn(control::serve(
         control_listener,
         fleet.clone(),
@@ -89,12 +89,12 @@ pub async fn serve(config: HostConfig) -> Result<(), String> {
     }
     fleet.stop().await;
     control.abort();
-    attach.abort();
     if let Some(admin) = admin {
         admin.abort();
     }
+    // Root owns the runtime directory; the front may not be able to remove
+    // its sockets, and the next start replaces them.
     let _ = std::fs::remove_file(control_path);
-    let _ = std::fs::remove_file(handoff_path);
     info!("stopped");
     Ok(())
 }

@@ -40,6 +40,10 @@ pub struct TenantCounters {
     pub restarts: AtomicU64,
     /// The respawn delay now in force, milliseconds (0: none pending).
     pub backoff_ms: AtomicU64,
+    /// Connections turned away because `max_held` were already held.
+    pub held_full: AtomicU64,
+    /// Times a process was at `max_unacked` when a connection came for it.
+    pub unacked_full: AtomicU64,
 }
 
 /// One tenant: its configuration, pool and hold queue.
@@ -50,6 +54,7 @@ pub struct Tenant {
     /// Counters for logs and status.
     pub counters: TenantCounters,
     hold_timeout: Duration,
+    max_unacked: usize,
     state: Mutex<PoolState>,
     hold_changed: Notify,
     closed: std::sync::atomic::AtomicBool,
@@ -65,14 +70,29 @@ struct PoolState {
 #[derive(Debug)]
 struct ProcEntry {
     key: ProcKey,
-    generation: u64,
+    origin: Origin,
     pid: u32,
     socket: HandoffSocket,
     state: ProcState,
     started: Instant,
     handed: u64,
     next_seq: u64,
-    unacked: VecDeque<(u64, ClientConn)>,
+    /// Handed connections not yet acknowledged: sequence number, the
+    /// splitter's copy, when it was handed.
+    unacked: VecDeque<(u64, ClientConn, Instant)>,
+}
+
+/// How a process came to serve the tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Spawned by the splitter in this pool generation (bumped by each rolling
+    /// restart).
+    Supervised {
+        /// The generation.
+        generation: u64,
+    },
+    /// Started by hand; joined through the tenant's `handoff.sock`.
+    Attached,
 }
 
 /// Where a tenant process is in its life.
@@ -108,18 +128,19 @@ pub struct ProcStatus {
     pub uptime_s: f64,
     /// Connections handed to it.
     pub handed: u64,
-    /// Its pool generation (bumped by each rolling restart).
-    pub generation: u64,
+    /// How it came to serve the tenant.
+    pub origin: Origin,
 }
 
 impl Tenant {
     /// A tenant with no processes yet.
-    pub fn new(config: TenantConfig, hold_timeout: Duration) -> Arc<Tenant> {
+    pub fn new(config: TenantConfig, hold_timeout: Duration, max_unacked: usize) -> Arc<Tenant> {
         Arc::new(Tenant {
             name: config.name.clone(),
             config: Mutex::new(config),
             counters: TenantCounters::default(),
             hold_timeout,
+            max_unacked,
             state: Mutex::new(PoolState::default()),
             hold_changed: Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -168,6 +189,12 @@ impl Tenant {
             if proc.state != ProcState::Ready {
                 continue;
             }
+            if proc.unacked.len() >= self.max_unacked {
+                // A process that does not acknowledge cannot make the splitter
+                // keep descriptors without bound: hand elsewhere, or hold.
+                self.counters.unacked_full.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let seq = proc.next_seq;
             let message = Message::Conn(conn.meta(seq));
             match handoff::send(
@@ -182,7 +209,7 @@ impl Tenant {
                     if let Some(named) = conn.named.take() {
                         crate::metrics::handed_off(&self.name, named.elapsed());
                     }
-                    proc.unacked.push_back((seq, conn));
+                    proc.unacked.push_back((seq, conn, Instant::now()));
                     state.next = index + 1;
                     self.counters.handed.fetch_add(1, Ordering::Relaxed);
                     return None;
@@ -201,6 +228,18 @@ impl Tenant {
     }
 
     fn hold(&self, state: &mut PoolState, conn: ClientConn) {
+        let max_held = self.config.lock().unwrap_or_else(|p| p.into_inner()).max_held;
+        if state.held.len() >= max_held {
+            self.counters.held_full.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::connection(&conn.listener, "max_held");
+            turn_away(
+                conn,
+                503,
+                &format!("site {} has too many connections waiting, try again shortly", self.name()),
+                Some("Retry-After: 1"),
+            );
+            return;
+        }
         self.counters.held.fetch_add(1, Ordering::Relaxed);
         state
             .held
@@ -209,11 +248,20 @@ impl Tenant {
     }
 
     /// Registers a freshly spawned process (not ready until it says so).
-    pub fn add_process(&self, key: ProcKey, generation: u64, socket: HandoffSocket) {
+    pub fn add_process(&self, key: ProcKey, generation: u64, socket: HandoffSocket, pid: u32) {
+        self.push(key, Origin::Supervised { generation }, socket, pid);
+    }
+
+    /// Registers a process started by hand (`pid` from `SO_PEERCRED`).
+    pub fn add_attached(&self, key: ProcKey, socket: HandoffSocket, pid: u32) {
+        self.push(key, Origin::Attached, socket, pid);
+    }
+
+    fn push(&self, key: ProcKey, origin: Origin, socket: HandoffSocket, pid: u32) {
         self.state().procs.push(ProcEntry {
             key,
-            generation,
-            pid: 0,
+            origin,
+            pid,
             socket,
             state: ProcState::Starting,
             started: Instant::now(),
@@ -223,10 +271,32 @@ impl Tenant {
         });
     }
 
-    /// Records the pid a process announced in `Hello`.
-    pub fn set_pid(&self, key: ProcKey, pid: u32) {
-        if let Some(proc) = self.state().procs.iter_mut().find(|p| p.key == key) {
-            proc.pid = pid;
+    /// Processes started by hand attached now.
+    pub fn attached_count(&self) -> usize {
+        self.state()
+            .procs
+            .iter()
+            .filter(|p| p.origin == Origin::Attached)
+            .count()
+    }
+
+    /// When the oldest connection the process has not acknowledged was handed.
+    pub fn oldest_unacked(&self, key: ProcKey) -> Option<Instant> {
+        self.state()
+            .procs
+            .iter()
+            .find(|p| p.key == key)
+            .and_then(|p| p.unacked.front().map(|(_, _, handed)| *handed))
+    }
+
+    /// Tells every process that the host file's names changed (they re-read it
+    /// for their 421 checks). A process whose socket is full misses it and
+    /// keeps the old view until the next change or its restart; that is logged.
+    pub fn notify_hosts_changed(&self) {
+        for proc in self.state().procs.iter() {
+            if let Err(e) = handoff::send(proc.socket.get_ref().as_fd(), &Message::HostsChanged, None) {
+                warn!(tenant = %self.name(), pid = proc.pid, error = %e, "cannot tell a tenant process that the hosts changed; it keeps the old names until it restarts");
+            }
         }
     }
 
@@ -257,29 +327,19 @@ impl Tenant {
         self.state()
             .procs
             .iter()
-            .filter(|p| p.generation == generation && p.state == ProcState::Ready)
+            .filter(|p| p.origin == Origin::Supervised { generation } && p.state == ProcState::Ready)
             .count()
     }
 
     /// Takes every supervised process of a generation other than `keep` out of
     /// rotation, so new connections go only to the generation kept. Processes
-    /// started by hand (generation 0) are left alone.
+    /// started by hand are left alone.
     pub fn retire_other_generations(&self, keep: u64) {
         for proc in self.state().procs.iter_mut() {
-            if proc.generation != keep && proc.generation != 0 {
+            if matches!(proc.origin, Origin::Supervised { generation } if generation != keep) {
                 proc.state = ProcState::Draining;
             }
         }
-    }
-
-    /// Pids of the tenant's live processes.
-    pub fn pids(&self) -> Vec<u32> {
-        self.state()
-            .procs
-            .iter()
-            .map(|p| p.pid)
-            .filter(|p| *p != 0)
-            .collect()
     }
 
     /// The processes as `status` shows them, and the number of held connections.
@@ -293,7 +353,7 @@ impl Tenant {
                 state: p.state,
                 uptime_s: p.started.elapsed().as_secs_f64(),
                 handed: p.handed,
-                generation: p.generation,
+                origin: p.origin,
             })
             .collect();
         (procs, state.held.len())
@@ -316,7 +376,7 @@ impl Tenant {
             while proc
                 .unacked
                 .front()
-                .is_some_and(|(seq, _)| *seq <= up_to_seq)
+                .is_some_and(|(seq, _, _)| *seq <= up_to_seq)
             {
                 proc.unacked.pop_front();
             }
@@ -339,7 +399,7 @@ impl Tenant {
         if !proc.unacked.is_empty() {
             warn!(tenant = %self.name(), pid = proc.pid, count = proc.unacked.len(), "process died holding unacknowledged connections; handing them again");
         }
-        for (_, conn) in proc.unacked {
+        for (_, conn, _) in proc.unacked {
             self.counters.rehanded.fetch_add(1, Ordering::Relaxed);
             if let Some(conn) = self.try_hand(&mut state, conn) {
                 self.hold(&mut state, conn);

@@ -1,6 +1,7 @@
 //! The host file: listeners, splitter settings and the tenants.
 
 use super::source::Source;
+#[cfg(test)]
 use super::tenant_file::TenantFile;
 use super::ConfigErrors;
 use crate::host::{HostPattern, HostTable};
@@ -39,6 +40,18 @@ fn default_max_pending() -> usize {
 fn default_sched_batch() -> bool {
     true
 }
+fn default_max_pending_per_ip() -> usize {
+    256
+}
+fn default_max_conn_rate_per_ip() -> u32 {
+    500
+}
+fn default_max_unacked() -> usize {
+    256
+}
+fn default_max_held() -> usize {
+    1000
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,8 +69,18 @@ struct RawSplitter {
     max_pending: usize,
     unknown_host: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<String>>,
     #[serde(default = "default_sched_batch")]
     sched_batch: bool,
+    user: Option<Spanned<String>>,
+    #[serde(default = "default_max_pending_per_ip")]
+    max_pending_per_ip: usize,
+    #[serde(default = "default_max_conn_rate_per_ip")]
+    max_conn_rate_per_ip: u32,
+    #[serde(default = "default_max_unacked")]
+    max_unacked: usize,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -77,9 +100,11 @@ struct RawTenant {
     processes: Spanned<usize>,
     #[serde(default = "default_one")]
     threads: Spanned<usize>,
-    user: Option<String>,
+    user: Option<Spanned<String>>,
     group: Option<String>,
     limits: Option<RawLimits>,
+    #[serde(default = "default_max_held")]
+    max_held: usize,
 }
 
 fn default_one() -> Spanned<usize> {
@@ -126,6 +151,21 @@ pub enum UnknownHost {
     Tenant(String),
 }
 
+/// Where the admin endpoint (`/metrics`, `/status`) listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    /// A Unix socket (mode 0600) at this path, relative paths under `runtime_dir`.
+    Unix(PathBuf),
+    /// A TCP address; every request must carry `Authorization: Bearer TOKEN`
+    /// with the token read from `token_file`.
+    Tcp {
+        /// The address.
+        addr: SocketAddr,
+        /// The file holding the token.
+        token_file: PathBuf,
+    },
+}
+
 /// The `[splitter]` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SplitterSettings {
@@ -143,8 +183,19 @@ pub struct SplitterSettings {
     pub max_pending: usize,
     /// Fate of connections for names no tenant claims.
     pub unknown_host: UnknownHost,
-    /// Optional admin HTTP address (metrics and status).
-    pub admin: Option<SocketAddr>,
+    /// Optional admin endpoint (metrics and status).
+    pub admin: Option<AdminListen>,
+    /// The unprivileged user the network-facing front runs as (required when
+    /// the splitter starts as root).
+    pub user: Option<String>,
+    /// Connections peeking or held from one source address.
+    pub max_pending_per_ip: usize,
+    /// New connections per second from one source address (token bucket; 0: no limit).
+    pub max_conn_rate_per_ip: u32,
+    /// Handed but unacknowledged connections per tenant process.
+    pub max_unacked: usize,
+    /// Peers whose forwarding headers (and PROXY headers) are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Run the splitter under `SCHED_BATCH` (tenant processes keep the normal
     /// policy): a connection arriving while a tenant runs waits for the CPU
     /// instead of preempting it, so under load one wake-up hands off several.
@@ -190,6 +241,8 @@ pub struct TenantConfig {
     pub group: Option<String>,
     /// Resource limits.
     pub limits: Limits,
+    /// Connections held for this tenant while it has no ready process.
+    pub max_held: usize,
 }
 
 /// A validated host file.
@@ -203,6 +256,9 @@ pub struct HostConfig {
     pub listeners: Vec<ListenerConfig>,
     /// `[[tenant]]`, in file order.
     pub tenants: Vec<TenantConfig>,
+    /// Problems that do not stop the splitter but that an operator should see
+    /// (`check` prints them; the splitter logs them at start).
+    pub warnings: Vec<super::ConfigError>,
 }
 
 fn valid_tenant_name(name: &str) -> bool {
@@ -214,15 +270,23 @@ fn valid_tenant_name(name: &str) -> bool {
 }
 
 impl HostConfig {
-    /// Reads and validates a host file (not the tenant files it names).
+    /// Reads and validates a host file (not the tenant files it names). When
+    /// this process runs as root, the rules for a root splitter apply: the front
+    /// and every tenant need an unprivileged `user`.
     pub fn load(path: &Path) -> Result<HostConfig, ConfigErrors> {
+        Self::load_as(path, nix::unistd::geteuid().is_root())
+    }
+
+    /// [`HostConfig::load`] with the rules for a splitter started as root
+    /// (`as_root`) or not, whoever runs this.
+    pub fn load_as(path: &Path, as_root: bool) -> Result<HostConfig, ConfigErrors> {
         let mut src = Source::read(path)?;
         let raw: RawHostFile = src.parse()?;
-        let config = Self::validate(&mut src, raw);
+        let config = Self::validate(&mut src, raw, as_root);
         src.finish(config)
     }
 
-    fn validate(src: &mut Source, raw: RawHostFile) -> HostConfig {
+    fn validate(src: &mut Source, raw: RawHostFile, root: bool) -> HostConfig {
         let raw_splitter = raw.splitter.unwrap_or(RawSplitter {
             runtime_dir: None,
             threads: default_threads(),
@@ -232,7 +296,13 @@ impl HostConfig {
             max_pending: default_max_pending(),
             unknown_host: None,
             admin: None,
+            admin_token_file: None,
             sched_batch: default_sched_batch(),
+            user: None,
+            max_pending_per_ip: default_max_pending_per_ip(),
+            max_conn_rate_per_ip: default_max_conn_rate_per_ip(),
+            max_unacked: default_max_unacked(),
+            trusted_proxies: Vec::new(),
         });
         let runtime_dir = match &raw_splitter.runtime_dir {
             Some(dir) => src.resolve(dir.get_ref()),
@@ -247,19 +317,37 @@ impl HostConfig {
                 "splitter.max_peek_bytes must be between 512 and 1048576 (a post-quantum ClientHello needs about 2000)",
             );
         }
-        let admin = raw_splitter
-            .admin
-            .as_ref()
-            .and_then(|a| match a.get_ref().parse() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
+        let admin = raw_splitter.admin.as_ref().and_then(|a| {
+            admin_listen(src, a, raw_splitter.admin_token_file.as_ref())
+        });
+        if let (None, Some(token)) = (&raw_splitter.admin, &raw_splitter.admin_token_file) {
+            src.error(token.span(), "admin_token_file is set but admin is not");
+        }
+        let mut trusted_proxies = Vec::new();
+        for cidr in &raw_splitter.trusted_proxies {
+            match crate::net::parse_cidr(cidr.get_ref()) {
+                Ok(net) => trusted_proxies.push(net),
+                Err(e) => src.error(cidr.span(), format!("trusted_proxies: {e}")),
+            }
+        }
+        if raw_splitter.max_pending_per_ip == 0 {
+            src.error(0..0, "splitter.max_pending_per_ip must be at least 1");
+        }
+        if raw_splitter.max_unacked == 0 || raw_splitter.max_unacked > 65536 {
+            src.error(0..0, "splitter.max_unacked must be between 1 and 65536");
+        }
+        let front_uid = match &raw_splitter.user {
+            Some(user) => unprivileged_uid(src, user, "[splitter] user"),
+            None => {
+                if root {
                     src.error(
-                        a.span(),
-                        format!("admin = {:?} is not an IP:port address", a.get_ref()),
+                        0..0,
+                        "the splitter runs as root, so [splitter] user is required: the network-facing front runs as that unprivileged user (e.g. user = \"switchyard\"; create it with `useradd --system switchyard`)",
                     );
-                    None
                 }
-            });
+                None
+            }
+        };
 
         let mut listeners = Vec::new();
         for listen in &raw.listen {
@@ -369,15 +457,41 @@ impl HostConfig {
                 memory: l.memory,
                 cpu: l.cpu,
             });
+            match &t.user {
+                Some(user) => {
+                    let uid = unprivileged_uid(src, user, &format!("tenant {name:?}: user"));
+                    if uid.is_some() && uid == front_uid {
+                        src.error(
+                            user.span(),
+                            format!("tenant {name:?}: user {:?} is also the splitter's user; give the tenant a user of its own (it could otherwise signal and trace the front)", user.get_ref()),
+                        );
+                    }
+                    if let Some(other) = tenants.iter().find(|o| o.user.as_deref() == Some(user.get_ref())) {
+                        src.warning(
+                            user.span(),
+                            format!("tenants {:?} and {name:?} share the user {:?}: they can read each other's keys and signal each other's processes; give each tenant its own user", other.name, user.get_ref()),
+                        );
+                    }
+                }
+                None if root => src.error(
+                    t.name.span(),
+                    format!("tenant {name:?} has no user, and the splitter runs as root: set `user = \"NAME\"` (an unprivileged user of its own) so the site does not run as root"),
+                ),
+                None => {}
+            }
+            if t.max_held == 0 {
+                src.error(t.name.span(), format!("tenant {name:?}: max_held must be at least 1"));
+            }
             tenants.push(TenantConfig {
                 name,
                 hosts,
                 config,
                 processes: *t.processes.get_ref(),
                 threads: *t.threads.get_ref(),
-                user: t.user.clone(),
+                user: t.user.as_ref().map(|u| u.get_ref().clone()),
                 group: t.group.clone(),
                 limits,
+                max_held: t.max_held,
             });
         }
 
@@ -410,9 +524,15 @@ impl HostConfig {
                 unknown_host,
                 admin,
                 sched_batch: raw_splitter.sched_batch,
+                user: raw_splitter.user.as_ref().map(|u| u.get_ref().clone()),
+                max_pending_per_ip: raw_splitter.max_pending_per_ip,
+                max_conn_rate_per_ip: raw_splitter.max_conn_rate_per_ip,
+                max_unacked: raw_splitter.max_unacked,
+                trusted_proxies,
             },
             listeners,
             tenants,
+            warnings: src.take_warnings(),
         }
     }
 
@@ -421,10 +541,12 @@ impl HostConfig {
         self.tenants.iter().find(|t| t.name == name)
     }
 
-    /// Loads and validates the host file and every tenant file it names, as
-    /// `splitter check` does. All problems of all files are returned together.
+    /// Loads and validates the host file (with the rules for an unprivileged
+    /// splitter) and every tenant file it names, in this process. The splitter
+    /// never does this (it has tenant files checked as their users); tests do.
+    #[cfg(test)]
     pub fn load_all(path: &Path) -> Result<(HostConfig, Vec<TenantFile>), ConfigErrors> {
-        let host = HostConfig::load(path)?;
+        let host = HostConfig::load_as(path, false)?;
         let mut files = Vec::new();
         let mut errors = Vec::new();
         for tenant in &host.tenants {
@@ -439,6 +561,70 @@ impl HostConfig {
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// Resolves a user name that must exist and must not be root.
+fn unprivileged_uid(src: &mut Source, user: &Spanned<String>, what: &str) -> Option<u32> {
+    match nix::unistd::User::from_name(user.get_ref()) {
+        Ok(Some(found)) if found.uid.is_root() => {
+            src.error(
+                user.span(),
+                format!("{what} {:?} is uid 0; name an unprivileged user", user.get_ref()),
+            );
+            None
+        }
+        Ok(Some(found)) => Some(found.uid.as_raw()),
+        Ok(None) => {
+            src.error(
+                user.span(),
+                format!("{what} {:?} does not exist; create it (e.g. `useradd --system {}`)", user.get_ref(), user.get_ref()),
+            );
+            None
+        }
+        Err(e) => {
+            src.error(user.span(), format!("{what} {:?}: cannot look it up: {e}", user.get_ref()));
+            None
+        }
+    }
+}
+
+fn admin_listen(
+    src: &mut Source,
+    admin: &Spanned<String>,
+    token_file: Option<&Spanned<String>>,
+) -> Option<AdminListen> {
+    let text = admin.get_ref();
+    if let Some(path) = text.strip_prefix("unix:") {
+        if path.is_empty() {
+            src.error(admin.span(), "admin = \"unix:\" needs a path, e.g. \"unix:admin.sock\"");
+            return None;
+        }
+        if let Some(token) = token_file {
+            src.error(token.span(), "admin_token_file is for a TCP admin address; a unix: socket is guarded by its mode (0600)");
+        }
+        return Some(AdminListen::Unix(PathBuf::from(path)));
+    }
+    let Ok(addr) = text.parse::<SocketAddr>() else {
+        src.error(
+            admin.span(),
+            format!("admin = {text:?} is neither \"unix:PATH\" nor an IP:port address"),
+        );
+        return None;
+    };
+    let Some(token) = token_file else {
+        src.error(
+            admin.span(),
+            format!("admin = {text:?} is a TCP address, which every local user can reach: add admin_token_file = \"PATH\" (requests then need `Authorization: Bearer TOKEN`), or use admin = \"unix:admin.sock\""),
+        );
+        return None;
+    };
+    let path = src.resolve(token.get_ref());
+    match crate::files::read_regular_text(&path, crate::files::MAX_PEM_BYTES) {
+        Ok(text) if text.trim().len() >= 16 => {}
+        Ok(_) => src.error(token.span(), format!("admin_token_file {}: the token must be at least 16 characters", path.display())),
+        Err(e) => src.error(token.span(), format!("cannot read admin_token_file {}: {e}", path.display())),
+    }
+    Some(AdminListen::Tcp { addr, token_file: path })
 }
 
 fn claimed_owner<'a>(claimed: &'a HostTable<String>, pattern: &HostPattern) -> Option<&'a String> {

@@ -8,9 +8,10 @@
 //! file's problems are reported together. Relative paths in a file are relative
 //! to that file.
 //!
-//! Nothing here opens a private key: key files are only checked for readability
-//! with `access(2)`, because the splitter, which links this crate, must never hold
-//! a tenant's key.
+//! Tenant files are the tenant's, so only the tenant's own process reads them:
+//! the splitter loads the host file alone, and validates a tenant file by running
+//! `l7proxy --check` as the tenant's user. Every file is read through
+//! [`crate::files::read_regular`]: regular files only, bounded in size.
 
 //!
 //! The module is split by file: [`source`] locates problems, [`host_file`] is the
@@ -22,13 +23,13 @@ mod tenant_file;
 mod upstream;
 
 pub use host_file::{
-    HostConfig, Limits, ListenerConfig, Protocol, SplitterSettings, TenantConfig, UnknownHost,
+    AdminListen, HostConfig, Limits, ListenerConfig, Protocol, SplitterSettings, TenantConfig, UnknownHost,
 };
 pub use source::{resolve_relative, ConfigError, ConfigErrors};
 pub use tenant_file::{RouteConfig, RouteTarget, TenantFile, TlsSource};
 pub use upstream::{
     parse_registration_ttl, DnsDiscovery, HashKey, HealthConfig, HealthKind, LbKind, PassiveHealth,
-    RegistrationConfig, RegistrationListen, ServerAddr, ServerSpec, UpstreamConfig, UpstreamTls,
+    RegistrationConfig, RegistrationListen, ServerAddr, DEFAULT_REGISTRATION_SOCKET, ServerSpec, UpstreamConfig, UpstreamTls,
     MAX_WEIGHT, REGISTRATION_TTL,
 };
 
@@ -113,7 +114,7 @@ mod tests {
             "host.toml",
             &host_file("").replace("[splitter]\n", "[splitter]\nsched_batch = false\n"),
         );
-        assert!(!HostConfig::load(&path).unwrap().splitter.sched_batch);
+        assert!(!HostConfig::load_as(&path, false).unwrap().splitter.sched_batch);
         let errors = errors_of(
             &dir,
             &host_file("").replace("[splitter]\n", "[splitter]\nsched_batch = \"yes\"\n"),
@@ -270,7 +271,7 @@ mod tests {
                 "[[tenant]]\nname = \"a\"\nhosts = [\"a.com\"]\nconfig = \"tenants/a.toml\"\n",
             ),
         );
-        let config = HostConfig::load(&host).unwrap();
+        let config = HostConfig::load_as(&host, false).unwrap();
         let file = TenantFile::load(&config.tenants[0].config).unwrap();
         let app = &file.upstreams[0];
         assert_eq!(app.servers[0].weight, 3);

@@ -53,11 +53,12 @@ pub(super) struct Source {
     pub(super) path: PathBuf,
     text: String,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Source {
     pub(super) fn read(path: &Path) -> Result<Source, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::files::read_regular_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 file: path.to_path_buf(),
                 line: 0,
@@ -69,6 +70,7 @@ impl Source {
             path: path.to_path_buf(),
             text,
             errors: Vec::new(),
+            warnings: Vec::new(),
         })
     }
 
@@ -89,6 +91,21 @@ impl Source {
             column,
             message: message.into(),
         });
+    }
+
+    /// Records a problem that does not make the file invalid.
+    pub(super) fn warning(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = self.location(span.start);
+        self.warnings.push(ConfigError {
+            file: self.path.clone(),
+            line,
+            column,
+            message: format!("warning: {}", message.into()),
+        });
+    }
+
+    pub(super) fn take_warnings(&mut self) -> Vec<ConfigError> {
+        std::mem::take(&mut self.warnings)
     }
 
     pub(super) fn parse<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, ConfigErrors> {

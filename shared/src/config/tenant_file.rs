@@ -87,6 +87,8 @@ pub struct TenantFile {
     pub routes: Vec<RouteConfig>,
     /// `[registration]`, when backends may register themselves.
     pub registration: Option<RegistrationConfig>,
+    /// Problems that do not make the file invalid (`l7proxy --check` prints them).
+    pub warnings: Vec<super::ConfigError>,
 }
 
 impl TenantFile {
@@ -223,14 +225,14 @@ impl TenantFile {
             upstreams,
             routes,
             registration,
+            warnings: src.take_warnings(),
         }
     }
 }
 
+/// Whether the file can be read as the TLS loader will read it: a regular file
+/// of bounded size. Only the l7proxy (as the tenant's user) loads tenant files;
+/// the splitter never does.
 fn readable(path: &Path) -> std::io::Result<()> {
-    nix::unistd::access(path, nix::unistd::AccessFlags::R_OK).map_err(std::io::Error::from)?;
-    if path.is_dir() {
-        return Err(std::io::Error::other("it is a directory"));
-    }
-    Ok(())
+    crate::files::read_regular(path, crate::files::MAX_PEM_BYTES).map(drop)
 }

@@ -147,7 +147,13 @@ struct RawUpstreamTls {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRegistration {
-    listen: Spanned<String>,
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_users: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow_groups: Vec<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    allow_addrs: Option<Vec<Spanned<String>>>,
 }
 
 /// One upstream server address.
@@ -394,10 +400,17 @@ pub struct UpstreamConfig {
 /// Where the registration API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistrationListen {
-    /// A TCP address (loopback by default).
-    Tcp(SocketAddr),
-    /// A Unix socket; a relative path is relative to the tenant's runtime
-    /// directory (`runtime_dir/tenants/NAME`).
+    /// A TCP address; every request needs `Authorization: Bearer TOKEN` with
+    /// the token read from `token_file`.
+    Tcp {
+        /// The address.
+        addr: SocketAddr,
+        /// The file holding the bearer token.
+        token_file: PathBuf,
+    },
+    /// A Unix socket at this path relative to the tenant's runtime directory
+    /// (`runtime_dir/tenants/NAME`, mode 0700); callers are checked with
+    /// `SO_PEERCRED`.
     Unix(PathBuf),
 }
 
@@ -406,7 +419,17 @@ pub enum RegistrationListen {
 pub struct RegistrationConfig {
     /// Listener of the registration API.
     pub listen: RegistrationListen,
+    /// Users (uids) besides the tenant's own and root that may call the API on
+    /// the Unix socket.
+    pub allow_uids: Vec<u32>,
+    /// Groups (gids) whose members may call it.
+    pub allow_gids: Vec<u32>,
+    /// Where registered TCP servers may point.
+    pub allow_addrs: Vec<crate::net::AddrRule>,
 }
+
+/// The socket the registration API listens on when `listen` is not given.
+pub const DEFAULT_REGISTRATION_SOCKET: &str = "register.sock";
 
 pub(super) fn validate_upstream(
     src: &mut Source,
@@ -547,7 +570,7 @@ pub(super) fn validate_upstream(
         let raw = t.get_ref();
         let ca = raw.ca.as_ref().map(|ca| {
             let path = src.resolve(ca.get_ref());
-            if let Err(e) = std::fs::read(&path) {
+            if let Err(e) = crate::files::read_regular(&path, crate::files::MAX_PEM_BYTES) {
                 src.error(
                     ca.span(),
                     format!("cannot read CA file {}: {e}", path.display()),
@@ -596,35 +619,94 @@ pub(super) fn validate_registration(
     raw: &RawRegistration,
     upstreams: &[UpstreamConfig],
 ) -> Option<RegistrationConfig> {
-    let text = raw.listen.get_ref();
+    let default_listen = format!("unix:{DEFAULT_REGISTRATION_SOCKET}");
+    let (text, span) = match &raw.listen {
+        Some(listen) => (listen.get_ref().as_str(), listen.span()),
+        None => (default_listen.as_str(), 0..0),
+    };
     let listen = if let Some(path) = text.strip_prefix("unix:") {
-        if path.is_empty() {
+        let relative = std::path::Path::new(path);
+        if path.is_empty()
+            || relative.is_absolute()
+            || relative
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
             src.error(
-                raw.listen.span(),
-                "unix: needs a path, e.g. \"unix:register.sock\"",
+                span,
+                format!("[registration] listen {text:?}: give a plain relative path such as \"unix:register.sock\" (it lives in the tenant's own runtime directory; absolute paths and '..' are refused)"),
             );
             return None;
         }
+        if raw.token_file.is_some() {
+            src.warning(span.clone(), "[registration] token_file is only used with a TCP listen address");
+        }
         RegistrationListen::Unix(PathBuf::from(path))
     } else {
-        match text.parse::<SocketAddr>() {
-            Ok(addr) => RegistrationListen::Tcp(addr),
-            Err(_) => {
-                src.error(
-                    raw.listen.span(),
-                    format!("[registration] listen {text:?} is not IP:port or unix:PATH"),
-                );
-                return None;
+        let Ok(addr) = text.parse::<SocketAddr>() else {
+            src.error(
+                span,
+                format!("[registration] listen {text:?} is not IP:port or unix:PATH"),
+            );
+            return None;
+        };
+        let Some(token) = &raw.token_file else {
+            src.error(
+                span,
+                format!("[registration] listen {text:?} is a TCP address, which every local user can reach: add token_file = \"PATH\" (callers then send `Authorization: Bearer TOKEN`), or use the default unix:{DEFAULT_REGISTRATION_SOCKET}"),
+            );
+            return None;
+        };
+        let path = src.resolve(token.get_ref());
+        match crate::files::read_regular_text(&path, crate::files::MAX_PEM_BYTES) {
+            Ok(t) if t.trim().len() >= 16 => {}
+            Ok(_) => src.error(token.span(), format!("token_file {}: the token must be at least 16 characters", path.display())),
+            Err(e) => src.error(token.span(), format!("cannot read token_file {}: {e}", path.display())),
+        }
+        RegistrationListen::Tcp { addr, token_file: path }
+    };
+    let mut allow_uids = Vec::new();
+    for user in &raw.allow_users {
+        match nix::unistd::User::from_name(user.get_ref()) {
+            Ok(Some(found)) => allow_uids.push(found.uid.as_raw()),
+            _ => src.error(user.span(), format!("allow_users: no user {:?} on this host", user.get_ref())),
+        }
+    }
+    let mut allow_gids = Vec::new();
+    for group in &raw.allow_groups {
+        match nix::unistd::Group::from_name(group.get_ref()) {
+            Ok(Some(found)) => allow_gids.push(found.gid.as_raw()),
+            _ => src.error(group.span(), format!("allow_groups: no group {:?} on this host", group.get_ref())),
+        }
+    }
+    let mut allow_addrs = Vec::new();
+    match &raw.allow_addrs {
+        None => {
+            for loopback in ["127.0.0.0/8", "::1/128"] {
+                allow_addrs.push(crate::net::AddrRule::parse(loopback).expect("valid"));
             }
         }
-    };
+        Some(rules) => {
+            for rule in rules {
+                match crate::net::AddrRule::parse(rule.get_ref()) {
+                    Ok(rule) => allow_addrs.push(rule),
+                    Err(e) => src.error(rule.span(), format!("allow_addrs: {e}")),
+                }
+            }
+        }
+    }
     if !upstreams.iter().any(|u| u.registration) {
         src.error(
-            raw.listen.span(),
+            span,
             "[registration] is set but no upstream has `registration = true`; nothing could register",
         );
     }
-    Some(RegistrationConfig { listen })
+    Some(RegistrationConfig {
+        listen,
+        allow_uids,
+        allow_gids,
+        allow_addrs,
+    })
 }
 
 /// The time-to-live a registration may ask for.

@@ -1,0 +1,170 @@
+//! The privileged helper: the only part of the splitter that keeps the rights it
+//! was started with (root, in production). The network-facing front starts it
+//! before giving up its own privileges and talks to it over a socket pair only
+//! they share; see [`serve`] for the helper's side and [`proto`] for the
+//! messages.
+
+pub mod proto;
+pub mod serve;
+
+use proto::{Envelope, Event, Reply, Request, StopSignal};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+use tracing::error;
+
+type Answer = (Result<Reply, String>, Option<OwnedFd>, Option<oneshot::Receiver<String>>);
+
+/// The front's handle on its helper.
+pub struct Helper {
+    socket: AsyncFd<OwnedFd>,
+    next_id: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    exits: Mutex<HashMap<u32, oneshot::Sender<String>>>,
+    pid: u32,
+}
+
+/// A tenant process the helper spawned.
+pub struct TenantChild {
+    /// Its pid (the helper's child, so a pid the tenant cannot choose).
+    pub pid: u32,
+    /// The splitter's end of its handoff socket.
+    pub socket: OwnedFd,
+    /// Resolves with its exit status when it exits.
+    pub exit: oneshot::Receiver<String>,
+}
+
+/// Starts the helper process (this same binary, `splitter helper`), which keeps
+/// the privileges this process has now. Call before dropping them.
+pub fn start(host_file: &Path) -> io::Result<(std::process::Child, OwnedFd)> {
+    let (ours, theirs) = switchyard_shared::handoff::seqpacket_pair()?;
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("helper")
+        .arg("--config")
+        .arg(host_file)
+        .env(proto::HELPER_FD_ENV, theirs.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null());
+    switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
+    let child = command.spawn()?;
+    drop(theirs);
+    Ok((child, ours))
+}
+
+impl Helper {
+    /// Wraps the front's end of the helper socket; `pid` is the helper's.
+    pub fn new(socket: OwnedFd, pid: u32) -> io::Result<Arc<Helper>> {
+        Ok(Arc::new(Helper {
+            socket: switchyard_shared::sys::register(socket)?,
+            next_id: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+            exits: Mutex::new(HashMap::new()),
+            pid,
+        }))
+    }
+
+    /// The helper's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Reads the helper's events until it goes away; then the front cannot
+    /// start or stop tenants, so it exits (its supervisor restarts it).
+    pub async fn read_events(self: Arc<Self>) {
+        loop {
+            let Ok(mut guard) = self.socket.readable().await else { break };
+            match proto::recv::<Event>(self.socket.get_ref().as_fd()) {
+                Ok(Some((Event::Reply { id, result }, fd))) => {
+                    let exit = match &result {
+                        Ok(Reply::Spawned { pid }) => {
+                            // Registered before any later event is read, so an
+                            // immediate exit is not missed.
+                            let (tx, rx) = oneshot::channel();
+                            self.exits.lock().unwrap_or_else(|p| p.into_inner()).insert(*pid, tx);
+                            Some(rx)
+                        }
+                        _ => None,
+                    };
+                    if let Some(waiter) = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
+                        let _ = waiter.send((result, fd, exit));
+                    }
+                }
+                Ok(Some((Event::Exited { pid, status }, _))) => {
+                    if let Some(tx) = self.exits.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid) {
+                        let _ = tx.send(status);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) => {
+                    error!(error = %e, "bad message from the privileged helper");
+                    break;
+                }
+            }
+        }
+        error!(helper_pid = self.pid, "the privileged helper is gone (its tenant processes died with it); the splitter exits so that its supervisor restarts it");
+        std::process::exit(1);
+    }
+
+    async fn call(&self, request: Request) -> Result<(Reply, Option<OwnedFd>, Option<oneshot::Receiver<String>>), String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        let envelope = Envelope { id, request };
+        loop {
+            match proto::send(self.socket.get_ref().as_fd(), &envelope, None) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Ok(mut guard) = self.socket.writable().await {
+                        guard.clear_ready();
+                    }
+                }
+                Err(e) => {
+                    self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    return Err(format!("cannot reach the privileged helper: {e}"));
+                }
+            }
+        }
+        let (result, fd, exit) = rx.await.map_err(|_| "the privileged helper went away".to_string())?;
+        result.map(|reply| (reply, fd, exit))
+    }
+
+    /// Spawns one process of `tenant`.
+    pub async fn spawn(&self, tenant: &str) -> Result<TenantChild, String> {
+        match self.call(Request::Spawn { tenant: tenant.into() }).await? {
+            (Reply::Spawned { pid }, Some(socket), Some(exit)) => Ok(TenantChild { pid, socket, exit }),
+            other => Err(format!("unexpected answer from the helper to a spawn: {:?}", other.0)),
+        }
+    }
+
+    /// Validates `tenant`'s file as its user; `Ok` carries any warnings.
+    pub async fn check(&self, tenant: &str) -> Result<String, String> {
+        match self.call(Request::Check { tenant: tenant.into() }).await? {
+            (Reply::Checked { output }, _, _) => Ok(output),
+            other => Err(format!("unexpected answer from the helper to a check: {:?}", other.0)),
+        }
+    }
+
+    /// The listening `handoff.sock` in `tenant`'s runtime directory.
+    pub async fn listen(&self, tenant: &str) -> Result<OwnedFd, String> {
+        match self.call(Request::Listen { tenant: tenant.into() }).await? {
+            (Reply::Listening, Some(fd), _) => Ok(fd),
+            other => Err(format!("unexpected answer from the helper to listen: {:?}", other.0)),
+        }
+    }
+
+    /// Makes the helper read the host file again.
+    pub async fn reload(&self) -> Result<(), String> {
+        self.call(Request::Reload).await.map(drop)
+    }
+
+    /// Signals a process the helper spawned.
+    pub async fn signal(&self, pid: u32, signal: StopSignal) -> Result<(), String> {
+        self.call(Request::Signal { pid, signal }).await.map(drop)
+    }
+}

@@ -1,0 +1,309 @@
+//! The privileged helper's side: a small loop, run as the user the splitter was
+//! started as (root in production), that spawns tenant processes with their
+//! identity and limits, checks tenant files as their users, binds per-tenant
+//! sockets, and signals its own children. It reads no network input: its only
+//! peer is the front, over a socket pair, and it takes nothing from the front
+//! but tenant names and pids it gave out itself.
+
+use super::proto::{self, Envelope, Event, Reply, Request, StopSignal};
+use crate::isolation;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use switchyard_shared::config::{HostConfig, TenantConfig};
+use switchyard_shared::handoff::{self, HANDOFF_FD_ENV};
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// How long `l7proxy --check` may take before it is killed.
+pub const CHECK_TIME_LIMIT: Duration = Duration::from_secs(10);
+
+/// Most bytes of a check's output kept for the report.
+const CHECK_OUTPUT_LIMIT: usize = 16 * 1024;
+
+/// Environment variables passed through to tenant processes; everything else
+/// is cleared.
+const PASSED_ENV: &[&str] = &[
+    "PATH",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "SWITCHYARD_LOG_FORMAT",
+    switchyard_shared::handoff::FAULT_DIE_ON_CONN_ENV,
+    MIMALLOC_ARENA_EAGER_COMMIT,
+];
+
+/// The l7proxy's allocator (mimalloc) commits each memory arena up front by
+/// default; lazily, an idle tenant process uses 7 MiB less RSS at the same
+/// speed (bench/RESULTS.md). The operator's own setting wins.
+const MIMALLOC_ARENA_EAGER_COMMIT: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+
+struct Helper {
+    host_file: PathBuf,
+    l7proxy: PathBuf,
+    config: HostConfig,
+    socket: AsyncFd<OwnedFd>,
+    /// Live children: pid → where to send signals for it.
+    children: HashMap<u32, mpsc::UnboundedSender<StopSignal>>,
+    exited: mpsc::UnboundedReceiver<(u32, String)>,
+    exited_tx: mpsc::UnboundedSender<(u32, String)>,
+}
+
+/// Runs the helper until the front closes its socket; then stops every child.
+pub fn run(host_file: PathBuf) -> Result<(), String> {
+    let socket = switchyard_shared::sys::take_inherited_fd(proto::HELPER_FD_ENV)?;
+    let config = HostConfig::load(&host_file).map_err(|e| e.to_string())?;
+    let l7proxy = crate::process::locate_l7proxy().map_err(|e| e.to_string())?;
+    isolation::drop_privileges();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let (exited_tx, exited) = mpsc::unbounded_channel();
+        let mut helper = Helper {
+            host_file,
+            l7proxy,
+            config,
+            socket: switchyard_shared::sys::register(socket).map_err(|e| e.to_string())?,
+            children: HashMap::new(),
+            exited,
+            exited_tx,
+        };
+        helper.serve().await;
+        Ok(())
+    })
+}
+
+impl Helper {
+    async fn serve(&mut self) {
+        loop {
+            tokio::select! {
+                guard = self.socket.readable() => {
+                    let Ok(mut guard) = guard else { break };
+                    match proto::recv::<Envelope>(self.socket.get_ref().as_fd()) {
+                        Ok(Some((envelope, _fd))) => {
+                            let (result, fd) = self.answer(envelope.request).await;
+                            self.tell(&Event::Reply { id: envelope.id, result }, fd.as_ref().map(|f| f.as_fd())).await;
+                        }
+                        Ok(None) => break,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                        Err(e) => {
+                            // Only the front can write here; a bad message means a bug or a
+                            // compromised front: stop serving it.
+                            error!(error = %e, "helper: bad request from the front; stopping");
+                            break;
+                        }
+                    }
+                }
+                Some((pid, status)) = self.exited.recv() => {
+                    self.children.remove(&pid);
+                    self.tell(&Event::Exited { pid, status }, None).await;
+                }
+            }
+        }
+        // The front is gone: tenants cannot be handed connections any more.
+        for signal in self.children.values() {
+            let _ = signal.send(StopSignal::Term);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !self.children.is_empty() {
+            match tokio::time::timeout_at(deadline, self.exited.recv()).await {
+                Ok(Some((pid, _))) => {
+                    self.children.remove(&pid);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    async fn tell(&self, event: &Event, fd: Option<std::os::fd::BorrowedFd<'_>>) {
+        loop {
+            match proto::send(self.socket.get_ref().as_fd(), event, fd) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Ok(mut guard) = self.socket.writable().await {
+                        guard.clear_ready();
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "helper: cannot tell the front");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn tenant(&self, name: &str) -> Result<TenantConfig, String> {
+        self.config
+            .tenant(name)
+            .cloned()
+            .ok_or_else(|| format!("no tenant {name:?} in {}", self.host_file.display()))
+    }
+
+    async fn answer(&mut self, request: Request) -> (Result<Reply, String>, Option<OwnedFd>) {
+        match request {
+            Request::Spawn { tenant } => match self.tenant(&tenant).and_then(|t| self.spawn(&t).map_err(|e| e.to_string())) {
+                Ok((pid, socket)) => (Ok(Reply::Spawned { pid }), Some(socket)),
+                Err(e) => (Err(e), None),
+            },
+            Request::Check { tenant } => {
+                let result = match self.tenant(&tenant) {
+                    Ok(t) => check_tenant(&self.l7proxy, &self.host_file, &t).await.map(|output| Reply::Checked { output }),
+                    Err(e) => Err(e),
+                };
+                (result, None)
+            }
+            Request::Listen { tenant } => match self.tenant(&tenant).and_then(|t| self.listen(&t).map_err(|e| e.to_string())) {
+                Ok(listener) => (Ok(Reply::Listening), Some(listener)),
+                Err(e) => (Err(e), None),
+            },
+            Request::Reload => match HostConfig::load(&self.host_file) {
+                Ok(config) => {
+                    self.config = config;
+                    (Ok(Reply::Reloaded), None)
+                }
+                Err(e) => (Err(format!("the host file is invalid:\n{e}")), None),
+            },
+            Request::Signal { pid, signal } => match self.children.get(&pid) {
+                Some(tx) if tx.send(signal).is_ok() => (Ok(Reply::Signalled), None),
+                _ => (Err(format!("pid {pid} is not a live tenant process of this splitter")), None),
+            },
+        }
+    }
+
+    fn spawn(&mut self, tenant: &TenantConfig) -> io::Result<(u32, OwnedFd)> {
+        let identity = isolation::identity(tenant)?;
+        isolation::tenant_dir(&self.config.splitter.runtime_dir, &tenant.name, identity)?;
+        let (ours, theirs) = handoff::seqpacket_pair()?;
+        let mut command = tenant_command(&self.l7proxy, &self.host_file, tenant, identity)?;
+        command.env(HANDOFF_FD_ENV, theirs.as_raw_fd().to_string());
+        // The child inherits its end of the handoff socket, and a tenant must not
+        // outlive the helper (which dies with the front).
+        switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
+        // Under `sched_batch` the splitter would pass SCHED_BATCH on; tenants serve
+        // requests and get the normal policy back. (Without it, they inherit whatever
+        // policy the operator started the splitter with.)
+        if switchyard_shared::sys::scheduling_policy(0).is_ok_and(|p| p == libc::SCHED_BATCH) {
+            switchyard_shared::sys::normal_scheduling_in_child(&mut command);
+        }
+        let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn()?;
+        drop(theirs);
+        let pid = child.id().unwrap_or(0);
+        isolation::apply_cgroup_limits(&tenant.name, pid, &tenant.limits);
+        let (signal_tx, mut signals) = mpsc::unbounded_channel();
+        self.children.insert(pid, signal_tx);
+        let exited = self.exited_tx.clone();
+        // One task owns the child: it is reaped only here, so a pid it signals
+        // is still this child's, never a reused one.
+        tokio::spawn(async move {
+            let status = loop {
+                tokio::select! {
+                    status = child.wait() => break status,
+                    Some(signal) = signals.recv() => {
+                        let signal = match signal {
+                            StopSignal::Term => nix::sys::signal::Signal::SIGTERM,
+                            StopSignal::Kill => nix::sys::signal::Signal::SIGKILL,
+                        };
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+                    }
+                }
+            };
+            let status = match status {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("unknown ({e})"),
+            };
+            let _ = exited.send((pid, status));
+        });
+        Ok((pid, ours))
+    }
+
+    fn listen(&self, tenant: &TenantConfig) -> io::Result<OwnedFd> {
+        let identity = isolation::identity(tenant)?;
+        let dir = isolation::tenant_dir(&self.config.splitter.runtime_dir, &tenant.name, identity)?;
+        let path = dir.join(handoff::HANDOFF_SOCKET_NAME);
+        // Owner-only from the start (umask), then given to the tenant's user
+        // without following a link it may have put in its own directory.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let listener = handoff::seqpacket_listen(&path);
+        nix::sys::stat::umask(old);
+        let listener = listener?;
+        std::os::unix::fs::lchown(&path, identity.uid, identity.gid)?;
+        info!(tenant = %tenant.name, path = %path.display(), "hand-started processes of this tenant join here");
+        Ok(listener)
+    }
+}
+
+/// The command that runs `l7proxy` for `tenant` as its user, with its limits,
+/// a minimal environment and no way to gain privileges.
+fn tenant_command(
+    l7proxy: &Path,
+    host_file: &Path,
+    tenant: &TenantConfig,
+    identity: isolation::Identity,
+) -> io::Result<std::process::Command> {
+    let mut command = std::process::Command::new(l7proxy);
+    isolation::apply_identity(&mut command, identity);
+    isolation::apply_nofile(&mut command, &tenant.limits)?;
+    command
+        .arg("--tenant")
+        .arg(&tenant.name)
+        .arg("--config")
+        .arg(host_file)
+        .env_clear()
+        .env(MIMALLOC_ARENA_EAGER_COMMIT, "0")
+        .stdin(Stdio::null());
+    for name in PASSED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    Ok(command)
+}
+
+/// Runs `l7proxy --check` for `tenant` as its user, within [`CHECK_TIME_LIMIT`]:
+/// its output on success, on failure what it printed (or why it did not finish).
+pub async fn check_tenant(l7proxy: &Path, host_file: &Path, tenant: &TenantConfig) -> Result<String, String> {
+    let identity = isolation::identity(tenant).map_err(|e| e.to_string())?;
+    let mut command = tenant_command(l7proxy, host_file, tenant, identity).map_err(|e| e.to_string())?;
+    command.arg("--check").stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "error");
+    switchyard_shared::sys::no_new_privileges(&mut command);
+    let mut child = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("tenant {}: cannot run {} --check: {e}", tenant.name, l7proxy.display()))?;
+    let mut stdout = child.stdout.take().expect("piped").take(CHECK_OUTPUT_LIMIT as u64);
+    let mut stderr = child.stderr.take().expect("piped").take(CHECK_OUTPUT_LIMIT as u64);
+    let run = async {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        // What does not fit the limit is left unread (the child may then block
+        // on a full pipe, and the time limit ends it).
+        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        let status = child.wait().await;
+        (status, out, err)
+    };
+    match tokio::time::timeout(CHECK_TIME_LIMIT, run).await {
+        Ok((Ok(status), out, err)) => {
+            let mut text = String::from_utf8_lossy(&out).into_owned();
+            text.push_str(&String::from_utf8_lossy(&err));
+            let text = text.trim_end().to_string();
+            if status.success() {
+                Ok(text)
+            } else if text.is_empty() {
+                Err(format!("tenant {}: its file check failed ({status})", tenant.name))
+            } else {
+                Err(text)
+            }
+        }
+        Ok((Err(e), _, _)) => Err(format!("tenant {}: cannot wait for the check: {e}", tenant.name)),
+        Err(_) => Err(format!(
+            "tenant {}: checking its file took longer than {CHECK_TIME_LIMIT:?} and was stopped (does it name a FIFO or a device?)",
+            tenant.name
+        )),
+    }
+}
