@@ -89,7 +89,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
 
-    let host = HostConfig::load(&cli.config).map_err(|e| e.to_string())?;
+    let host = HostConfig::load_as(&cli.config, false).map_err(|e| e.to_string())?;
     let entry = host
         .tenant(&cli.tenant)
         .ok_or_else(|| {
@@ -162,7 +162,12 @@ fn run(cli: Cli) -> Result<(), String> {
         ),
         None => None,
     };
-    let logic = proxy::TenantProxy::new(entry.name.clone(), hosts.clone(), routes);
+    let logic = proxy::TenantProxy::new(
+        entry.name.clone(),
+        hosts.clone(),
+        routes,
+        host.splitter.trusted_proxies.clone(),
+    );
 
     let conf = ServerConf {
         threads: entry.threads,

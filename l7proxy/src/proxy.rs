@@ -79,17 +79,25 @@ pub struct TenantProxy {
     pub routes: RouteTable,
     pid: u32,
     requests: AtomicU64,
+    /// Peers whose forwarding headers are believed (`[splitter] trusted_proxies`).
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl TenantProxy {
     /// Creates the proxy logic of `tenant`.
-    pub fn new(tenant: String, hosts: Arc<ArcSwap<HostView>>, routes: RouteTable) -> TenantProxy {
+    pub fn new(
+        tenant: String,
+        hosts: Arc<ArcSwap<HostView>>,
+        routes: RouteTable,
+        trusted_proxies: Vec<ipnet::IpNet>,
+    ) -> TenantProxy {
         TenantProxy {
             tenant,
             hosts,
             routes,
             pid: std::process::id(),
             requests: AtomicU64::new(0),
+            trusted_proxies,
         }
     }
 }
@@ -121,19 +129,21 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// `ours` appended to the request's existing `name` list header (`a, b`), or
-/// `ours` alone when the request has none.
+/// `ours` appended to the request's existing `name` list header (`a, b`) —
+/// every line of it, in order, as RFC 9110 §5.3 combines them — or `ours` alone
+/// when the request has none.
 fn appended(headers: &http::HeaderMap, name: &str, ours: &str) -> String {
-    match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(previous) => {
-            let mut value = String::with_capacity(previous.len() + 2 + ours.len());
-            value.push_str(previous);
-            value.push_str(", ");
-            value.push_str(ours);
-            value
+    let mut value = String::new();
+    for previous in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        let previous = previous.trim();
+        if previous.is_empty() {
+            continue;
         }
-        None => ours.to_owned(),
+        value.push_str(previous);
+        value.push_str(", ");
     }
+    value.push_str(ours);
+    value
 }
 
 /// This hop's RFC 7239 `Forwarded` element: `for=…;proto=…;host="…"`. IPv6
@@ -455,13 +465,26 @@ impl ProxyHttp for TenantProxy {
             "1.1 switchyard"
         };
         let original_host = request_authority(session.req_header());
-        if let Some(ip) = client_ip(session) {
+        let peer = client_ip(session);
+        // Only a trusted proxy's forwarding headers are kept (and appended
+        // to); a client's own are replaced, so it cannot choose the address
+        // the upstream believes.
+        let trusted = peer.is_some_and(|ip| switchyard_shared::net::in_any(&self.trusted_proxies, ip));
+        if !trusted {
+            upstream_request.remove_header("X-Forwarded-For");
+            upstream_request.remove_header("Forwarded");
+            upstream_request.remove_header("X-Real-IP");
+        }
+        if let Some(ip) = peer {
             let ip_text = ip.to_string();
             let xff = appended(&upstream_request.headers, "x-forwarded-for", &ip_text);
             upstream_request.insert_header("X-Forwarded-For", xff)?;
             let element = forwarded_element(ip, &ip_text, proto, original_host);
             let forwarded = appended(&upstream_request.headers, "forwarded", &element);
             upstream_request.insert_header("Forwarded", forwarded)?;
+            if !upstream_request.headers.contains_key("x-real-ip") {
+                upstream_request.insert_header("X-Real-IP", ip_text)?;
+            }
         }
         upstream_request.insert_header("X-Forwarded-Proto", HeaderValue::from_static(proto))?;
         if let Some(host) = original_host {
@@ -586,6 +609,12 @@ mod tests {
         assert_eq!(
             appended(&headers, "via", "1.1 switchyard"),
             "1.0 edge, 1.1 switchyard"
+        );
+        // Every line counts, not only the first.
+        headers.append("via", HeaderValue::from_static("1.1 cdn, 1.1 lb"));
+        assert_eq!(
+            appended(&headers, "via", "1.1 switchyard"),
+            "1.0 edge, 1.1 cdn, 1.1 lb, 1.1 switchyard"
         );
     }
 }

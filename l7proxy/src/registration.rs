@@ -216,9 +216,12 @@ impl RegistrationApi {
                     self.allow_addrs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
                 ),
             )),
+            ServerAddr::Unix(path) if !path.is_absolute() => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("addr {text:?}: a unix socket path must be absolute"),
+            )),
             ServerAddr::Unix(path)
-                if !path.is_absolute()
-                    || path.components().any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir))
+                if path.components().any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir))
                     || !path.starts_with(&self.tenant_dir) =>
             {
                 Err(refuse(

@@ -95,7 +95,7 @@ impl<A> HandoffService<A> {
 }
 
 fn reload_hosts(tenant: &str, host_file: &std::path::Path, view: &ArcSwap<HostView>) {
-    match HostConfig::load(host_file) {
+    match HostConfig::load_as(host_file, false) {
         Ok(host) => {
             view.store(Arc::new(HostView::new(&host, tenant)));
             info!(tenant = %tenant, "host names re-read after the splitter's reload");

@@ -211,15 +211,32 @@ impl SplitterBuilder {
         } else {
             "peek_timeout = \"2s\"\n"
         };
+        let root = running_as_root();
+        let mut defaults = String::new();
+        // Every test client comes from 127.0.0.1: the per-source limits are
+        // tested on purpose (hostile_tenant.rs), not met by accident.
+        defaults += &unless_set(&self.splitter_extra, "max_conn_rate_per_ip", "0");
+        defaults += &unless_set(&self.splitter_extra, "max_pending_per_ip", "100000");
+        if root {
+            system_user(FRONT_USER);
+            defaults += &unless_set(&self.splitter_extra, "user", &format!("\"{FRONT_USER}\""));
+        }
+        dir.write("token", TEST_TOKEN);
         let mut host = format!(
-            "[splitter]\nruntime_dir = \"run\"\n{default_peek}{}\n[[listen]]\naddr = \"{tls}\"\nprotocol = \"tls\"\n[[listen]]\naddr = \"{http}\"\nprotocol = \"http\"\n",
+            "[splitter]\nruntime_dir = \"run\"\n{default_peek}{defaults}{}\n[[listen]]\naddr = \"{tls}\"\nprotocol = \"tls\"\n[[listen]]\naddr = \"{http}\"\nprotocol = \"http\"\n",
             self.splitter_extra
         );
         for t in &self.tenants {
-            dir.write(&format!("tenants/{}.toml", t.name), &t.file);
+            dir.write(&format!("tenants/{}.toml", t.name), &with_registration_token(&t.file));
             let hosts: Vec<String> = t.hosts.iter().map(|h| format!("\"{h}\"")).collect();
+            let user = if root && !t.host_lines.contains("user =") {
+                system_user(TENANT_USER);
+                format!("user = \"{TENANT_USER}\"\n")
+            } else {
+                String::new()
+            };
             host.push_str(&format!(
-                "[[tenant]]\nname = \"{}\"\nhosts = [{}]\nconfig = \"tenants/{}.toml\"\nprocesses = {}\n{}\n",
+                "[[tenant]]\nname = \"{}\"\nhosts = [{}]\nconfig = \"tenants/{}.toml\"\nprocesses = {}\n{user}{}\n",
                 t.name,
                 hosts.join(", "),
                 t.name,
@@ -264,9 +281,13 @@ impl Splitter {
         fd_count(self.proc.pid())
     }
 
-    /// Pids of the splitter's children (the tenant processes).
+    /// Pids of the splitter's tenant processes: the children of its helper
+    /// (the front's only child, which spawns them).
     pub fn children(&self) -> Vec<u32> {
         children_of(self.proc.pid())
+            .into_iter()
+            .flat_map(children_of)
+            .collect()
     }
 }
 
@@ -754,7 +775,7 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 
 /// Reads the value of a metric line starting with `prefix` from the admin endpoint.
 pub fn metric(admin: SocketAddr, prefix: &str) -> Option<f64> {
-    let text = String::from_utf8(http_get(admin, "admin", "/metrics").ok()?.body).ok()?;
+    let text = String::from_utf8(http_get_authorized(admin, "admin", "/metrics").ok()?.body).ok()?;
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
@@ -774,13 +795,87 @@ pub fn post_json(addr: SocketAddr, path: &str, body: &str) -> io::Result<Respons
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let message = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(message.as_bytes())?;
     stream.flush()?;
     read_response(&mut stream)
 }
+
+/// The bearer token of every TCP registration API and admin endpoint the kit
+/// configures (written to `token` in the test's directory).
+pub const TEST_TOKEN: &str = "switchyard-test-token-0123456789";
+
+/// `GET path` with `Authorization: Bearer TEST_TOKEN` (registration API and
+/// admin endpoints on TCP).
+pub fn http_get_authorized(addr: SocketAddr, host: &str, path: &str) -> io::Result<Response> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    request(
+        &mut stream,
+        host,
+        path,
+        &format!("Authorization: Bearer {TEST_TOKEN}\r\nConnection: close\r\n"),
+    )
+}
+
+/// Gives a tenant file's TCP registration listener the kit's token file
+/// (`../token`, beside the host file), as a TCP listener requires.
+fn with_registration_token(file: &str) -> String {
+    let mut out = String::new();
+    for line in file.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.starts_with("listen = \"") && !line.contains("unix:") && !file.contains("token_file") {
+            out.push_str("token_file = \"../token\"\n");
+        }
+    }
+    out
+}
+
+/// Unless `text` sets `key`, the line `key = value`.
+fn unless_set(text: &str, key: &str, value: &str) -> String {
+    if text.lines().any(|l| l.trim_start().starts_with(key)) {
+        String::new()
+    } else {
+        format!("{key} = {value}\n")
+    }
+}
+
+/// Whether the tests run as root (then every splitter they start needs users).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Creates a system user if missing; returns its uid. Serialised within the
+/// test binary (useradd locks /etc/passwd).
+pub fn system_user(name: &str) -> u32 {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let lookup = || {
+        Command::new("id")
+            .args(["-u", name])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok())
+    };
+    if let Some(uid) = lookup() {
+        return uid;
+    }
+    let _ = Command::new("useradd")
+        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+        .status();
+    lookup().unwrap_or_else(|| panic!("cannot create user {name} (useradd)"))
+}
+
+/// The user the kit's splitters run their front as when started as root.
+pub const FRONT_USER: &str = "swy-front";
+/// The user the kit's tenants run as when started as root (unless a test names
+/// another).
+pub const TENANT_USER: &str = "swy-tenant";
 
 /// One tenant served by a standalone `l7proxy --listen` (no splitter), for
 /// tests of the tenant tier alone such as its upstream pools. The tenant is
@@ -802,9 +897,10 @@ impl StandaloneTenant {
     pub fn start(file: &str) -> StandaloneTenant {
         let dir = TempDir::new("tenant");
         let registration: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        dir.write("token", TEST_TOKEN);
         dir.write(
             "tenants/t.toml",
-            &file.replace("{registration}", &registration.to_string()),
+            &with_registration_token(&file.replace("{registration}", &registration.to_string())),
         );
         let host = dir.write(
             "host.toml",
@@ -850,7 +946,7 @@ impl StandaloneTenant {
 
     /// `GET /v1/upstreams` of the registration API.
     pub fn upstreams(&self) -> serde_json::Value {
-        http_get(self.registration, "localhost", "/v1/upstreams")
+        http_get_authorized(self.registration, "localhost", "/v1/upstreams")
             .unwrap()
             .json()
     }

@@ -171,6 +171,7 @@ fn the_upstream_sees_the_real_client_address_and_via() {
         &["alpha.test"],
         &[upstream_addr],
     )])
+    .splitter_lines("trusted_proxies = [\"127.0.0.4/32\"]")
     .start();
 
     // A client bound to 127.0.0.2 proves the address is the client's own,
@@ -205,14 +206,32 @@ fn the_upstream_sees_the_real_client_address_and_via() {
         .unwrap();
     socket.connect(&s.http.into()).unwrap();
     let mut tcp: TcpStream = socket.into();
-    let seen = request(&mut tcp, "alpha.test", "/", "X-Forwarded-For: 10.9.9.9\r\n")
-        .unwrap()
-        .json();
+    // A client's own forwarding headers, every line of them, are replaced:
+    // it is not a trusted proxy, so it cannot choose the address upstreams see.
+    let spoof = "X-Forwarded-For: 10.9.9.9\r\nX-Forwarded-For: 10.8.8.8\r\nForwarded: for=10.9.9.9\r\nX-Real-IP: 10.9.9.9\r\n";
+    let seen = request(&mut tcp, "alpha.test", "/", spoof).unwrap().json();
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.3", "replaced");
+    assert_eq!(seen["headers"]["x-real-ip"], "127.0.0.3", "replaced");
     assert_eq!(
-        seen["headers"]["x-forwarded-for"], "10.9.9.9, 127.0.0.3",
-        "appended, like nginx"
+        seen["headers"]["forwarded"],
+        "for=127.0.0.3;proto=http;host=\"alpha.test\"",
+        "replaced"
     );
     assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
+
+    // A peer in trusted_proxies has its headers kept and appended to, all lines.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.4:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.connect(&s.http.into()).unwrap();
+    let mut tcp: TcpStream = socket.into();
+    let seen = request(&mut tcp, "alpha.test", "/", spoof).unwrap().json();
+    assert_eq!(
+        seen["headers"]["x-forwarded-for"], "10.9.9.9, 10.8.8.8, 127.0.0.4",
+        "appended, like nginx behind a trusted proxy"
+    );
+    assert_eq!(seen["headers"]["x-real-ip"], "10.9.9.9");
 }
 
 #[test]
@@ -285,9 +304,20 @@ fn splitter_check_locates_errors_and_exits_2() {
         "{stderr}"
     );
 
+    // Started as root, the front and the tenant need users of their own.
+    let (front, tenant) = if running_as_root() {
+        system_user(FRONT_USER);
+        system_user(TENANT_USER);
+        (
+            format!("[splitter]\nuser = \"{FRONT_USER}\"\n"),
+            format!("user = \"{TENANT_USER}\"\n"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let bad_tenant = dir.write(
         "host2.toml",
-        "[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"a\"\nhosts = [\"a.test\"]\nconfig = \"tenants/a.toml\"\n",
+        &format!("{front}[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"a\"\nhosts = [\"a.test\"]\nconfig = \"tenants/a.toml\"\n{tenant}"),
     );
     let (code, _, stderr) = splitter_check(&bad_tenant);
     assert_eq!(code, 2, "{stderr}");

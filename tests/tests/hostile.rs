@@ -11,7 +11,7 @@ use switchyard_tests::*;
 fn with_admin(builder: SplitterBuilder) -> (Splitter, SocketAddr) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let s = builder
-        .splitter_lines(&format!("admin = \"{admin}\""))
+        .splitter_lines(&format!("admin = \"{admin}\"\nadmin_token_file = \"token\""))
         .start();
     (s, admin)
 }
@@ -323,6 +323,7 @@ fn past_max_pending_new_connections_are_closed_at_once_and_the_splitter_recovers
 }
 
 #[test]
+#[ignore = "the descriptor budget now refuses to start a splitter whose open-file limit could run out (max_pending + unacked per process + reserve), so EMFILE can no longer be provoked from outside; the backoff stays for ENFILE. Rework: provoke ENFILE in a namespace."]
 fn out_of_descriptors_the_accept_loop_backs_off_without_spinning_and_recovers() {
     let _alone = measuring_alone();
     // A splitter whose descriptor limit runs out after a few dozen connections.
@@ -504,7 +505,7 @@ fn a_client_sending_one_byte_at_a_time_is_closed_at_peek_timeout() {
         "closed after {closed_at:?}, peek_timeout is 1 s"
     );
     let http = s.http.to_string();
-    let text = String::from_utf8(http_get(admin, "admin", "/metrics").unwrap().body).unwrap();
+    let text = String::from_utf8(http_get_authorized(admin, "admin", "/metrics").unwrap().body).unwrap();
     let line =
         format!("switchyard_connections_total{{listener=\"{http}\",outcome=\"peek_timeout\"}} 1");
     assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");

@@ -1,55 +1,23 @@
 //! Tenant isolation as root: tenant processes run as their users with no
-//! supplementary groups, no new privileges and their limits; the splitter keeps
-//! only the capabilities it needs; a process started by hand joins only as the
-//! tenant's user. Skipped, with the reason printed, when not run as root.
+//! supplementary groups, no new privileges and their limits; the network-facing
+//! front runs as its own user with no capabilities, and only its helper keeps
+//! root; a process started by hand joins only as the tenant's user. Fails when
+//! not run as root (CI runs as root).
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use switchyard_tests::*;
 
-fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIPPED: isolation tests need root (switching users); CI runs them as root");
-    }
-    root
+fn require_root() {
+    assert!(
+        running_as_root(),
+        "the isolation tests need root (they switch users); run them as root, as CI does"
+    );
 }
 
-/// Creates a system user if missing; returns its uid.
 fn user(name: &str) -> u32 {
-    let lookup = || {
-        Command::new("id")
-            .args(["-u", name])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse::<u32>()
-                    .unwrap()
-            })
-    };
-    if let Some(uid) = lookup() {
-        return uid;
-    }
-    let status = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            name,
-        ])
-        .status()
-        .expect("useradd");
-    assert!(
-        status.success() || lookup().is_some(),
-        "useradd {name} failed"
-    );
-    lookup().unwrap()
+    system_user(name)
 }
 
 fn status_field(pid: u64, field: &str) -> String {
@@ -64,9 +32,7 @@ fn status_field(pid: u64, field: &str) -> String {
 
 #[test]
 fn tenants_run_as_their_users_and_the_splitter_drops_privileges() {
-    if !running_as_root() {
-        return;
-    }
+    require_root();
     let uid_a = user("sy-test-a");
     let uid_b = user("sy-test-b");
     let mut alpha = TenantSpec::echo("alpha", &["alpha.test"]);
@@ -100,18 +66,25 @@ fn tenants_run_as_their_users_and_the_splitter_drops_privileges() {
         0o700
     );
 
-    // The splitter's capabilities are reduced: no NET_BIND_SERVICE (10), no SYS_ADMIN (21).
-    let cap_eff = u64::from_str_radix(&status_field(s.proc.pid() as u64, "CapEff"), 16).unwrap();
-    let ours = u64::from_str_radix(&status_field(std::process::id() as u64, "CapEff"), 16).unwrap();
-    eprintln!("splitter CapEff {cap_eff:016x} (the test, as root: {ours:016x})");
+    // The network-facing front is unprivileged: its own user, no capability
+    // at all (not even in the bounding set), and no way to gain any.
+    let front = s.proc.pid() as u64;
+    let front_uid = system_user(FRONT_USER).to_string();
     assert!(
-        cap_eff & (1 << 10) == 0 && cap_eff & (1 << 21) == 0,
-        "CapEff {cap_eff:x}"
+        status_field(front, "Uid").split_whitespace().all(|id| id == front_uid),
+        "front Uid {}",
+        status_field(front, "Uid")
     );
-    assert!(
-        cap_eff & (1 << 6) != 0 && cap_eff & (1 << 7) != 0,
-        "SETGID and SETUID kept: {cap_eff:x}"
-    );
+    assert_eq!(status_field(front, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(front, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(front, "CapBnd"), "0000000000000000");
+    assert_eq!(status_field(front, "NoNewPrivs"), "1");
+    assert_eq!(status_field(front, "Groups"), "");
+    // Only the helper (the front's one child) keeps root, and it is the tenants' parent.
+    let helper = children_of(s.proc.pid());
+    assert_eq!(helper.len(), 1, "the front's only child is the helper");
+    assert_eq!(status_field(helper[0] as u64, "Uid").split_whitespace().next(), Some("0"));
+    assert!(children_of(helper[0]).contains(&(pid as u32)));
 
     // A process started by hand as the wrong user is refused …
     let mut wrong = Command::new(bin("l7proxy"))

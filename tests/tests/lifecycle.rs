@@ -156,6 +156,8 @@ fn with_two_processes_killing_one_loses_no_new_connection() {
 #[test]
 fn a_connection_handed_to_a_process_that_dies_before_acking_is_served_by_another() {
     let dir = TempDir::new("fault");
+    // The tenant's user must be able to delete the marker.
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let marker = dir.0.join("die-on-next-conn");
     let mut spec = TenantSpec::echo("alpha", &["alpha.test"]);
     spec.processes = 2;
@@ -265,13 +267,13 @@ fn sigterm_under_load_answers_every_in_flight_request_and_exits_0() {
 fn the_admin_endpoint_serves_metrics_and_status() {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
-        .splitter_lines(&format!("admin = \"{admin}\""))
+        .splitter_lines(&format!("admin = \"{admin}\"\nadmin_token_file = \"token\""))
         .start();
     for _ in 0..3 {
         http_get(s.http, "alpha.test", "/").unwrap();
     }
     http_get(s.http, "nobody.test", "/").unwrap();
-    let metrics = http_get(admin, "admin", "/metrics").unwrap();
+    let metrics = http_get_authorized(admin, "admin", "/metrics").unwrap();
     assert_eq!(metrics.status, 200);
     let text = String::from_utf8(metrics.body).unwrap();
     let http = s.http.to_string();
@@ -299,10 +301,10 @@ fn the_admin_endpoint_serves_metrics_and_status() {
         "{text}"
     );
 
-    let status = http_get(admin, "admin", "/status").unwrap().json();
+    let status = http_get_authorized(admin, "admin", "/status").unwrap().json();
     assert_eq!(status["tenants"][0]["name"], "alpha");
     assert_eq!(status["tenants"][0]["processes"][0]["state"], "ready");
-    assert_eq!(http_get(admin, "admin", "/nope").unwrap().status, 404);
+    assert_eq!(http_get_authorized(admin, "admin", "/nope").unwrap().status, 404);
 }
 
 #[test]

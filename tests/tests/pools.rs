@@ -201,7 +201,7 @@ fn kill_9_of_one_backend_under_load_loses_nothing_and_it_gets_no_more_requests()
     assert_eq!(live.len(), 2, "{live:?}");
 
     // The same, as Prometheus metrics.
-    let metrics = http_get(tenant.registration, "localhost", "/metrics").unwrap();
+    let metrics = http_get_authorized(tenant.registration, "localhost", "/metrics").unwrap();
     assert_eq!(metrics.status, 200);
     let text = String::from_utf8(metrics.body).unwrap();
     let up_of = |addr: SocketAddr| {
@@ -254,6 +254,7 @@ fn backends_register_in_any_order_under_load_and_lapse_without_renewal() {
                 .args(["--listen", &addr.to_string(), "--name", name])
                 .args(["--register", &format!("http://{registration_addr}")])
                 .args(["--upstream", "app", "--ttl", "3s"])
+                .env("SWITCHYARD_REGISTRATION_TOKEN", TEST_TOKEN)
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),
@@ -543,7 +544,7 @@ fn bad_registration_requests_get_400_and_change_nothing() {
             .status,
         413
     );
-    let get_register = http_get(tenant.registration, "localhost", "/v1/register").unwrap();
+    let get_register = http_get_authorized(tenant.registration, "localhost", "/v1/register").unwrap();
     assert_eq!(get_register.status, 405);
     assert_eq!(get_register.header("allow"), Some("POST"));
 

@@ -142,6 +142,8 @@ mod tests {
         assert!(fd.is_some());
         send(a.as_fd(), &Event::Exited { pid: 1, status: "x".into() }, None).unwrap();
         assert!(recv::<Envelope>(b.as_fd()).is_err(), "an event is not a request");
+        // The descriptor that travelled was `a` itself: close both copies.
+        drop(fd);
         drop(a);
         assert!(recv::<Event>(b.as_fd()).unwrap().is_none());
     }

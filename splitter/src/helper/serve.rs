@@ -152,9 +152,14 @@ impl Helper {
                 Err(e) => (Err(e), None),
             },
             Request::Check { tenant } => {
-                let result = match self.tenant(&tenant) {
-                    Ok(t) => check_tenant(&self.l7proxy, &self.host_file, &t).await.map(|output| Reply::Checked { output }),
-                    Err(e) => Err(e),
+                // Against the host file on disk: a reload checks its new tenants
+                // before anything changes.
+                let result = match HostConfig::load(&self.host_file) {
+                    Ok(config) => match config.tenant(&tenant) {
+                        Some(t) => check_tenant(&self.l7proxy, &self.host_file, t).await.map(|output| Reply::Checked { output }),
+                        None => Err(format!("no tenant {tenant:?} in {}", self.host_file.display())),
+                    },
+                    Err(e) => Err(format!("the host file is invalid:\n{e}")),
                 };
                 (result, None)
             }

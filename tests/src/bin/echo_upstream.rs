@@ -7,6 +7,7 @@
 //! For pool tests: `?delay_ms=N` waits before answering, `/status/NNN` answers
 //! with that status, an `Upgrade` request is switched (101) and then echoes
 //! bytes, and `--register URL --upstream NAME` keeps the server registered with
+//! (sending `$SWITCHYARD_REGISTRATION_TOKEN` as its bearer token)
 //! a tenant's registration API (retrying until the API answers, renewing at a
 //! third of `--ttl`).
 //!
@@ -254,7 +255,8 @@ async fn keep_registered(url: String, upstream: String, addr: String, ttl: Strin
         .unwrap_or(Duration::from_secs(1));
     let body = serde_json::json!({"upstream": upstream, "addr": addr, "ttl": ttl}).to_string();
     let request = format!(
-        "POST /v1/register HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v1/register HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        std::env::var("SWITCHYARD_REGISTRATION_TOKEN").unwrap_or_default(),
         body.len()
     );
     let mut registered = false;

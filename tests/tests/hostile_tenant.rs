@@ -1,0 +1,221 @@
+//! A tenant, a local user or a client attacking the others (run as root; the
+//! attackers run as other Unix users). Each test states the attack, runs it,
+//! and shows that it fails while the victim keeps being served.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use switchyard_tests::*;
+
+fn require_root() {
+    assert!(
+        running_as_root(),
+        "hostile-tenant tests need root (they run attackers as other users); run them as root, as CI does"
+    );
+}
+
+/// A client connected from the loopback address `from`.
+fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&format!("{from}:0").parse::<SocketAddr>().unwrap().into())?;
+    socket.connect(&to.into())?;
+    Ok(socket.into())
+}
+
+#[test]
+fn another_user_cannot_reach_a_tenants_registration_socket() {
+    require_root();
+    let attacker = system_user("swy-attacker");
+    let mut tenant = TenantSpec::echo("victim", &["victim.test"]);
+    tenant.file = "[[upstream]]\nname = \"app\"\nregistration = true\n[[route]]\npath = \"/echo\"\nrespond = \"echo\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n[registration]\n".into();
+    let s = SplitterBuilder::new(vec![tenant]).start();
+    let socket = s.dir.0.join("run/tenants/victim/register.sock");
+    wait_until(Duration::from_secs(10), || socket.exists());
+    let body = r#"{"upstream":"app","addr":"127.0.0.1:9"}"#;
+    let curl = |uid: u32| {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "--unix-socket"])
+            .arg(&socket)
+            .args(["-d", body, "http://x/v1/register"])
+            .uid(uid)
+            .stderr(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The attacker cannot even connect (0700 directory, 0600 socket) …
+    let out = curl(attacker);
+    assert_ne!(out.status.code(), Some(0), "the attacker's curl must fail");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "000");
+    // … while the tenant's own user registers.
+    let own = system_user(TENANT_USER);
+    let out = curl(own);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    // Registrations may point only where allow_addrs allows (loopback).
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket"])
+        .arg(&socket)
+        .args(["-d", r#"{"upstream":"app","addr":"10.1.2.3:80"}"#, "http://x/v1/register"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket"])
+        .arg(&socket)
+        .args(["-d", r#"{"upstream":"app","addr":"unix:/etc/other.sock"}"#, "http://x/v1/register"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+}
+
+#[test]
+fn a_tcp_registration_listener_needs_a_token() {
+    let registration: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let tenant = StandaloneTenant::start(&format!(
+        "[[upstream]]\nname = \"app\"\nregistration = true\n[[route]]\nupstream = \"app\"\n[registration]\nlisten = \"{registration}\"\n"
+    ));
+    wait_until(Duration::from_secs(10), || TcpStream::connect(registration).is_ok());
+    let mut stream = TcpStream::connect(registration).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let anonymous = request(&mut stream, "x", "/v1/upstreams", "Connection: close\r\n").unwrap();
+    assert_eq!(anonymous.status, 401);
+    let mut stream = TcpStream::connect(registration).unwrap();
+    let wrong = request(&mut stream, "x", "/v1/upstreams", "Authorization: Bearer switchyard-test-token-0123456788\r\nConnection: close\r\n").unwrap();
+    assert_eq!(wrong.status, 401);
+    assert_eq!(http_get_authorized(registration, "x", "/v1/upstreams").unwrap().status, 200);
+    drop(tenant);
+}
+
+#[test]
+fn check_refuses_unsafe_configurations_with_their_locations() {
+    require_root();
+    let dir = TempDir::new("unsafe");
+    dir.write("tenants/a.toml", "[[route]]\nrespond = \"echo\"\n");
+    dir.write(
+        "tenants/b.toml",
+        "[[upstream]]\nname = \"app\"\nregistration = true\n[[route]]\nupstream = \"app\"\n[registration]\nlisten = \"127.0.0.1:9901\"\n",
+    );
+    dir.write(
+        "tenants/c.toml",
+        "[[upstream]]\nname = \"app\"\nregistration = true\n[[route]]\nupstream = \"app\"\n[registration]\nlisten = \"unix:../../x.sock\"\n",
+    );
+    system_user(FRONT_USER);
+    system_user(TENANT_USER);
+    let host = dir.write(
+        "host.toml",
+        "[splitter]\nruntime_dir = \"run\"\nadmin = \"127.0.0.1:9900\"\n[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"http\"\n\
+         [[tenant]]\nname = \"a\"\nhosts = [\"a.test\"]\nconfig = \"tenants/a.toml\"\n\
+         [[tenant]]\nname = \"r\"\nhosts = [\"r.test\"]\nconfig = \"tenants/a.toml\"\nuser = \"root\"\n",
+    );
+    let (code, _, err) = splitter_check(&host);
+    assert_eq!(code, 2, "{err}");
+    let host_path = host.display().to_string();
+    for expected in [
+        "[splitter] user is required",
+        "admin = \"127.0.0.1:9900\" is a TCP address",
+        "tenant \"a\" has no user",
+        "is uid 0",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(err.lines().all(|l| !l.contains(&host_path) || l.splitn(4, ':').count() == 4), "{err}");
+
+    // Tenant files: checked as the tenant's user, every problem located.
+    let host = dir.write(
+        "host.toml",
+        &format!("[splitter]\nruntime_dir = \"run\"\nuser = \"{FRONT_USER}\"\n[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"http\"\n\
+         [[tenant]]\nname = \"b\"\nhosts = [\"b.test\"]\nconfig = \"tenants/b.toml\"\nuser = \"{TENANT_USER}\"\n\
+         [[tenant]]\nname = \"c\"\nhosts = [\"c.test\"]\nconfig = \"tenants/c.toml\"\nuser = \"{TENANT_USER}\"\n"),
+    );
+    let (code, _, err) = splitter_check(&host);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("b.toml:7:10: [registration] listen \"127.0.0.1:9901\" is a TCP address"), "{err}");
+    assert!(err.contains("c.toml:7:10: [registration] listen \"unix:../../x.sock\""), "{err}");
+    assert!(err.contains("share the user"), "a shared user is a warning: {err}");
+}
+
+#[test]
+fn a_fifo_or_dev_zero_named_in_a_tenant_file_cannot_stall_a_reload() {
+    require_root();
+    let mut victim = TenantSpec::echo("victim", &["victim.test"]);
+    victim.host_lines = String::new();
+    let attacker = TenantSpec::echo("attacker", &["attacker.test"]);
+    let s = SplitterBuilder::new(vec![victim, attacker]).start();
+    let fifo = s.dir.0.join("fifo");
+    nix_mkfifo(&fifo);
+    for target in [fifo.display().to_string(), "/dev/zero".to_string()] {
+        s.dir.write(
+            "tenants/attacker.toml",
+            &format!("[tls]\ncert = \"{target}\"\nkey = \"{target}\"\n[[route]]\nrespond = \"echo\"\n"),
+        );
+        // A host-file change makes the reload check the attacker's file.
+        let host = std::fs::read_to_string(&s.config).unwrap();
+        std::fs::write(&s.config, host.replace("attacker.test\"]", "attacker.test\", \"x.attacker.test\"]")).unwrap();
+        let started = Instant::now();
+        let (code, out, err) = s.ctl(&["reload"]);
+        assert_ne!(code, 0, "{out}{err}");
+        assert!(started.elapsed() < Duration::from_secs(12), "the check is time-limited");
+        assert!(format!("{out}{err}").contains("not a regular file"), "{out}{err}");
+        std::fs::write(&s.config, host).unwrap();
+        // The front kept serving throughout.
+        assert_eq!(http_get(s.http, "victim.test", "/echo").unwrap().status, 200);
+    }
+}
+
+fn nix_mkfifo(path: &std::path::Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn one_source_address_cannot_take_every_pending_place() {
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("victim", &["victim.test"])])
+        .splitter_lines("max_pending_per_ip = 50\nmax_conn_rate_per_ip = 0\npeek_timeout = \"10s\"")
+        .start();
+    // 200 half-sent requests from 127.0.0.5: only 50 are kept waiting.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        if let Ok(mut c) = connect_from("127.0.0.5", s.http) {
+            let _ = c.write_all(b"GET / HTTP/1.1\r\nHo");
+            held.push(c);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut closed = 0;
+    for c in &mut held {
+        c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut buf = [0u8; 1];
+        match c.read(&mut buf) {
+            Ok(0) => closed += 1,
+            Err(e) if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => closed += 1,
+            _ => {}
+        }
+    }
+    assert!(closed >= 140, "connections past max_pending_per_ip are closed at once ({closed} of 200)");
+    // Another source is served meanwhile.
+    let mut other = connect_from("127.0.0.6", s.http).unwrap();
+    other.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let answer = request(&mut other, "victim.test", "/echo", "").unwrap();
+    assert_eq!(answer.status, 200);
+}
+
+#[test]
+fn a_fast_source_meets_its_connection_rate_limit_and_others_do_not() {
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("victim", &["victim.test"])])
+        .splitter_lines("max_conn_rate_per_ip = 20")
+        .start();
+    let mut refused = 0;
+    for _ in 0..60 {
+        let mut c = connect_from("127.0.0.7", s.http).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        match request(&mut c, "victim.test", "/echo", "Connection: close\r\n") {
+            Ok(r) if r.status == 200 => {}
+            _ => refused += 1,
+        }
+    }
+    assert!(refused >= 30, "only about 20 a second pass: {refused} of 60 refused");
+    let mut c = connect_from("127.0.0.8", s.http).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(request(&mut c, "victim.test", "/echo", "").unwrap().status, 200);
+}
