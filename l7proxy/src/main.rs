@@ -88,7 +88,6 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-
     let host = HostConfig::load_as(&cli.config, false).map_err(|e| e.to_string())?;
     let entry = host
         .tenant(&cli.tenant)
@@ -278,10 +277,18 @@ fn registration_service(
     use switchyard_shared::config::RegistrationListen;
     let token = match &settings.listen {
         RegistrationListen::Tcp { token_file, .. } => Some(
-            switchyard_shared::files::read_regular_text(token_file, switchyard_shared::files::MAX_PEM_BYTES)
-                .map_err(|e| format!("tenant {tenant}: cannot read token_file {}: {e}", token_file.display()))?
-                .trim()
-                .to_string(),
+            switchyard_shared::files::read_regular_text(
+                token_file,
+                switchyard_shared::files::MAX_PEM_BYTES,
+            )
+            .map_err(|e| {
+                format!(
+                    "tenant {tenant}: cannot read token_file {}: {e}",
+                    token_file.display()
+                )
+            })?
+            .trim()
+            .to_string(),
         ),
         RegistrationListen::Unix(_) => None,
     };
@@ -299,7 +306,8 @@ fn registration_service(
     let others_allowed = !settings.allow_uids.is_empty() || !settings.allow_gids.is_empty();
     let check_peers = matches!(settings.listen, RegistrationListen::Unix(_));
     let app = registration::PeerCheck::new(api, check_peers, uids, settings.allow_gids.clone());
-    let mut service = pingora::services::listening::Service::new(format!("registration {tenant}"), app);
+    let mut service =
+        pingora::services::listening::Service::new(format!("registration {tenant}"), app);
     match &settings.listen {
         RegistrationListen::Tcp { addr, .. } => {
             let mut options = pingora::listeners::TcpSocketOptions::default();
@@ -312,10 +320,22 @@ fn registration_service(
             // Other users reach the socket only when the tenant file allows
             // some: then the directory lets them pass (not list) and the socket
             // is open, and SO_PEERCRED decides; otherwise both stay owner-only.
-            let (dir_mode, socket_mode) = if others_allowed { (0o711, 0o666) } else { (0o700, 0o600) };
+            let (dir_mode, socket_mode) = if others_allowed {
+                (0o711, 0o666)
+            } else {
+                (0o700, 0o600)
+            };
             std::fs::set_permissions(tenant_dir, std::fs::Permissions::from_mode(dir_mode))
-                .map_err(|e| format!("tenant {tenant}: cannot set the mode of {}: {e}", tenant_dir.display()))?;
-            service.add_uds(&path.to_string_lossy(), Some(std::fs::Permissions::from_mode(socket_mode)));
+                .map_err(|e| {
+                    format!(
+                        "tenant {tenant}: cannot set the mode of {}: {e}",
+                        tenant_dir.display()
+                    )
+                })?;
+            service.add_uds(
+                &path.to_string_lossy(),
+                Some(std::fs::Permissions::from_mode(socket_mode)),
+            );
             info!(tenant, path = %path.display(), "registration API listening (callers checked by SO_PEERCRED)");
         }
     }

@@ -469,7 +469,8 @@ impl ProxyHttp for TenantProxy {
         // Only a trusted proxy's forwarding headers are kept (and appended
         // to); a client's own are replaced, so it cannot choose the address
         // the upstream believes.
-        let trusted = peer.is_some_and(|ip| switchyard_shared::net::in_any(&self.trusted_proxies, ip));
+        let trusted =
+            peer.is_some_and(|ip| switchyard_shared::net::in_any(&self.trusted_proxies, ip));
         if !trusted {
             upstream_request.remove_header("X-Forwarded-For");
             upstream_request.remove_header("Forwarded");

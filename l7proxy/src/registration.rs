@@ -20,13 +20,13 @@ use pingora::apps::ServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use std::path::PathBuf;
-use switchyard_shared::net::AddrRule;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_shared::config::{parse_registration_ttl, ServerAddr, ServerSpec, MAX_WEIGHT};
+use switchyard_shared::net::AddrRule;
 
 /// The largest request body the API reads.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -84,7 +84,12 @@ pub struct PeerCheck {
 
 impl PeerCheck {
     /// A check in front of `api`.
-    pub fn new(api: RegistrationApi, check_peers: bool, uids: Vec<u32>, gids: Vec<u32>) -> PeerCheck {
+    pub fn new(
+        api: RegistrationApi,
+        check_peers: bool,
+        uids: Vec<u32>,
+        gids: Vec<u32>,
+    ) -> PeerCheck {
         PeerCheck {
             api: Arc::new(api),
             check_peers,
@@ -101,7 +106,8 @@ impl PeerCheck {
         if self.gids.is_empty() {
             return false;
         }
-        let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid)) else {
+        let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid))
+        else {
             return false;
         };
         self.gids.iter().any(|gid| {
@@ -127,7 +133,11 @@ impl PeerCheck {
 
 #[async_trait]
 impl ServerApp for PeerCheck {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         if !self.check_peers {
             return self.api.process_new(stream, shutdown).await;
         }
@@ -142,7 +152,9 @@ impl ServerApp for PeerCheck {
                 None
             }
             Err(e) => {
-                self.log_refusal(format!("registration API: cannot identify a peer ({e}); refused"));
+                self.log_refusal(format!(
+                    "registration API: cannot identify a peer ({e}); refused"
+                ));
                 None
             }
         }

@@ -84,11 +84,7 @@ impl<A> HandoffService<A> {
 
     /// On `HostsChanged`, re-read the tenants' hosts from `host_file` into
     /// `view` (the splitter sends it after a reload changed names).
-    pub fn reload_hosts_from(
-        mut self,
-        host_file: PathBuf,
-        view: Arc<ArcSwap<HostView>>,
-    ) -> Self {
+    pub fn reload_hosts_from(mut self, host_file: PathBuf, view: Arc<ArcSwap<HostView>>) -> Self {
         self.host_reload = Some((host_file, view));
         self
     }

@@ -29,8 +29,11 @@ pub fn load_certificate(
     let (certs, key) = match source {
         TlsSource::Files { cert, key } => {
             let read = |path: &std::path::Path| {
-                switchyard_shared::files::read_regular(path, switchyard_shared::files::MAX_PEM_BYTES)
-                    .map_err(|e| format!("{}: {e}", path.display()))
+                switchyard_shared::files::read_regular(
+                    path,
+                    switchyard_shared::files::MAX_PEM_BYTES,
+                )
+                .map_err(|e| format!("{}: {e}", path.display()))
             };
             let cert_pem = read(cert)?;
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)

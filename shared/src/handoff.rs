@@ -372,7 +372,10 @@ pub fn recv(socket: BorrowedFd<'_>) -> io::Result<Option<Received>> {
 /// and the descriptors that came with it, already owned. `Ok(None)`: the peer
 /// closed the socket. A datagram longer than `buf` or with cut control data is
 /// an error, and its descriptors are closed.
-pub fn recv_bytes(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+pub fn recv_bytes(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
     let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
     let (bytes, fds, flags) = loop {
         let mut iov = [IoSliceMut::new(buf)];

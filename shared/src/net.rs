@@ -11,9 +11,9 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     if let Ok(net) = text.parse::<IpNet>() {
         return Ok(net.trunc());
     }
-    text.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("{text:?} is not a CIDR block (e.g. \"10.0.0.0/8\", \"::1/128\") or an IP address"))
+    text.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+        format!("{text:?} is not a CIDR block (e.g. \"10.0.0.0/8\", \"::1/128\") or an IP address")
+    })
 }
 
 /// Whether `ip` lies in one of `nets` (IPv4-mapped IPv6 addresses count as IPv4).
@@ -25,9 +25,7 @@ pub fn in_any(nets: &[IpNet], ip: IpAddr) -> bool {
 /// An IPv4-mapped IPv6 address as the IPv4 address it stands for.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -96,7 +94,10 @@ mod tests {
 
     #[test]
     fn cidrs() {
-        let nets = vec![parse_cidr("10.0.0.0/8").unwrap(), parse_cidr("::1").unwrap()];
+        let nets = vec![
+            parse_cidr("10.0.0.0/8").unwrap(),
+            parse_cidr("::1").unwrap(),
+        ];
         assert!(in_any(&nets, "10.2.3.4".parse().unwrap()));
         assert!(in_any(&nets, "::ffff:10.2.3.4".parse().unwrap()));
         assert!(in_any(&nets, "::1".parse().unwrap()));
@@ -115,7 +116,9 @@ mod tests {
         let v6 = AddrRule::parse("::1/128:443").unwrap();
         assert!(v6.allows("[::1]:443".parse().unwrap()));
         assert!(!v6.allows("[::1]:444".parse().unwrap()));
-        assert!(AddrRule::parse("::1/128").unwrap().allows("[::1]:1".parse().unwrap()));
+        assert!(AddrRule::parse("::1/128")
+            .unwrap()
+            .allows("[::1]:1".parse().unwrap()));
         assert!(AddrRule::parse("127.0.0.0/8:9-1").is_err());
         assert!(AddrRule::parse("127.0.0.0/8:0").is_err());
         assert!(AddrRule::parse("127.0.0.0/8:x").is_err());

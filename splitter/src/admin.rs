@@ -36,15 +36,19 @@ pub async fn bind(listen: &AdminListen, runtime_dir: &Path) -> Result<Admin, Str
             let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             let listener = UnixListener::bind(&path);
             nix::sys::stat::umask(old);
-            let listener = listener.map_err(|e| format!("cannot bind the admin socket {}: {e}", path.display()))?;
+            let listener = listener
+                .map_err(|e| format!("cannot bind the admin socket {}: {e}", path.display()))?;
             info!(path = %path.display(), "admin endpoint (mode 0600): GET /metrics, GET /status");
             Ok(Admin::Unix(listener))
         }
         AdminListen::Tcp { addr, token_file } => {
-            let token = switchyard_shared::files::read_regular_text(token_file, switchyard_shared::files::MAX_PEM_BYTES)
-                .map_err(|e| format!("cannot read admin_token_file {}: {e}", token_file.display()))?
-                .trim()
-                .to_string();
+            let token = switchyard_shared::files::read_regular_text(
+                token_file,
+                switchyard_shared::files::MAX_PEM_BYTES,
+            )
+            .map_err(|e| format!("cannot read admin_token_file {}: {e}", token_file.display()))?
+            .trim()
+            .to_string();
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot bind the admin address {addr}: {e}"))?;
@@ -58,7 +62,9 @@ pub async fn bind(listen: &AdminListen, runtime_dir: &Path) -> Result<Admin, Str
 pub async fn serve(admin: Admin, fleet: Arc<Fleet>) {
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let fleet = fleet.clone();
         let accepted = match &admin {
             Admin::Unix(listener) => listener.accept().await.map(|(stream, _)| {
@@ -86,11 +92,15 @@ pub async fn serve(admin: Admin, fleet: Arc<Fleet>) {
 /// constant time).
 fn authorized(head: &str, token: &str) -> bool {
     head.lines().any(|line| {
-        let Some((name, value)) = line.split_once(':') else { return false };
+        let Some((name, value)) = line.split_once(':') else {
+            return false;
+        };
         if !name.trim().eq_ignore_ascii_case("authorization") {
             return false;
         }
-        let Some(given) = value.trim().strip_prefix("Bearer ") else { return false };
+        let Some(given) = value.trim().strip_prefix("Bearer ") else {
+            return false;
+        };
         constant_time_eq(given.trim().as_bytes(), token.as_bytes())
     })
 }
@@ -103,7 +113,11 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, fleet: Arc<Fleet>, token: Option<&str>) {
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    fleet: Arc<Fleet>,
+    token: Option<&str>,
+) {
     let mut head = Vec::with_capacity(1024);
     let read = tokio::time::timeout(Duration::from_secs(5), async {
         let mut buf = [0u8; 1024];
@@ -163,10 +177,14 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, fleet: Arc<Fle
 mod tests {
     #[test]
     fn bearer_tokens() {
-        let head = "GET /metrics HTTP/1.1\r\nHost: x\r\nauthorization: Bearer s3cret-token-0123\r\n\r\n";
+        let head =
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nauthorization: Bearer s3cret-token-0123\r\n\r\n";
         assert!(super::authorized(head, "s3cret-token-0123"));
         assert!(!super::authorized(head, "s3cret-token-0124"));
-        assert!(!super::authorized("GET / HTTP/1.1\r\n\r\n", "s3cret-token-0123"));
+        assert!(!super::authorized(
+            "GET / HTTP/1.1\r\n\r\n",
+            "s3cret-token-0123"
+        ));
         assert!(!super::constant_time_eq(b"ab", b"abc"));
     }
 }

@@ -118,7 +118,11 @@ impl PendingLimit {
         let now = Instant::now();
         if !sources.contains_key(&key) && sources.len() >= MAX_TRACKED_SOURCES {
             let rate = self.rate;
-            sources.retain(|_, s| s.pending > 0 && (rate == 0.0 || s.tokens + now.duration_since(s.refilled).as_secs_f64() * rate < rate));
+            sources.retain(|_, s| {
+                s.pending > 0
+                    && (rate == 0.0
+                        || s.tokens + now.duration_since(s.refilled).as_secs_f64() * rate < rate)
+            });
         }
         let tracked = sources.len() < MAX_TRACKED_SOURCES || sources.contains_key(&key);
         if !tracked {
@@ -134,7 +138,9 @@ impl PendingLimit {
             return Err(Refusal::PerIpPending);
         }
         if self.rate > 0.0 {
-            source.tokens = (source.tokens + now.duration_since(source.refilled).as_secs_f64() * self.rate).min(burst);
+            source.tokens = (source.tokens
+                + now.duration_since(source.refilled).as_secs_f64() * self.rate)
+                .min(burst);
             source.refilled = now;
             if source.tokens < 1.0 {
                 return Err(Refusal::PerIpRate);
@@ -259,8 +265,13 @@ mod tests {
         let limit = limits(10, 3, 0);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let held: Vec<_> = (0..3).map(|_| limit.try_acquire(Some(a)).unwrap()).collect();
-        assert_eq!(limit.try_acquire(Some(a)).unwrap_err(), Refusal::PerIpPending);
+        let held: Vec<_> = (0..3)
+            .map(|_| limit.try_acquire(Some(a)).unwrap())
+            .collect();
+        assert_eq!(
+            limit.try_acquire(Some(a)).unwrap_err(),
+            Refusal::PerIpPending
+        );
         let other = limit.try_acquire(Some(b)).unwrap();
         drop(held);
         assert!(limit.try_acquire(Some(a)).is_ok());

@@ -6,8 +6,8 @@
 //! processes to drain; no connection is refused meanwhile. A reload builds a new
 //! routing table and swaps it in atomically.
 
-use crate::listener::Front;
 use crate::helper::Helper;
+use crate::listener::Front;
 use crate::process::supervise;
 use crate::routing::RoutingTable;
 use crate::tenant::Tenant;
@@ -33,7 +33,14 @@ impl Generation {
     fn start(tenant: &Arc<Tenant>, helper: &Arc<Helper>, id: u64) -> Generation {
         let (stop, stop_rx) = watch::channel(false);
         let tasks = (0..tenant.config().processes)
-            .map(|_| tokio::spawn(supervise(tenant.clone(), helper.clone(), id, stop_rx.clone())))
+            .map(|_| {
+                tokio::spawn(supervise(
+                    tenant.clone(),
+                    helper.clone(),
+                    id,
+                    stop_rx.clone(),
+                ))
+            })
             .collect();
         Generation { id, stop, tasks }
     }
@@ -71,7 +78,12 @@ pub struct Fleet {
 
 impl Fleet {
     /// Starts every tenant of `config` and routes to them through `front`.
-    pub fn start(config: &HostConfig, helper: Arc<Helper>, as_root: bool, front: Arc<Front>) -> Arc<Fleet> {
+    pub fn start(
+        config: &HostConfig,
+        helper: Arc<Helper>,
+        as_root: bool,
+        front: Arc<Front>,
+    ) -> Arc<Fleet> {
         let running: Vec<Running> = config
             .tenants
             .iter()
@@ -169,7 +181,10 @@ impl Fleet {
             }
         }
         if !problems.is_empty() {
-            return Err(format!("reload refused, nothing changed:\n{}", problems.join("\n")));
+            return Err(format!(
+                "reload refused, nothing changed:\n{}",
+                problems.join("\n")
+            ));
         }
         self.helper
             .reload()
@@ -177,8 +192,15 @@ impl Fleet {
             .map_err(|e| format!("reload refused, nothing changed: {e}"))?;
         let hosts_changed = {
             let running = self.running.lock().await;
-            let old: Vec<_> = running.iter().map(|r| (r.tenant.name().to_string(), r.tenant.config().hosts)).collect();
-            let new: Vec<_> = config.tenants.iter().map(|t| (t.name.clone(), t.hosts.clone())).collect();
+            let old: Vec<_> = running
+                .iter()
+                .map(|r| (r.tenant.name().to_string(), r.tenant.config().hosts))
+                .collect();
+            let new: Vec<_> = config
+                .tenants
+                .iter()
+                .map(|t| (t.name.clone(), t.hosts.clone()))
+                .collect();
             old != new || config.splitter.unknown_host != self.front.settings.unknown_host
         };
         let mut running = self.running.lock().await;
@@ -334,11 +356,23 @@ fn start_tenant(config: TenantConfig, helper: &Arc<Helper>, host: &HostConfig) -
         .ok()
         .and_then(|identity| identity.uid)
         .unwrap_or_else(|| nix::unistd::getuid().as_raw());
-    let tenant = Tenant::new(config, host.splitter.hold_timeout, host.splitter.max_unacked);
+    let tenant = Tenant::new(
+        config,
+        host.splitter.hold_timeout,
+        host.splitter.max_unacked,
+    );
     tokio::spawn(tenant.clone().expire_held());
     let generation = Generation::start(&tenant, helper, 1);
-    let admission = tokio::spawn(crate::process::admit_attached(tenant.clone(), helper.clone(), allowed_uid));
-    Running { tenant, generation, admission }
+    let admission = tokio::spawn(crate::process::admit_attached(
+        tenant.clone(),
+        helper.clone(),
+        allowed_uid,
+    ));
+    Running {
+        tenant,
+        generation,
+        admission,
+    }
 }
 
 fn unknown_tenant(name: &str, running: &[Running]) -> String {

@@ -198,7 +198,9 @@ pub fn become_front(user: Option<&str>) -> Result<(), String> {
             .map_err(|e| format!("[splitter] user {name:?}: {e}"))?
             .ok_or_else(|| format!("[splitter] user {name:?} does not exist"))?;
         if user.uid.is_root() {
-            return Err(format!("[splitter] user {name:?} is uid 0; name an unprivileged user"));
+            return Err(format!(
+                "[splitter] user {name:?} is uid 0; name an unprivileged user"
+            ));
         }
         for cap in caps::all() {
             if caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) {
@@ -211,13 +213,26 @@ pub fn become_front(user: Option<&str>) -> Result<(), String> {
         setgroups(&[]).map_err(|e| format!("cannot drop supplementary groups: {e}"))?;
         setgid(user.gid).map_err(|e| format!("cannot switch to group {}: {e}", user.gid))?;
         setuid(user.uid).map_err(|e| format!("cannot switch to user {name:?}: {e}"))?;
-        if getuid().is_root() || geteuid().is_root() || getgid() != user.gid || getegid() != user.gid {
-            return Err("the front is still privileged after switching users; refusing to serve".into());
+        if getuid().is_root()
+            || geteuid().is_root()
+            || getgid() != user.gid
+            || getegid() != user.gid
+        {
+            return Err(
+                "the front is still privileged after switching users; refusing to serve".into(),
+            );
         }
         info!(user = name, uid = user.uid.as_raw(), "the network-facing front runs unprivileged; the helper keeps the rights to start tenants");
     } else if let Some(name) = user {
-        if nix::unistd::User::from_name(name).ok().flatten().is_none_or(|u| u.uid != getuid()) {
-            warn!(user = name, "[splitter] user is ignored: the splitter was not started as root");
+        if nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .is_none_or(|u| u.uid != getuid())
+        {
+            warn!(
+                user = name,
+                "[splitter] user is ignored: the splitter was not started as root"
+            );
         }
     }
     switchyard_shared::sys::forbid_new_privileges()
@@ -254,7 +269,8 @@ pub fn fit_descriptor_budget(config: &switchyard_shared::config::HostConfig) -> 
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
     if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| format!("cannot raise the open-file limit to {hard}: {e}"))?;
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .map_err(|e| format!("cannot raise the open-file limit to {hard}: {e}"))?;
     }
     let budget = descriptor_budget(config);
     if budget > hard {
@@ -263,6 +279,10 @@ pub fn fit_descriptor_budget(config: &switchyard_shared::config::HostConfig) -> 
             config.splitter.max_pending, config.splitter.max_unacked
         ));
     }
-    info!(budget, limit = hard, "descriptor budget fits the open-file limit");
+    info!(
+        budget,
+        limit = hard,
+        "descriptor budget fits the open-file limit"
+    );
     Ok(())
 }

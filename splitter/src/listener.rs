@@ -138,7 +138,11 @@ fn accepted(
     let slot = match front.pending.try_acquire(peer) {
         Ok(slot) => slot,
         Err(refusal) => {
-            debug!(port, reason = refusal.as_str(), "connection refused at once");
+            debug!(
+                port,
+                reason = refusal.as_str(),
+                "connection refused at once"
+            );
             metrics::connection(label, refusal.as_str());
             return;
         }

@@ -137,7 +137,10 @@ fn check(config: &HostConfig) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
         eprintln!("splitter check: cannot start a runtime");
         return ExitCode::from(2);
     };

@@ -176,14 +176,22 @@ async fn run(
 async fn watch_acks(tenant: &Tenant, key: ProcKey) {
     loop {
         tokio::time::sleep(ACK_DEADLINE / 5).await;
-        if tenant.oldest_unacked(key).is_some_and(|handed| handed.elapsed() > ACK_DEADLINE) {
+        if tenant
+            .oldest_unacked(key)
+            .is_some_and(|handed| handed.elapsed() > ACK_DEADLINE)
+        {
             return;
         }
     }
 }
 
 /// SIGTERM (unless `grace` is zero), then SIGKILL after `grace`; waits for the exit.
-async fn terminate(helper: &Helper, pid: u32, exit: &mut oneshot::Receiver<String>, grace: Duration) -> String {
+async fn terminate(
+    helper: &Helper,
+    pid: u32,
+    exit: &mut oneshot::Receiver<String>,
+    grace: Duration,
+) -> String {
     if !grace.is_zero() {
         let _ = helper.signal(pid, StopSignal::Term).await;
         if let Ok(status) = tokio::time::timeout(grace, &mut *exit).await {
@@ -313,7 +321,12 @@ pub async fn admit_attached(tenant: Arc<Tenant>, helper: Arc<Helper>, allowed_ui
     }
 }
 
-async fn attach(socket: OwnedFd, tenant: Arc<Tenant>, allowed_uid: u32, permit: tokio::sync::OwnedSemaphorePermit) {
+async fn attach(
+    socket: OwnedFd,
+    tenant: Arc<Tenant>,
+    allowed_uid: u32,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let name = tenant.name().to_string();
     let peer = match handoff::peer_credentials(socket.as_fd()) {
         Ok(peer) => peer,

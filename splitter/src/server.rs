@@ -44,7 +44,8 @@ pub async fn serve(config: HostConfig) -> Result<(), String> {
     // them up before it reads a byte from the network.
     let (helper_child, helper_socket) = helper::start(&config_path)
         .map_err(|e| format!("cannot start the privileged helper: {e}"))?;
-    let helper = helper::Helper::new(helper_socket, helper_child.id()).map_err(|e| e.to_string())?;
+    let helper =
+        helper::Helper::new(helper_socket, helper_child.id()).map_err(|e| e.to_string())?;
     tokio::spawn(helper.clone().read_events());
     isolation::become_front(config.splitter.user.as_deref())?;
     // A host file the front cannot read would make every reload fail.

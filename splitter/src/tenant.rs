@@ -228,14 +228,21 @@ impl Tenant {
     }
 
     fn hold(&self, state: &mut PoolState, conn: ClientConn) {
-        let max_held = self.config.lock().unwrap_or_else(|p| p.into_inner()).max_held;
+        let max_held = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .max_held;
         if state.held.len() >= max_held {
             self.counters.held_full.fetch_add(1, Ordering::Relaxed);
             crate::metrics::connection(&conn.listener, "max_held");
             turn_away(
                 conn,
                 503,
-                &format!("site {} has too many connections waiting, try again shortly", self.name()),
+                &format!(
+                    "site {} has too many connections waiting, try again shortly",
+                    self.name()
+                ),
                 Some("Retry-After: 1"),
             );
             return;
@@ -294,7 +301,9 @@ impl Tenant {
     /// keeps the old view until the next change or its restart; that is logged.
     pub fn notify_hosts_changed(&self) {
         for proc in self.state().procs.iter() {
-            if let Err(e) = handoff::send(proc.socket.get_ref().as_fd(), &Message::HostsChanged, None) {
+            if let Err(e) =
+                handoff::send(proc.socket.get_ref().as_fd(), &Message::HostsChanged, None)
+            {
                 warn!(tenant = %self.name(), pid = proc.pid, error = %e, "cannot tell a tenant process that the hosts changed; it keeps the old names until it restarts");
             }
         }
@@ -327,7 +336,9 @@ impl Tenant {
         self.state()
             .procs
             .iter()
-            .filter(|p| p.origin == Origin::Supervised { generation } && p.state == ProcState::Ready)
+            .filter(|p| {
+                p.origin == Origin::Supervised { generation } && p.state == ProcState::Ready
+            })
             .count()
     }
 

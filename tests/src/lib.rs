@@ -227,7 +227,10 @@ impl SplitterBuilder {
             self.splitter_extra
         );
         for t in &self.tenants {
-            dir.write(&format!("tenants/{}.toml", t.name), &with_registration_token(&t.file));
+            dir.write(
+                &format!("tenants/{}.toml", t.name),
+                &with_registration_token(&t.file),
+            );
             let hosts: Vec<String> = t.hosts.iter().map(|h| format!("\"{h}\"")).collect();
             let user = if root && !t.host_lines.contains("user =") {
                 system_user(TENANT_USER);
@@ -775,7 +778,8 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 
 /// Reads the value of a metric line starting with `prefix` from the admin endpoint.
 pub fn metric(admin: SocketAddr, prefix: &str) -> Option<f64> {
-    let text = String::from_utf8(http_get_authorized(admin, "admin", "/metrics").ok()?.body).ok()?;
+    let text =
+        String::from_utf8(http_get_authorized(admin, "admin", "/metrics").ok()?.body).ok()?;
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
@@ -827,7 +831,10 @@ fn with_registration_token(file: &str) -> String {
     for line in file.lines() {
         out.push_str(line);
         out.push('\n');
-        if line.starts_with("listen = \"") && !line.contains("unix:") && !file.contains("token_file") {
+        if line.starts_with("listen = \"")
+            && !line.contains("unix:")
+            && !file.contains("token_file")
+        {
             out.push_str("token_file = \"../token\"\n");
         }
     }
@@ -860,13 +867,24 @@ pub fn system_user(name: &str) -> u32 {
             .output()
             .ok()
             .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+            })
     };
     if let Some(uid) = lookup() {
         return uid;
     }
     let _ = Command::new("useradd")
-        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name])
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ])
         .status();
     lookup().unwrap_or_else(|| panic!("cannot create user {name} (useradd)"))
 }

@@ -213,8 +213,7 @@ fn the_upstream_sees_the_real_client_address_and_via() {
     assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.3", "replaced");
     assert_eq!(seen["headers"]["x-real-ip"], "127.0.0.3", "replaced");
     assert_eq!(
-        seen["headers"]["forwarded"],
-        "for=127.0.0.3;proto=http;host=\"alpha.test\"",
+        seen["headers"]["forwarded"], "for=127.0.0.3;proto=http;host=\"alpha.test\"",
         "replaced"
     );
     assert_eq!(seen["headers"]["x-forwarded-proto"], "http");

@@ -11,7 +11,9 @@ use switchyard_tests::*;
 fn with_admin(builder: SplitterBuilder) -> (Splitter, SocketAddr) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let s = builder
-        .splitter_lines(&format!("admin = \"{admin}\"\nadmin_token_file = \"token\""))
+        .splitter_lines(&format!(
+            "admin = \"{admin}\"\nadmin_token_file = \"token\""
+        ))
         .start();
     (s, admin)
 }
@@ -505,7 +507,12 @@ fn a_client_sending_one_byte_at_a_time_is_closed_at_peek_timeout() {
         "closed after {closed_at:?}, peek_timeout is 1 s"
     );
     let http = s.http.to_string();
-    let text = String::from_utf8(http_get_authorized(admin, "admin", "/metrics").unwrap().body).unwrap();
+    let text = String::from_utf8(
+        http_get_authorized(admin, "admin", "/metrics")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
     let line =
         format!("switchyard_connections_total{{listener=\"{http}\",outcome=\"peek_timeout\"}} 1");
     assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");

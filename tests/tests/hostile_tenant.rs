@@ -36,7 +36,16 @@ fn another_user_cannot_reach_a_tenants_registration_socket() {
     let body = r#"{"upstream":"app","addr":"127.0.0.1:9"}"#;
     let curl = |uid: u32| {
         Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "--unix-socket"])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                "--unix-socket",
+            ])
             .arg(&socket)
             .args(["-d", body, "http://x/v1/register"])
             .uid(uid)
@@ -54,16 +63,38 @@ fn another_user_cannot_reach_a_tenants_registration_socket() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
     // Registrations may point only where allow_addrs allows (loopback).
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
         .arg(&socket)
-        .args(["-d", r#"{"upstream":"app","addr":"10.1.2.3:80"}"#, "http://x/v1/register"])
+        .args([
+            "-d",
+            r#"{"upstream":"app","addr":"10.1.2.3:80"}"#,
+            "http://x/v1/register",
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
         .arg(&socket)
-        .args(["-d", r#"{"upstream":"app","addr":"unix:/etc/other.sock"}"#, "http://x/v1/register"])
+        .args([
+            "-d",
+            r#"{"upstream":"app","addr":"unix:/etc/other.sock"}"#,
+            "http://x/v1/register",
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
@@ -75,15 +106,30 @@ fn a_tcp_registration_listener_needs_a_token() {
     let tenant = StandaloneTenant::start(&format!(
         "[[upstream]]\nname = \"app\"\nregistration = true\n[[route]]\nupstream = \"app\"\n[registration]\nlisten = \"{registration}\"\n"
     ));
-    wait_until(Duration::from_secs(10), || TcpStream::connect(registration).is_ok());
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(registration).is_ok()
+    });
     let mut stream = TcpStream::connect(registration).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let anonymous = request(&mut stream, "x", "/v1/upstreams", "Connection: close\r\n").unwrap();
     assert_eq!(anonymous.status, 401);
     let mut stream = TcpStream::connect(registration).unwrap();
-    let wrong = request(&mut stream, "x", "/v1/upstreams", "Authorization: Bearer switchyard-test-token-0123456788\r\nConnection: close\r\n").unwrap();
+    let wrong = request(
+        &mut stream,
+        "x",
+        "/v1/upstreams",
+        "Authorization: Bearer switchyard-test-token-0123456788\r\nConnection: close\r\n",
+    )
+    .unwrap();
     assert_eq!(wrong.status, 401);
-    assert_eq!(http_get_authorized(registration, "x", "/v1/upstreams").unwrap().status, 200);
+    assert_eq!(
+        http_get_authorized(registration, "x", "/v1/upstreams")
+            .unwrap()
+            .status,
+        200
+    );
     drop(tenant);
 }
 
@@ -119,7 +165,11 @@ fn check_refuses_unsafe_configurations_with_their_locations() {
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
-    assert!(err.lines().all(|l| !l.contains(&host_path) || l.splitn(4, ':').count() == 4), "{err}");
+    assert!(
+        err.lines()
+            .all(|l| !l.contains(&host_path) || l.splitn(4, ':').count() == 4),
+        "{err}"
+    );
 
     // Tenant files: checked as the tenant's user, every problem located.
     let host = dir.write(
@@ -130,9 +180,18 @@ fn check_refuses_unsafe_configurations_with_their_locations() {
     );
     let (code, _, err) = splitter_check(&host);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("b.toml:7:10: [registration] listen \"127.0.0.1:9901\" is a TCP address"), "{err}");
-    assert!(err.contains("c.toml:7:10: [registration] listen \"unix:../../x.sock\""), "{err}");
-    assert!(err.contains("share the user"), "a shared user is a warning: {err}");
+    assert!(
+        err.contains("b.toml:7:10: [registration] listen \"127.0.0.1:9901\" is a TCP address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("c.toml:7:10: [registration] listen \"unix:../../x.sock\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("share the user"),
+        "a shared user is a warning: {err}"
+    );
 }
 
 #[test]
@@ -147,19 +206,34 @@ fn a_fifo_or_dev_zero_named_in_a_tenant_file_cannot_stall_a_reload() {
     for target in [fifo.display().to_string(), "/dev/zero".to_string()] {
         s.dir.write(
             "tenants/attacker.toml",
-            &format!("[tls]\ncert = \"{target}\"\nkey = \"{target}\"\n[[route]]\nrespond = \"echo\"\n"),
+            &format!(
+                "[tls]\ncert = \"{target}\"\nkey = \"{target}\"\n[[route]]\nrespond = \"echo\"\n"
+            ),
         );
         // A host-file change makes the reload check the attacker's file.
         let host = std::fs::read_to_string(&s.config).unwrap();
-        std::fs::write(&s.config, host.replace("attacker.test\"]", "attacker.test\", \"x.attacker.test\"]")).unwrap();
+        std::fs::write(
+            &s.config,
+            host.replace("attacker.test\"]", "attacker.test\", \"x.attacker.test\"]"),
+        )
+        .unwrap();
         let started = Instant::now();
         let (code, out, err) = s.ctl(&["reload"]);
         assert_ne!(code, 0, "{out}{err}");
-        assert!(started.elapsed() < Duration::from_secs(12), "the check is time-limited");
-        assert!(format!("{out}{err}").contains("not a regular file"), "{out}{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "the check is time-limited"
+        );
+        assert!(
+            format!("{out}{err}").contains("not a regular file"),
+            "{out}{err}"
+        );
         std::fs::write(&s.config, host).unwrap();
         // The front kept serving throughout.
-        assert_eq!(http_get(s.http, "victim.test", "/echo").unwrap().status, 200);
+        assert_eq!(
+            http_get(s.http, "victim.test", "/echo").unwrap().status,
+            200
+        );
     }
 }
 
@@ -188,14 +262,26 @@ fn one_source_address_cannot_take_every_pending_place() {
         let mut buf = [0u8; 1];
         match c.read(&mut buf) {
             Ok(0) => closed += 1,
-            Err(e) if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => closed += 1,
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                closed += 1
+            }
             _ => {}
         }
     }
-    assert!(closed >= 140, "connections past max_pending_per_ip are closed at once ({closed} of 200)");
+    assert!(
+        closed >= 140,
+        "connections past max_pending_per_ip are closed at once ({closed} of 200)"
+    );
     // Another source is served meanwhile.
     let mut other = connect_from("127.0.0.6", s.http).unwrap();
-    other.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let answer = request(&mut other, "victim.test", "/echo", "").unwrap();
     assert_eq!(answer.status, 200);
 }
@@ -214,8 +300,14 @@ fn a_fast_source_meets_its_connection_rate_limit_and_others_do_not() {
             _ => refused += 1,
         }
     }
-    assert!(refused >= 30, "only about 20 a second pass: {refused} of 60 refused");
+    assert!(
+        refused >= 30,
+        "only about 20 a second pass: {refused} of 60 refused"
+    );
     let mut c = connect_from("127.0.0.8", s.http).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(request(&mut c, "victim.test", "/echo", "").unwrap().status, 200);
+    assert_eq!(
+        request(&mut c, "victim.test", "/echo", "").unwrap().status,
+        200
+    );
 }

@@ -71,7 +71,9 @@ fn tenants_run_as_their_users_and_the_splitter_drops_privileges() {
     let front = s.proc.pid() as u64;
     let front_uid = system_user(FRONT_USER).to_string();
     assert!(
-        status_field(front, "Uid").split_whitespace().all(|id| id == front_uid),
+        status_field(front, "Uid")
+            .split_whitespace()
+            .all(|id| id == front_uid),
         "front Uid {}",
         status_field(front, "Uid")
     );
@@ -83,7 +85,12 @@ fn tenants_run_as_their_users_and_the_splitter_drops_privileges() {
     // Only the helper (the front's one child) keeps root, and it is the tenants' parent.
     let helper = children_of(s.proc.pid());
     assert_eq!(helper.len(), 1, "the front's only child is the helper");
-    assert_eq!(status_field(helper[0] as u64, "Uid").split_whitespace().next(), Some("0"));
+    assert_eq!(
+        status_field(helper[0] as u64, "Uid")
+            .split_whitespace()
+            .next(),
+        Some("0")
+    );
     assert!(children_of(helper[0]).contains(&(pid as u32)));
 
     // A process started by hand as the wrong user is refused …

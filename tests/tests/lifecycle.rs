@@ -267,7 +267,9 @@ fn sigterm_under_load_answers_every_in_flight_request_and_exits_0() {
 fn the_admin_endpoint_serves_metrics_and_status() {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
-        .splitter_lines(&format!("admin = \"{admin}\"\nadmin_token_file = \"token\""))
+        .splitter_lines(&format!(
+            "admin = \"{admin}\"\nadmin_token_file = \"token\""
+        ))
         .start();
     for _ in 0..3 {
         http_get(s.http, "alpha.test", "/").unwrap();
@@ -301,10 +303,15 @@ fn the_admin_endpoint_serves_metrics_and_status() {
         "{text}"
     );
 
-    let status = http_get_authorized(admin, "admin", "/status").unwrap().json();
+    let status = http_get_authorized(admin, "admin", "/status")
+        .unwrap()
+        .json();
     assert_eq!(status["tenants"][0]["name"], "alpha");
     assert_eq!(status["tenants"][0]["processes"][0]["state"], "ready");
-    assert_eq!(http_get_authorized(admin, "admin", "/nope").unwrap().status, 404);
+    assert_eq!(
+        http_get_authorized(admin, "admin", "/nope").unwrap().status,
+        404
+    );
 }
 
 #[test]
@@ -376,6 +383,9 @@ fn sighup_reloads_the_host_file() {
     host.push_str(
         "[[tenant]]\nname = \"beta\"\nhosts = [\"beta.test\"]\nconfig = \"tenants/beta.toml\"\n",
     );
+    if running_as_root() {
+        host.push_str(&format!("user = \"{TENANT_USER}\"\n"));
+    }
     std::fs::write(&s.config, host).unwrap();
     signal(s.proc.pid(), libc::SIGHUP);
     wait_until(

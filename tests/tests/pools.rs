@@ -544,7 +544,8 @@ fn bad_registration_requests_get_400_and_change_nothing() {
             .status,
         413
     );
-    let get_register = http_get_authorized(tenant.registration, "localhost", "/v1/register").unwrap();
+    let get_register =
+        http_get_authorized(tenant.registration, "localhost", "/v1/register").unwrap();
     assert_eq!(get_register.status, 405);
     assert_eq!(get_register.header("allow"), Some("POST"));
 

@@ -36,8 +36,11 @@ impl PeerTemplate {
             options.verify_cert = settings.verify;
             options.verify_hostname = settings.verify;
             if let Some(path) = &settings.ca {
-                let pem = switchyard_shared::files::read_regular(path, switchyard_shared::files::MAX_PEM_BYTES)
-                    .map_err(|e| format!("{}: cannot read CA certificates: {e}", path.display()))?;
+                let pem = switchyard_shared::files::read_regular(
+                    path,
+                    switchyard_shared::files::MAX_PEM_BYTES,
+                )
+                .map_err(|e| format!("{}: cannot read CA certificates: {e}", path.display()))?;
                 let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
                     .collect::<Result<_, _>>()
                     .map_err(|e| format!("{}: cannot read CA certificates: {e}", path.display()))?;

@@ -317,9 +317,10 @@ impl HostConfig {
                 "splitter.max_peek_bytes must be between 512 and 1048576 (a post-quantum ClientHello needs about 2000)",
             );
         }
-        let admin = raw_splitter.admin.as_ref().and_then(|a| {
-            admin_listen(src, a, raw_splitter.admin_token_file.as_ref())
-        });
+        let admin = raw_splitter
+            .admin
+            .as_ref()
+            .and_then(|a| admin_listen(src, a, raw_splitter.admin_token_file.as_ref()));
         if let (None, Some(token)) = (&raw_splitter.admin, &raw_splitter.admin_token_file) {
             src.error(token.span(), "admin_token_file is set but admin is not");
         }
@@ -480,7 +481,10 @@ impl HostConfig {
                 None => {}
             }
             if t.max_held == 0 {
-                src.error(t.name.span(), format!("tenant {name:?}: max_held must be at least 1"));
+                src.error(
+                    t.name.span(),
+                    format!("tenant {name:?}: max_held must be at least 1"),
+                );
             }
             tenants.push(TenantConfig {
                 name,
@@ -569,7 +573,10 @@ fn unprivileged_uid(src: &mut Source, user: &Spanned<String>, what: &str) -> Opt
         Ok(Some(found)) if found.uid.is_root() => {
             src.error(
                 user.span(),
-                format!("{what} {:?} is uid 0; name an unprivileged user", user.get_ref()),
+                format!(
+                    "{what} {:?} is uid 0; name an unprivileged user",
+                    user.get_ref()
+                ),
             );
             None
         }
@@ -577,12 +584,19 @@ fn unprivileged_uid(src: &mut Source, user: &Spanned<String>, what: &str) -> Opt
         Ok(None) => {
             src.error(
                 user.span(),
-                format!("{what} {:?} does not exist; create it (e.g. `useradd --system {}`)", user.get_ref(), user.get_ref()),
+                format!(
+                    "{what} {:?} does not exist; create it (e.g. `useradd --system {}`)",
+                    user.get_ref(),
+                    user.get_ref()
+                ),
             );
             None
         }
         Err(e) => {
-            src.error(user.span(), format!("{what} {:?}: cannot look it up: {e}", user.get_ref()));
+            src.error(
+                user.span(),
+                format!("{what} {:?}: cannot look it up: {e}", user.get_ref()),
+            );
             None
         }
     }
@@ -596,7 +610,10 @@ fn admin_listen(
     let text = admin.get_ref();
     if let Some(path) = text.strip_prefix("unix:") {
         if path.is_empty() {
-            src.error(admin.span(), "admin = \"unix:\" needs a path, e.g. \"unix:admin.sock\"");
+            src.error(
+                admin.span(),
+                "admin = \"unix:\" needs a path, e.g. \"unix:admin.sock\"",
+            );
             return None;
         }
         if let Some(token) = token_file {
@@ -621,10 +638,22 @@ fn admin_listen(
     let path = src.resolve(token.get_ref());
     match crate::files::read_regular_text(&path, crate::files::MAX_PEM_BYTES) {
         Ok(text) if text.trim().len() >= 16 => {}
-        Ok(_) => src.error(token.span(), format!("admin_token_file {}: the token must be at least 16 characters", path.display())),
-        Err(e) => src.error(token.span(), format!("cannot read admin_token_file {}: {e}", path.display())),
+        Ok(_) => src.error(
+            token.span(),
+            format!(
+                "admin_token_file {}: the token must be at least 16 characters",
+                path.display()
+            ),
+        ),
+        Err(e) => src.error(
+            token.span(),
+            format!("cannot read admin_token_file {}: {e}", path.display()),
+        ),
     }
-    Some(AdminListen::Tcp { addr, token_file: path })
+    Some(AdminListen::Tcp {
+        addr,
+        token_file: path,
+    })
 }
 
 fn claimed_owner<'a>(claimed: &'a HostTable<String>, pattern: &HostPattern) -> Option<&'a String> {

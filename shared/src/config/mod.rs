@@ -23,14 +23,15 @@ mod tenant_file;
 mod upstream;
 
 pub use host_file::{
-    AdminListen, HostConfig, Limits, ListenerConfig, Protocol, SplitterSettings, TenantConfig, UnknownHost,
+    AdminListen, HostConfig, Limits, ListenerConfig, Protocol, SplitterSettings, TenantConfig,
+    UnknownHost,
 };
 pub use source::{resolve_relative, ConfigError, ConfigErrors};
 pub use tenant_file::{RouteConfig, RouteTarget, TenantFile, TlsSource};
 pub use upstream::{
     parse_registration_ttl, DnsDiscovery, HashKey, HealthConfig, HealthKind, LbKind, PassiveHealth,
-    RegistrationConfig, RegistrationListen, ServerAddr, DEFAULT_REGISTRATION_SOCKET, ServerSpec, UpstreamConfig, UpstreamTls,
-    MAX_WEIGHT, REGISTRATION_TTL,
+    RegistrationConfig, RegistrationListen, ServerAddr, ServerSpec, UpstreamConfig, UpstreamTls,
+    DEFAULT_REGISTRATION_SOCKET, MAX_WEIGHT, REGISTRATION_TTL,
 };
 
 #[cfg(test)]
@@ -114,7 +115,12 @@ mod tests {
             "host.toml",
             &host_file("").replace("[splitter]\n", "[splitter]\nsched_batch = false\n"),
         );
-        assert!(!HostConfig::load_as(&path, false).unwrap().splitter.sched_batch);
+        assert!(
+            !HostConfig::load_as(&path, false)
+                .unwrap()
+                .splitter
+                .sched_batch
+        );
         let errors = errors_of(
             &dir,
             &host_file("").replace("[splitter]\n", "[splitter]\nsched_batch = \"yes\"\n"),

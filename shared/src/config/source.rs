@@ -58,14 +58,15 @@ pub(super) struct Source {
 
 impl Source {
     pub(super) fn read(path: &Path) -> Result<Source, ConfigErrors> {
-        let text = crate::files::read_regular_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read configuration file: {e}"),
-            }])
-        })?;
+        let text =
+            crate::files::read_regular_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|e| {
+                ConfigErrors(vec![ConfigError {
+                    file: path.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read configuration file: {e}"),
+                }])
+            })?;
         Ok(Source {
             path: path.to_path_buf(),
             text,

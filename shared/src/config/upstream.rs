@@ -639,7 +639,10 @@ pub(super) fn validate_registration(
             return None;
         }
         if raw.token_file.is_some() {
-            src.warning(span.clone(), "[registration] token_file is only used with a TCP listen address");
+            src.warning(
+                span.clone(),
+                "[registration] token_file is only used with a TCP listen address",
+            );
         }
         RegistrationListen::Unix(PathBuf::from(path))
     } else {
@@ -660,23 +663,41 @@ pub(super) fn validate_registration(
         let path = src.resolve(token.get_ref());
         match crate::files::read_regular_text(&path, crate::files::MAX_PEM_BYTES) {
             Ok(t) if t.trim().len() >= 16 => {}
-            Ok(_) => src.error(token.span(), format!("token_file {}: the token must be at least 16 characters", path.display())),
-            Err(e) => src.error(token.span(), format!("cannot read token_file {}: {e}", path.display())),
+            Ok(_) => src.error(
+                token.span(),
+                format!(
+                    "token_file {}: the token must be at least 16 characters",
+                    path.display()
+                ),
+            ),
+            Err(e) => src.error(
+                token.span(),
+                format!("cannot read token_file {}: {e}", path.display()),
+            ),
         }
-        RegistrationListen::Tcp { addr, token_file: path }
+        RegistrationListen::Tcp {
+            addr,
+            token_file: path,
+        }
     };
     let mut allow_uids = Vec::new();
     for user in &raw.allow_users {
         match nix::unistd::User::from_name(user.get_ref()) {
             Ok(Some(found)) => allow_uids.push(found.uid.as_raw()),
-            _ => src.error(user.span(), format!("allow_users: no user {:?} on this host", user.get_ref())),
+            _ => src.error(
+                user.span(),
+                format!("allow_users: no user {:?} on this host", user.get_ref()),
+            ),
         }
     }
     let mut allow_gids = Vec::new();
     for group in &raw.allow_groups {
         match nix::unistd::Group::from_name(group.get_ref()) {
             Ok(Some(found)) => allow_gids.push(found.gid.as_raw()),
-            _ => src.error(group.span(), format!("allow_groups: no group {:?} on this host", group.get_ref())),
+            _ => src.error(
+                group.span(),
+                format!("allow_groups: no group {:?} on this host", group.get_ref()),
+            ),
         }
     }
     let mut allow_addrs = Vec::new();

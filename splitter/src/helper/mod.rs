@@ -18,7 +18,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 use tracing::error;
 
-type Answer = (Result<Reply, String>, Option<OwnedFd>, Option<oneshot::Receiver<String>>);
+type Answer = (
+    Result<Reply, String>,
+    Option<OwnedFd>,
+    Option<oneshot::Receiver<String>>,
+);
 
 /// The front's handle on its helper.
 pub struct Helper {
@@ -77,7 +81,9 @@ impl Helper {
     /// start or stop tenants, so it exits (its supervisor restarts it).
     pub async fn read_events(self: Arc<Self>) {
         loop {
-            let Ok(mut guard) = self.socket.readable().await else { break };
+            let Ok(mut guard) = self.socket.readable().await else {
+                break;
+            };
             match proto::recv::<Event>(self.socket.get_ref().as_fd()) {
                 Ok(Some((Event::Reply { id, result }, fd))) => {
                     let exit = match &result {
@@ -85,17 +91,30 @@ impl Helper {
                             // Registered before any later event is read, so an
                             // immediate exit is not missed.
                             let (tx, rx) = oneshot::channel();
-                            self.exits.lock().unwrap_or_else(|p| p.into_inner()).insert(*pid, tx);
+                            self.exits
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(*pid, tx);
                             Some(rx)
                         }
                         _ => None,
                     };
-                    if let Some(waiter) = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
+                    if let Some(waiter) = self
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id)
+                    {
                         let _ = waiter.send((result, fd, exit));
                     }
                 }
                 Ok(Some((Event::Exited { pid, status }, _))) => {
-                    if let Some(tx) = self.exits.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid) {
+                    if let Some(tx) = self
+                        .exits
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&pid)
+                    {
                         let _ = tx.send(status);
                     }
                 }
@@ -111,10 +130,16 @@ impl Helper {
         std::process::exit(1);
     }
 
-    async fn call(&self, request: Request) -> Result<(Reply, Option<OwnedFd>, Option<oneshot::Receiver<String>>), String> {
+    async fn call(
+        &self,
+        request: Request,
+    ) -> Result<(Reply, Option<OwnedFd>, Option<oneshot::Receiver<String>>), String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
         let envelope = Envelope { id, request };
         loop {
             match proto::send(self.socket.get_ref().as_fd(), &envelope, None) {
@@ -125,36 +150,67 @@ impl Helper {
                     }
                 }
                 Err(e) => {
-                    self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    self.waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
                     return Err(format!("cannot reach the privileged helper: {e}"));
                 }
             }
         }
-        let (result, fd, exit) = rx.await.map_err(|_| "the privileged helper went away".to_string())?;
+        let (result, fd, exit) = rx
+            .await
+            .map_err(|_| "the privileged helper went away".to_string())?;
         result.map(|reply| (reply, fd, exit))
     }
 
     /// Spawns one process of `tenant`.
     pub async fn spawn(&self, tenant: &str) -> Result<TenantChild, String> {
-        match self.call(Request::Spawn { tenant: tenant.into() }).await? {
-            (Reply::Spawned { pid }, Some(socket), Some(exit)) => Ok(TenantChild { pid, socket, exit }),
-            other => Err(format!("unexpected answer from the helper to a spawn: {:?}", other.0)),
+        match self
+            .call(Request::Spawn {
+                tenant: tenant.into(),
+            })
+            .await?
+        {
+            (Reply::Spawned { pid }, Some(socket), Some(exit)) => {
+                Ok(TenantChild { pid, socket, exit })
+            }
+            other => Err(format!(
+                "unexpected answer from the helper to a spawn: {:?}",
+                other.0
+            )),
         }
     }
 
     /// Validates `tenant`'s file as its user; `Ok` carries any warnings.
     pub async fn check(&self, tenant: &str) -> Result<String, String> {
-        match self.call(Request::Check { tenant: tenant.into() }).await? {
+        match self
+            .call(Request::Check {
+                tenant: tenant.into(),
+            })
+            .await?
+        {
             (Reply::Checked { output }, _, _) => Ok(output),
-            other => Err(format!("unexpected answer from the helper to a check: {:?}", other.0)),
+            other => Err(format!(
+                "unexpected answer from the helper to a check: {:?}",
+                other.0
+            )),
         }
     }
 
     /// The listening `handoff.sock` in `tenant`'s runtime directory.
     pub async fn listen(&self, tenant: &str) -> Result<OwnedFd, String> {
-        match self.call(Request::Listen { tenant: tenant.into() }).await? {
+        match self
+            .call(Request::Listen {
+                tenant: tenant.into(),
+            })
+            .await?
+        {
             (Reply::Listening, Some(fd), _) => Ok(fd),
-            other => Err(format!("unexpected answer from the helper to listen: {:?}", other.0)),
+            other => Err(format!(
+                "unexpected answer from the helper to listen: {:?}",
+                other.0
+            )),
         }
     }
 

@@ -106,24 +106,37 @@ pub enum Event {
 }
 
 /// Sends `value` as one datagram with `fd` attached when given.
-pub fn send<T: Serialize>(socket: BorrowedFd<'_>, value: &T, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+pub fn send<T: Serialize>(
+    socket: BorrowedFd<'_>,
+    value: &T,
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
     if bytes.len() > MAX_DATAGRAM {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "helper message too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "helper message too large",
+        ));
     }
     switchyard_shared::handoff::send_bytes(socket, &bytes, fd)
 }
 
 /// Receives one datagram without blocking: `Ok(None)` when the peer closed.
-pub fn recv<T: for<'de> Deserialize<'de>>(socket: BorrowedFd<'_>) -> io::Result<Option<(T, Option<OwnedFd>)>> {
+pub fn recv<T: for<'de> Deserialize<'de>>(
+    socket: BorrowedFd<'_>,
+) -> io::Result<Option<(T, Option<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let Some((len, mut fds)) = switchyard_shared::handoff::recv_bytes(socket, &mut buf)? else {
         return Ok(None);
     };
     if fds.len() > 1 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "more than one descriptor in a helper message; closed them"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more than one descriptor in a helper message; closed them",
+        ));
     }
-    let value = serde_json::from_slice(&buf[..len]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let value = serde_json::from_slice(&buf[..len])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok(Some((value, fds.pop())))
 }
 
@@ -135,13 +148,30 @@ mod tests {
     #[test]
     fn messages_round_trip_with_a_descriptor() {
         let (a, b) = switchyard_shared::handoff::seqpacket_pair().unwrap();
-        let request = Envelope { id: 7, request: Request::Signal { pid: 42, signal: StopSignal::Term } };
+        let request = Envelope {
+            id: 7,
+            request: Request::Signal {
+                pid: 42,
+                signal: StopSignal::Term,
+            },
+        };
         send(a.as_fd(), &request, Some(a.as_fd())).unwrap();
         let (got, fd): (Envelope, _) = recv(b.as_fd()).unwrap().unwrap();
         assert_eq!(got, request);
         assert!(fd.is_some());
-        send(a.as_fd(), &Event::Exited { pid: 1, status: "x".into() }, None).unwrap();
-        assert!(recv::<Envelope>(b.as_fd()).is_err(), "an event is not a request");
+        send(
+            a.as_fd(),
+            &Event::Exited {
+                pid: 1,
+                status: "x".into(),
+            },
+            None,
+        )
+        .unwrap();
+        assert!(
+            recv::<Envelope>(b.as_fd()).is_err(),
+            "an event is not a request"
+        );
         // The descriptor that travelled was `a` itself: close both copies.
         drop(fd);
         drop(a);

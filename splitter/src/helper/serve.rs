@@ -147,7 +147,10 @@ impl Helper {
 
     async fn answer(&mut self, request: Request) -> (Result<Reply, String>, Option<OwnedFd>) {
         match request {
-            Request::Spawn { tenant } => match self.tenant(&tenant).and_then(|t| self.spawn(&t).map_err(|e| e.to_string())) {
+            Request::Spawn { tenant } => match self
+                .tenant(&tenant)
+                .and_then(|t| self.spawn(&t).map_err(|e| e.to_string()))
+            {
                 Ok((pid, socket)) => (Ok(Reply::Spawned { pid }), Some(socket)),
                 Err(e) => (Err(e), None),
             },
@@ -156,14 +159,22 @@ impl Helper {
                 // before anything changes.
                 let result = match HostConfig::load(&self.host_file) {
                     Ok(config) => match config.tenant(&tenant) {
-                        Some(t) => check_tenant(&self.l7proxy, &self.host_file, t).await.map(|output| Reply::Checked { output }),
-                        None => Err(format!("no tenant {tenant:?} in {}", self.host_file.display())),
+                        Some(t) => check_tenant(&self.l7proxy, &self.host_file, t)
+                            .await
+                            .map(|output| Reply::Checked { output }),
+                        None => Err(format!(
+                            "no tenant {tenant:?} in {}",
+                            self.host_file.display()
+                        )),
                     },
                     Err(e) => Err(format!("the host file is invalid:\n{e}")),
                 };
                 (result, None)
             }
-            Request::Listen { tenant } => match self.tenant(&tenant).and_then(|t| self.listen(&t).map_err(|e| e.to_string())) {
+            Request::Listen { tenant } => match self
+                .tenant(&tenant)
+                .and_then(|t| self.listen(&t).map_err(|e| e.to_string()))
+            {
                 Ok(listener) => (Ok(Reply::Listening), Some(listener)),
                 Err(e) => (Err(e), None),
             },
@@ -176,7 +187,12 @@ impl Helper {
             },
             Request::Signal { pid, signal } => match self.children.get(&pid) {
                 Some(tx) if tx.send(signal).is_ok() => (Ok(Reply::Signalled), None),
-                _ => (Err(format!("pid {pid} is not a live tenant process of this splitter")), None),
+                _ => (
+                    Err(format!(
+                        "pid {pid} is not a live tenant process of this splitter"
+                    )),
+                    None,
+                ),
             },
         }
     }
@@ -196,7 +212,9 @@ impl Helper {
         if switchyard_shared::sys::scheduling_policy(0).is_ok_and(|p| p == libc::SCHED_BATCH) {
             switchyard_shared::sys::normal_scheduling_in_child(&mut command);
         }
-        let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn()?;
+        let mut child = tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()?;
         drop(theirs);
         let pid = child.id().unwrap_or(0);
         isolation::apply_cgroup_limits(&tenant.name, pid, &tenant.limits);
@@ -272,17 +290,40 @@ fn tenant_command(
 
 /// Runs `l7proxy --check` for `tenant` as its user, within [`CHECK_TIME_LIMIT`]:
 /// its output on success, on failure what it printed (or why it did not finish).
-pub async fn check_tenant(l7proxy: &Path, host_file: &Path, tenant: &TenantConfig) -> Result<String, String> {
+pub async fn check_tenant(
+    l7proxy: &Path,
+    host_file: &Path,
+    tenant: &TenantConfig,
+) -> Result<String, String> {
     let identity = isolation::identity(tenant).map_err(|e| e.to_string())?;
-    let mut command = tenant_command(l7proxy, host_file, tenant, identity).map_err(|e| e.to_string())?;
-    command.arg("--check").stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "error");
+    let mut command =
+        tenant_command(l7proxy, host_file, tenant, identity).map_err(|e| e.to_string())?;
+    command
+        .arg("--check")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "error");
     switchyard_shared::sys::no_new_privileges(&mut command);
     let mut child = tokio::process::Command::from(command)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("tenant {}: cannot run {} --check: {e}", tenant.name, l7proxy.display()))?;
-    let mut stdout = child.stdout.take().expect("piped").take(CHECK_OUTPUT_LIMIT as u64);
-    let mut stderr = child.stderr.take().expect("piped").take(CHECK_OUTPUT_LIMIT as u64);
+        .map_err(|e| {
+            format!(
+                "tenant {}: cannot run {} --check: {e}",
+                tenant.name,
+                l7proxy.display()
+            )
+        })?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .expect("piped")
+        .take(CHECK_OUTPUT_LIMIT as u64);
+    let mut stderr = child
+        .stderr
+        .take()
+        .expect("piped")
+        .take(CHECK_OUTPUT_LIMIT as u64);
     let run = async {
         let mut out = Vec::new();
         let mut err = Vec::new();
