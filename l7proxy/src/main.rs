@@ -277,18 +277,8 @@ fn registration_service(
     use switchyard_shared::config::RegistrationListen;
     let token = match &settings.listen {
         RegistrationListen::Tcp { token_file, .. } => Some(
-            switchyard_shared::files::read_regular_text(
-                token_file,
-                switchyard_shared::files::MAX_PEM_BYTES,
-            )
-            .map_err(|e| {
-                format!(
-                    "tenant {tenant}: cannot read token_file {}: {e}",
-                    token_file.display()
-                )
-            })?
-            .trim()
-            .to_string(),
+            switchyard_shared::token::read_token(token_file)
+                .map_err(|e| format!("tenant {tenant}: [registration] token_file: {e}"))?,
         ),
         RegistrationListen::Unix(_) => None,
     };

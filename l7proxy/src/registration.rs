@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_shared::config::{parse_registration_ttl, ServerAddr, ServerSpec, MAX_WEIGHT};
 use switchyard_shared::net::AddrRule;
+use switchyard_shared::throttle::Throttle;
 
 /// The largest request body the API reads.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -79,7 +80,7 @@ pub struct PeerCheck {
     /// Allowed gids (`allow_groups`): the peer's primary group or any group
     /// that lists the peer's user.
     pub gids: Vec<u32>,
-    refusals: std::sync::Mutex<(std::time::Instant, u32)>,
+    refusals: std::sync::Mutex<Throttle>,
 }
 
 impl PeerCheck {
@@ -95,7 +96,7 @@ impl PeerCheck {
             check_peers,
             uids,
             gids,
-            refusals: std::sync::Mutex::new((std::time::Instant::now(), 0)),
+            refusals: std::sync::Mutex::new(Throttle::new(10)),
         }
     }
 
@@ -120,12 +121,12 @@ impl PeerCheck {
 
     /// At most ten refusal lines a minute.
     fn log_refusal(&self, message: String) {
-        let mut state = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        if state.0.elapsed() >= Duration::from_secs(60) {
-            *state = (std::time::Instant::now(), 0);
-        }
-        state.1 += 1;
-        if state.1 <= 10 {
+        if self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow()
+        {
             tracing::warn!(tenant = %self.api.tenant, "{message}");
         }
     }
@@ -321,11 +322,6 @@ impl RegistrationApi {
     }
 }
 
-/// Compares without an early exit on the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Refusal> {
     let mut body = Vec::new();
     loop {
@@ -356,14 +352,13 @@ impl ServeHttp for RegistrationApi {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         if let Some(token) = &self.token {
-            let given = session
+            let authorization = session
                 .req_header()
                 .headers
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
-            if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+            if !switchyard_shared::token::bearer_matches(authorization, token) {
                 return json_response(
                     StatusCode::UNAUTHORIZED,
                     &json!({"error": "send Authorization: Bearer TOKEN (the token in [registration] token_file)", "tenant": self.tenant}),

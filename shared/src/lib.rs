@@ -8,6 +8,8 @@
 //! * [`units`]: duration and size strings (`"500ms"`, `"256MiB"`).
 //! * [`logging`]: the `tracing` subscriber both binaries install.
 //! * [`files`]: reading files named by someone untrusted (regular files, bounded).
+//! * [`throttle`]: bounds on log lines a peer can trigger.
+//! * [`token`]: bearer tokens for TCP endpoints (read, compared in constant time).
 //! * [`net`]: CIDR and port-range rules (`trusted_proxies`, `allow_addrs`).
 //!
 //! * [`sys`]: safe wrappers over the system calls the binaries need.
@@ -28,4 +30,6 @@ pub mod logging;
 pub mod net;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod throttle;
+pub mod token;
 pub mod units;

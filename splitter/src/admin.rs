@@ -42,13 +42,8 @@ pub async fn bind(listen: &AdminListen, runtime_dir: &Path) -> Result<Admin, Str
             Ok(Admin::Unix(listener))
         }
         AdminListen::Tcp { addr, token_file } => {
-            let token = switchyard_shared::files::read_regular_text(
-                token_file,
-                switchyard_shared::files::MAX_PEM_BYTES,
-            )
-            .map_err(|e| format!("cannot read admin_token_file {}: {e}", token_file.display()))?
-            .trim()
-            .to_string();
+            let token = switchyard_shared::token::read_token(token_file)
+                .map_err(|e| format!("admin_token_file: {e}"))?;
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot bind the admin address {addr}: {e}"))?;
@@ -92,25 +87,11 @@ pub async fn serve(admin: Admin, fleet: Arc<Fleet>) {
 /// constant time).
 fn authorized(head: &str, token: &str) -> bool {
     head.lines().any(|line| {
-        let Some((name, value)) = line.split_once(':') else {
-            return false;
-        };
-        if !name.trim().eq_ignore_ascii_case("authorization") {
-            return false;
-        }
-        let Some(given) = value.trim().strip_prefix("Bearer ") else {
-            return false;
-        };
-        constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("authorization")
+                && switchyard_shared::token::bearer_matches(value, token)
+        })
     })
-}
-
-/// Compares without an early exit on the first difference.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
@@ -185,6 +166,5 @@ mod tests {
             "GET / HTTP/1.1\r\n\r\n",
             "s3cret-token-0123"
         ));
-        assert!(!super::constant_time_eq(b"ab", b"abc"));
     }
 }

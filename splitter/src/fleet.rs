@@ -165,19 +165,33 @@ impl Fleet {
         let _operation = self.operations.lock().await;
         let config = HostConfig::load_as(config_path, self.as_root)
             .map_err(|e| format!("reload refused, nothing changed:\n{e}"))?;
-        // Tenant files are checked by the tenants' own users, never read here.
-        let mut problems = Vec::new();
-        {
+        // Tenant files are checked by the tenants' own users, never read here:
+        // every added or changed tenant, before anything changes.
+        let (to_check, hosts_changed) = {
             let running = self.running.lock().await;
-            for t in &config.tenants {
-                let unchanged = running
-                    .iter()
-                    .any(|r| r.tenant.name() == t.name && &r.tenant.config() == t);
-                if !unchanged {
-                    if let Err(e) = self.helper.check(&t.name).await {
-                        problems.push(e);
-                    }
-                }
+            let to_check: Vec<String> = config
+                .tenants
+                .iter()
+                .filter(|t| !running.iter().any(|r| &r.tenant.config() == *t))
+                .map(|t| t.name.clone())
+                .collect();
+            let old_hosts: Vec<_> = running
+                .iter()
+                .map(|r| (r.tenant.name().to_string(), r.tenant.config().hosts))
+                .collect();
+            let new_hosts: Vec<_> = config
+                .tenants
+                .iter()
+                .map(|t| (t.name.clone(), t.hosts.clone()))
+                .collect();
+            let hosts_changed = old_hosts != new_hosts
+                || config.splitter.unknown_host != self.front.routes.load().unknown_host();
+            (to_check, hosts_changed)
+        };
+        let mut problems = Vec::new();
+        for name in &to_check {
+            if let Err(e) = self.helper.check(name).await {
+                problems.push(e);
             }
         }
         if !problems.is_empty() {
@@ -190,19 +204,6 @@ impl Fleet {
             .reload()
             .await
             .map_err(|e| format!("reload refused, nothing changed: {e}"))?;
-        let hosts_changed = {
-            let running = self.running.lock().await;
-            let old: Vec<_> = running
-                .iter()
-                .map(|r| (r.tenant.name().to_string(), r.tenant.config().hosts))
-                .collect();
-            let new: Vec<_> = config
-                .tenants
-                .iter()
-                .map(|t| (t.name.clone(), t.hosts.clone()))
-                .collect();
-            old != new || config.splitter.unknown_host != self.front.settings.unknown_host
-        };
         let mut running = self.running.lock().await;
         let mut notes = Vec::new();
         if config.listeners != self.listeners {

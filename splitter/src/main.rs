@@ -15,7 +15,6 @@ mod fleet;
 mod helper;
 mod isolation;
 mod listener;
-mod logs;
 mod metrics;
 mod process;
 mod reject;

@@ -205,9 +205,9 @@ async fn terminate(
     }
 }
 
-/// Most log lines about one process's misbehaviour per minute; the rest are
-/// counted, not written.
-const MISBEHAVIOUR_LOGS_PER_MINUTE: u32 = 10;
+/// Most log lines a minute about refused joiners on one tenant's handoff.sock;
+/// the rest are counted, not written.
+const REFUSAL_LOGS_PER_MINUTE: u32 = 10;
 
 /// Reads the process's messages until its socket closes or it breaks the
 /// protocol; returns why it stopped. Anything a process may not send (a message
@@ -295,7 +295,7 @@ pub async fn admit_attached(tenant: Arc<Tenant>, helper: Arc<Helper>, allowed_ui
         }
     };
     let admitting = Arc::new(tokio::sync::Semaphore::new(MAX_UNADMITTED));
-    let mut refusals = crate::logs::Throttle::new(MISBEHAVIOUR_LOGS_PER_MINUTE);
+    let mut refusals = switchyard_shared::throttle::Throttle::new(REFUSAL_LOGS_PER_MINUTE);
     loop {
         let Ok(mut guard) = listener.readable().await else {
             return;

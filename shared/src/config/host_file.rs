@@ -636,19 +636,8 @@ fn admin_listen(
         return None;
     };
     let path = src.resolve(token.get_ref());
-    match crate::files::read_regular_text(&path, crate::files::MAX_PEM_BYTES) {
-        Ok(text) if text.trim().len() >= 16 => {}
-        Ok(_) => src.error(
-            token.span(),
-            format!(
-                "admin_token_file {}: the token must be at least 16 characters",
-                path.display()
-            ),
-        ),
-        Err(e) => src.error(
-            token.span(),
-            format!("cannot read admin_token_file {}: {e}", path.display()),
-        ),
+    if let Err(e) = crate::token::read_token(&path) {
+        src.error(token.span(), format!("admin_token_file: {e}"));
     }
     Some(AdminListen::Tcp {
         addr,

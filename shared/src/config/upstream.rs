@@ -661,19 +661,8 @@ pub(super) fn validate_registration(
             return None;
         };
         let path = src.resolve(token.get_ref());
-        match crate::files::read_regular_text(&path, crate::files::MAX_PEM_BYTES) {
-            Ok(t) if t.trim().len() >= 16 => {}
-            Ok(_) => src.error(
-                token.span(),
-                format!(
-                    "token_file {}: the token must be at least 16 characters",
-                    path.display()
-                ),
-            ),
-            Err(e) => src.error(
-                token.span(),
-                format!("cannot read token_file {}: {e}", path.display()),
-            ),
+        if let Err(e) = crate::token::read_token(&path) {
+            src.error(token.span(), format!("[registration] token_file: {e}"));
         }
         RegistrationListen::Tcp {
             addr,

@@ -1,4 +1,5 @@
-//! Bounds on log lines a peer can trigger.
+//! Bounds on log lines a peer can trigger: a [`Throttle`] lets a few a minute
+//! through and counts the rest.
 
 use std::time::{Duration, Instant};
 
