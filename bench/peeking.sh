@@ -14,7 +14,8 @@ echo "==> building release binaries"
 cargo build --release --bins
 ulimit -n "$(ulimit -Hn)"   # the clients and the splitter each hold CONNECTIONS sockets
 printf '[tls]\nself_signed = true\n[[route]]\npath = "/"\nrespond = "echo"\n' > "$OUT/tenants/echo.toml"
-printf '[splitter]\nruntime_dir = "run"\npeek_timeout = "60s"\nmax_pending = 20000\n[[listen]]\naddr = "127.0.0.1:19843"\nprotocol = "tls"\n[[tenant]]\nname = "echo"\nhosts = ["localhost"]\nconfig = "tenants/echo.toml"\n' > "$OUT/host.toml"
+switchyard_bench_users
+printf '[splitter]\nruntime_dir = "run"\npeek_timeout = "60s"\nmax_pending = 20000\n%s\n%s\n[[listen]]\naddr = "127.0.0.1:19843"\nprotocol = "tls"\n[[tenant]]\nname = "echo"\nhosts = ["localhost"]\nconfig = "tenants/echo.toml"\n%s\n' "$SY_FRONT_LINE" "$SY_LIMIT_LINES" "$SY_TENANT_LINE" > "$OUT/host.toml"
 RUST_LOG=error ./target/release/splitter --config "$OUT/host.toml" &
 splitter=$!
 trap 'kill $splitter 2>/dev/null || true; wait 2>/dev/null || true' EXIT

@@ -49,10 +49,13 @@ servers = ["127.0.0.1:19001"]
 path = "/"
 upstream = "app"
 TOML
+switchyard_bench_users
 cat > "$OUT/host.toml" <<TOML
 [splitter]
 runtime_dir = "run"
 threads = 1
+$SY_FRONT_LINE
+$SY_LIMIT_LINES
 [[listen]]
 addr = "127.0.0.1:19443"
 protocol = "tls"
@@ -65,6 +68,7 @@ hosts = ["localhost"]
 config = "tenants/bench.toml"
 processes = 1
 threads = 1
+$SY_TENANT_LINE
 TOML
 
 pids=()

@@ -19,3 +19,22 @@ switchyard_need_packages() {
         exit 1
     fi
 }
+
+# Benchmarks: when run as root, the splitter's front and its tenants need users
+# of their own (README, "Security model"); these two are created once. Sets
+# SY_FRONT_LINE and SY_TENANT_LINE to the host-file lines naming them (empty
+# when not root). Every load comes from 127.0.0.1, so benchmark host files also
+# lift the per-source limits (SY_LIMIT_LINES).
+switchyard_bench_users() {
+    SY_FRONT_LINE=""
+    SY_TENANT_LINE=""
+    SY_LIMIT_LINES=$'max_conn_rate_per_ip = 0\nmax_pending_per_ip = 1000000'
+    if [ "$(id -u)" -eq 0 ]; then
+        local user
+        for user in switchyard sy-bench; do
+            id -u "$user" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$user"
+        done
+        SY_FRONT_LINE='user = "switchyard"'
+        SY_TENANT_LINE='user = "sy-bench"'
+    fi
+}

@@ -19,6 +19,7 @@ mod metrics;
 mod process;
 mod reject;
 mod routing;
+mod sandbox;
 mod server;
 mod tenant;
 

@@ -2,7 +2,7 @@
 //! the unprivileged front, start the tenants, serve until SIGTERM, SIGINT or
 //! `ctl stop`, reload on SIGHUP, then drain.
 
-use crate::{admin, conn, control, fleet, helper, isolation, listener, routing};
+use crate::{admin, conn, control, fleet, helper, isolation, listener, routing, sandbox};
 use std::sync::Arc;
 use switchyard_shared::config::HostConfig;
 use tokio::sync::watch;
@@ -52,6 +52,7 @@ pub async fn serve(config: HostConfig) -> Result<(), String> {
     HostConfig::load_as(&config_path, as_root).map_err(|e| {
         format!("after dropping privileges the front cannot read the host file ({e}); make it readable by [splitter] user")
     })?;
+    sandbox::restrict_system_calls()?;
 
     let front = Arc::new(listener::Front {
         routes: arc_swap::ArcSwap::from_pointee(routing::RoutingTable::default()),

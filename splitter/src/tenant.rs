@@ -428,6 +428,8 @@ impl Tenant {
     /// Turns away held connections whose `hold_timeout` passed; runs until the
     /// tenant is closed and sleeps while nothing is held.
     pub async fn expire_held(self: Arc<Self>) {
+        // Clients decide when their connections expire: the log line is bounded.
+        let mut logs = switchyard_shared::throttle::Throttle::new(10);
         loop {
             if self.closed.load(Ordering::Acquire) {
                 let held: Vec<ClientConn> =
@@ -469,6 +471,8 @@ impl Tenant {
                 self.counters
                     .hold_timeouts
                     .fetch_add(expired.len() as u64, Ordering::Relaxed);
+            }
+            if !expired.is_empty() && logs.allow() {
                 warn!(
                     tenant = %self.name(),
                     count = expired.len(),

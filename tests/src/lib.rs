@@ -174,6 +174,7 @@ pub struct SplitterBuilder {
     tenants: Vec<TenantSpec>,
     splitter_extra: String,
     env: Vec<(String, String)>,
+    nofile: Option<u64>,
 }
 
 impl SplitterBuilder {
@@ -183,7 +184,14 @@ impl SplitterBuilder {
             tenants,
             splitter_extra: String::new(),
             env: Vec::new(),
+            nofile: None,
         }
+    }
+
+    /// Starts the splitter under `prlimit --nofile=N:N`.
+    pub fn nofile(mut self, limit: u64) -> SplitterBuilder {
+        self.nofile = Some(limit);
+        self
     }
 
     /// An environment variable for the splitter (and, where it passes them on,
@@ -248,7 +256,17 @@ impl SplitterBuilder {
             ));
         }
         let config = dir.write("host.toml", &host);
-        let child = Command::new(bin("splitter"))
+        let mut command = match self.nofile {
+            Some(limit) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg(bin("splitter"));
+                prlimit
+            }
+            None => Command::new(bin("splitter")),
+        };
+        let child = command
             .arg("--config")
             .arg(&config)
             .env("SWITCHYARD_L7PROXY", bin("l7proxy"))

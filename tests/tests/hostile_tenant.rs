@@ -218,18 +218,30 @@ fn nix_mkfifo(path: &std::path::Path) {
 
 #[test]
 fn one_source_address_cannot_take_every_pending_place() {
+    let _alone = measuring_alone();
+    raise_open_file_limit(12_000);
     let s = SplitterBuilder::new(vec![TenantSpec::echo("victim", &["victim.test"])])
-        .splitter_lines("max_pending_per_ip = 50\nmax_conn_rate_per_ip = 0\npeek_timeout = \"10s\"")
+        .splitter_lines(
+            "max_pending_per_ip = 256\nmax_conn_rate_per_ip = 0\npeek_timeout = \"10s\"",
+        )
         .start();
-    // 200 half-sent requests from 127.0.0.5: only 50 are kept waiting.
+    // 10,000 half-sent requests from 127.0.0.5: only 256 are kept waiting.
     let mut held = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..10_000 {
         if let Ok(mut c) = connect_from("127.0.0.5", s.http) {
             let _ = c.write_all(b"GET / HTTP/1.1\r\nHo");
             held.push(c);
         }
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // Another source is served meanwhile, every time.
+    for _ in 0..100 {
+        let mut other = connect_from("127.0.0.6", s.http).unwrap();
+        other
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let answer = request(&mut other, "victim.test", "/echo", "").unwrap();
+        assert_eq!(answer.status, 200);
+    }
     let mut closed = 0;
     for c in &mut held {
         c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
@@ -248,16 +260,29 @@ fn one_source_address_cannot_take_every_pending_place() {
         }
     }
     assert!(
-        closed >= 140,
-        "connections past max_pending_per_ip are closed at once ({closed} of 200)"
+        closed >= held.len() - 256,
+        "connections past max_pending_per_ip are closed at once ({closed} of {})",
+        held.len()
     );
-    // Another source is served meanwhile.
-    let mut other = connect_from("127.0.0.6", s.http).unwrap();
-    other
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let answer = request(&mut other, "victim.test", "/echo", "").unwrap();
-    assert_eq!(answer.status, 200);
+    assert!(
+        held.len() >= 9_000,
+        "the attack really ran: {} connected",
+        held.len()
+    );
+}
+
+/// Raises this test process's soft open-file limit to `want` (or the hard limit).
+fn raise_open_file_limit(want: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_cur.max(want.min(limit.rlim_max));
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
 }
 
 #[test]
@@ -284,4 +309,195 @@ fn a_fast_source_meets_its_connection_rate_limit_and_others_do_not() {
         request(&mut c, "victim.test", "/echo", "").unwrap().status,
         200
     );
+}
+
+/// Starts `fake-tenant` as `uid` against the tenant's handoff.sock.
+fn fake_tenant(
+    socket: &std::path::Path,
+    tenant: &str,
+    mode: &str,
+    uid: u32,
+) -> std::process::Child {
+    Command::new(bin("fake-tenant"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["--tenant", tenant, "--mode", mode])
+        .uid(uid)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits up to `limit` for `child` to exit; returns its stdout.
+fn finished(mut child: std::process::Child, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the fake tenant was not disconnected within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    out
+}
+
+/// The victim and an attacker tenant whose user is `swy-evil`.
+fn victim_and_attacker(builder_lines: &str, nofile: Option<u64>) -> (Splitter, u32) {
+    let evil = system_user("swy-evil");
+    let mut attacker = TenantSpec::echo("attacker", &["attacker.test"]);
+    attacker.host_lines = "user = \"swy-evil\"\n".into();
+    let mut builder =
+        SplitterBuilder::new(vec![TenantSpec::echo("victim", &["victim.test"]), attacker])
+            .splitter_lines(builder_lines);
+    if let Some(limit) = nofile {
+        builder = builder.nofile(limit);
+    }
+    (builder.start(), evil)
+}
+
+#[test]
+fn a_tenant_that_never_acknowledges_cannot_exhaust_the_front() {
+    require_root();
+    let _alone = measuring_alone();
+    let (s, evil) = victim_and_attacker("max_pending = 300\nmax_unacked = 32", Some(1024));
+    let socket = s.dir.0.join("run/tenants/attacker/handoff.sock");
+    let fake = fake_tenant(&socket, "attacker", "no-ack", evil);
+    wait_until(Duration::from_secs(10), || {
+        s.tenant_pids("attacker", "ready").len() == 2
+    });
+
+    // The attacker's own clients keep opening connections, half of which go
+    // to the process that never acknowledges; the victim is under load.
+    let http = s.http;
+    let flood = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(4);
+        let mut opened = 0;
+        while Instant::now() < until && opened < 3000 {
+            if let Ok(mut c) = TcpStream::connect(http) {
+                let _ = c.write_all(
+                    b"GET /echo HTTP/1.1\r\nHost: attacker.test\r\nConnection: close\r\n\r\n",
+                );
+                opened += 1;
+            }
+        }
+        opened
+    });
+    let report = wrk(
+        &format!("http://{}/echo", s.http),
+        "victim.test",
+        4,
+        16,
+        false,
+    );
+    let opened = flood.join().unwrap();
+    assert!(report.requests > 100, "{}", report.output);
+    assert_eq!(
+        report.socket_errors + report.read_errors,
+        0,
+        "{}",
+        report.output
+    );
+    assert_eq!(report.non_2xx, 0, "{}", report.output);
+
+    // Past the ack deadline the process is dropped from the pool.
+    let out = finished(fake, Duration::from_secs(15));
+    let received = out.lines().filter(|l| l.starts_with("received")).count();
+    assert!(
+        (1..=32).contains(&received),
+        "at most max_unacked handed to it: {received}\n{out}"
+    );
+    assert!(out.contains("disconnected"), "{out}");
+    // The front never came near its descriptor limit, and still answers.
+    let fds = s.fd_count();
+    assert!(
+        fds < 900,
+        "{fds} descriptors after {opened} attack connections"
+    );
+    let (code, _, err) = s.ctl(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        http_get(s.http, "victim.test", "/echo").unwrap().status,
+        200
+    );
+    assert_eq!(
+        http_get(s.http, "attacker.test", "/echo").unwrap().status,
+        200
+    );
+}
+
+#[test]
+fn a_tenant_process_sending_garbage_is_disconnected_at_once() {
+    require_root();
+    let (s, evil) = victim_and_attacker("", None);
+    let socket = s.dir.0.join("run/tenants/attacker/handoff.sock");
+    let started = Instant::now();
+    let out = finished(
+        fake_tenant(&socket, "attacker", "garbage", evil),
+        Duration::from_secs(10),
+    );
+    let sent: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("sent "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        sent < 300_000,
+        "disconnected before its flood ended: {sent} sent"
+    );
+    assert!(out.contains("disconnected"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        http_get(s.http, "victim.test", "/echo").unwrap().status,
+        200
+    );
+    assert_eq!(
+        s.tenant_pids("attacker", "ready").len(),
+        1,
+        "only the real process is left"
+    );
+}
+
+#[test]
+fn handoff_sockets_admit_only_their_tenants_user_and_no_idle_crowd() {
+    require_root();
+    let (s, evil) = victim_and_attacker("", None);
+    // Another user cannot reach the attacker's socket, nor the victim's.
+    let stranger = system_user("swy-attacker");
+    let victim_socket = s.dir.0.join("run/tenants/victim/handoff.sock");
+    let out = finished(
+        fake_tenant(&victim_socket, "victim", "no-ack", evil),
+        Duration::from_secs(5),
+    );
+    assert!(out.contains("cannot connect"), "{out}");
+    let attacker_socket = s.dir.0.join("run/tenants/attacker/handoff.sock");
+    let out = finished(
+        fake_tenant(&attacker_socket, "attacker", "no-ack", stranger),
+        Duration::from_secs(5),
+    );
+    assert!(out.contains("cannot connect"), "{out}");
+    // The tenant's own user opening silent connections: each is closed within
+    // the Hello deadline, and the victim is served meanwhile.
+    let started = Instant::now();
+    let crowd: Vec<_> = (0..20)
+        .map(|_| fake_tenant(&attacker_socket, "attacker", "silent", evil))
+        .collect();
+    assert_eq!(
+        http_get(s.http, "victim.test", "/echo").unwrap().status,
+        200
+    );
+    for fake in crowd {
+        let out = finished(fake, Duration::from_secs(5));
+        assert!(out.contains("disconnected"), "{out}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(s.tenant_pids("attacker", "ready").len(), 1);
 }

@@ -81,6 +81,11 @@ fn tenants_run_as_their_users_and_the_splitter_drops_privileges() {
     assert_eq!(status_field(front, "CapPrm"), "0000000000000000");
     assert_eq!(status_field(front, "CapBnd"), "0000000000000000");
     assert_eq!(status_field(front, "NoNewPrivs"), "1");
+    assert_eq!(
+        status_field(front, "Seccomp"),
+        "2",
+        "the system-call allow-list is on"
+    );
     assert_eq!(status_field(front, "Groups"), "");
     // Only the helper (the front's one child) keeps root, and it is the tenants' parent.
     let helper = children_of(s.proc.pid());

@@ -1,0 +1,109 @@
+//! `fake-tenant`: a misbehaving tenant process for the hostile-tenant tests. It
+//! joins a tenant's pool through `runtime_dir/tenants/NAME/handoff.sock`, as a
+//! process started by hand would, and then does one bad thing:
+//!
+//! - `--mode no-ack`: says Hello and Ready, reads every `Conn`, never acknowledges;
+//! - `--mode garbage`: says Hello and Ready, then sends undecodable datagrams as
+//!   fast as it can (at most `--count`, default 300000);
+//! - `--mode silent`: connects and says nothing.
+//!
+//! It prints what happened on stdout (`received N`, `sent N`, `disconnected`)
+//! and exits 0 once the splitter closes the socket.
+//!
+//! Usage: `fake-tenant --socket PATH --tenant NAME --mode no-ack|garbage|silent [--count N]`
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::time::Duration;
+use switchyard_shared::handoff::{self, Message};
+
+fn main() {
+    let mut socket = None;
+    let mut tenant = None;
+    let mut mode = None;
+    let mut count = 300_000u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--socket" => socket = args.next(),
+            "--tenant" => tenant = args.next(),
+            "--mode" => mode = args.next(),
+            "--count" => count = args.next().and_then(|c| c.parse().ok()).unwrap_or(count),
+            other => {
+                eprintln!("fake-tenant: unknown argument {other:?}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let (Some(socket), Some(tenant), Some(mode)) = (socket, tenant, mode) else {
+        eprintln!("usage: fake-tenant --socket PATH --tenant NAME --mode no-ack|garbage|silent [--count N]");
+        std::process::exit(2);
+    };
+    let fd = match handoff::seqpacket_connect(std::path::Path::new(&socket)) {
+        Ok(fd) => fd,
+        Err(e) => {
+            println!("cannot connect: {e}");
+            std::process::exit(3);
+        }
+    };
+    let say = |message: &Message| handoff::send(fd.as_fd(), message, None);
+    let mut out = std::io::stdout();
+    if mode != "silent" {
+        let hello = Message::Hello {
+            tenant: tenant.clone(),
+            pid: 1,
+        };
+        if say(&hello).and_then(|()| say(&Message::Ready)).is_err() {
+            println!("disconnected before Ready");
+            return;
+        }
+    }
+    match mode.as_str() {
+        "no-ack" | "silent" => {
+            let mut received = 0u64;
+            loop {
+                match handoff::recv(fd.as_fd()) {
+                    // The descriptors are closed at once; the splitter keeps
+                    // its own copies until an Ack that never comes.
+                    Ok(Some(_)) => {
+                        received += 1;
+                        let _ = writeln!(out, "received {received}");
+                    }
+                    Ok(None) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        "garbage" => {
+            let mut sent = 0u64;
+            while sent < count {
+                match handoff::send_bytes(fd.as_fd(), &[0xee, 0xee, 0xee], None) {
+                    Ok(()) => sent += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = writeln!(out, "sent {sent}");
+            // Wait for the splitter to close the socket.
+            loop {
+                match handoff::recv(fd.as_fd()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        other => {
+            eprintln!("fake-tenant: unknown mode {other:?}");
+            std::process::exit(2);
+        }
+    }
+    let _ = writeln!(out, "disconnected");
+}
