@@ -2,8 +2,9 @@
 //! text) and `GET /status` (the JSON of `ctl status --json`). Plain HTTP/1.1,
 //! one request per connection.
 //!
-//! Who can read it: on `unix:PATH` (mode 0600 in `runtime_dir`) root and the
-//! splitter's own user; on `IP:port` whoever sends `Authorization: Bearer TOKEN`
+//! Who can read it: on `unix:PATH` (mode 0600 in `runtime_dir`, created by the
+//! user the splitter was started as, root in production) that user only; on
+//! `IP:port` whoever sends `Authorization: Bearer TOKEN`
 //! with the token of `admin_token_file` (`401` otherwise).
 
 use crate::fleet::Fleet;
@@ -33,7 +34,7 @@ pub async fn bind(listen: &AdminListen, runtime_dir: &Path) -> Result<Admin, Str
         AdminListen::Unix(path) => {
             let path = runtime_dir.join(path);
             let _ = std::fs::remove_file(&path);
-            let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
             let listener = UnixListener::bind(&path);
             nix::sys::stat::umask(old);
             let listener = listener

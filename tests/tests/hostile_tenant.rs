@@ -16,6 +16,25 @@ fn require_root() {
     );
 }
 
+/// Runs `attack` while wrk loads the victim tenant (`victim.test`, keep-alive,
+/// 8 connections, `seconds` long), and asserts the victim saw no error at all.
+fn with_victim_under_load<T>(s: &Splitter, seconds: u32, attack: impl FnOnce() -> T) -> T {
+    let url = format!("http://{}/echo", s.http);
+    let load = std::thread::spawn(move || wrk(&url, "victim.test", seconds, 8, false));
+    std::thread::sleep(Duration::from_millis(300));
+    let outcome = attack();
+    let report = load.join().unwrap();
+    assert!(report.requests > 100, "{}", report.output);
+    assert_eq!(
+        report.socket_errors + report.read_errors,
+        0,
+        "{}",
+        report.output
+    );
+    assert_eq!(report.non_2xx, 0, "{}", report.output);
+    outcome
+}
+
 /// A client connected from the loopback address `from`.
 fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
@@ -58,7 +77,11 @@ fn another_user_cannot_reach_a_tenants_registration_socket() {
     wait_until(Duration::from_secs(10), || socket.exists());
     let body = r#"{"upstream":"app","addr":"127.0.0.1:9"}"#;
     // The attacker cannot even connect (0700 directory, 0600 socket) …
-    assert_eq!(register_over(&socket, body, attacker), "000");
+    with_victim_under_load(&s, 3, || {
+        for _ in 0..20 {
+            assert_eq!(register_over(&socket, body, attacker), "000");
+        }
+    });
     // … while the tenant's own user registers.
     assert_eq!(
         register_over(&socket, body, system_user(TENANT_USER)),
@@ -171,12 +194,15 @@ fn check_refuses_unsafe_configurations_with_their_locations() {
 #[test]
 fn a_fifo_or_dev_zero_named_in_a_tenant_file_cannot_stall_a_reload() {
     require_root();
-    let mut victim = TenantSpec::echo("victim", &["victim.test"]);
-    victim.host_lines = String::new();
-    let attacker = TenantSpec::echo("attacker", &["attacker.test"]);
-    let s = SplitterBuilder::new(vec![victim, attacker]).start();
+    let (s, _) = victim_and_attacker("", None);
     let fifo = s.dir.0.join("fifo");
     nix_mkfifo(&fifo);
+    with_victim_under_load(&s, 4, || reload_naming(&s, &fifo));
+}
+
+/// Reloads with the attacker's tenant file naming `fifo`, then `/dev/zero`, as
+/// its certificate and key: each reload is refused at once.
+fn reload_naming(s: &Splitter, fifo: &std::path::Path) {
     for target in [fifo.display().to_string(), "/dev/zero".to_string()] {
         s.dir.write(
             "tenants/attacker.toml",
@@ -226,13 +252,16 @@ fn one_source_address_cannot_take_every_pending_place() {
         )
         .start();
     // 10,000 half-sent requests from 127.0.0.5: only 256 are kept waiting.
-    let mut held = Vec::new();
-    for _ in 0..10_000 {
-        if let Ok(mut c) = connect_from("127.0.0.5", s.http) {
-            let _ = c.write_all(b"GET / HTTP/1.1\r\nHo");
-            held.push(c);
+    let mut held = with_victim_under_load(&s, 5, || {
+        let mut held = Vec::new();
+        for _ in 0..10_000 {
+            if let Ok(mut c) = connect_from("127.0.0.5", s.http) {
+                let _ = c.write_all(b"GET / HTTP/1.1\r\nHo");
+                held.push(c);
+            }
         }
-    }
+        held
+    });
     // Another source is served meanwhile, every time.
     for _ in 0..100 {
         let mut other = connect_from("127.0.0.6", s.http).unwrap();
@@ -440,10 +469,12 @@ fn a_tenant_process_sending_garbage_is_disconnected_at_once() {
     let (s, evil) = victim_and_attacker("", None);
     let socket = s.dir.0.join("run/tenants/attacker/handoff.sock");
     let started = Instant::now();
-    let out = finished(
-        fake_tenant(&socket, "attacker", "garbage", evil),
-        Duration::from_secs(10),
-    );
+    let out = with_victim_under_load(&s, 3, || {
+        finished(
+            fake_tenant(&socket, "attacker", "garbage", evil),
+            Duration::from_secs(10),
+        )
+    });
     let sent: u64 = out
         .lines()
         .find_map(|l| l.strip_prefix("sent "))
@@ -455,10 +486,6 @@ fn a_tenant_process_sending_garbage_is_disconnected_at_once() {
     );
     assert!(out.contains("disconnected"), "{out}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(
-        http_get(s.http, "victim.test", "/echo").unwrap().status,
-        200
-    );
     assert_eq!(
         s.tenant_pids("attacker", "ready").len(),
         1,
@@ -487,17 +514,109 @@ fn handoff_sockets_admit_only_their_tenants_user_and_no_idle_crowd() {
     // The tenant's own user opening silent connections: each is closed within
     // the Hello deadline, and the victim is served meanwhile.
     let started = Instant::now();
-    let crowd: Vec<_> = (0..20)
-        .map(|_| fake_tenant(&attacker_socket, "attacker", "silent", evil))
-        .collect();
+    with_victim_under_load(&s, 3, || {
+        let crowd: Vec<_> = (0..20)
+            .map(|_| fake_tenant(&attacker_socket, "attacker", "silent", evil))
+            .collect();
+        for fake in crowd {
+            let out = finished(fake, Duration::from_secs(5));
+            assert!(out.contains("disconnected"), "{out}");
+        }
+    });
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert_eq!(s.tenant_pids("attacker", "ready").len(), 1);
+}
+
+#[test]
+fn a_pid_a_tenant_reports_is_never_signalled() {
+    require_root();
+    let (s, evil) = victim_and_attacker("", None);
+    // The bystander: a root process the attacker would like the splitter to kill.
+    let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+    let socket = s.dir.0.join("run/tenants/attacker/handoff.sock");
+    let fake = Command::new(bin("fake-tenant"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--tenant", "attacker", "--mode", "no-ack", "--pid"])
+        .arg(bystander.id().to_string())
+        .uid(evil)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fake_pid = fake.id() as u64;
+    wait_until(Duration::from_secs(10), || {
+        s.tenant_pids("attacker", "ready").len() == 2
+    });
+    // The pool lists the pid the kernel reported, not the claimed one.
+    let pids = s.tenant_pids("attacker", "ready");
+    assert!(pids.contains(&fake_pid), "{pids:?}");
+    assert!(!pids.contains(&(bystander.id() as u64)), "{pids:?}");
+    // A reload that changes names reaches every process (a message, not a signal).
+    let host = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        host.replace("attacker.test\"]", "attacker.test\", \"y.attacker.test\"]"),
+    )
+    .unwrap();
+    let (code, out, err) = s.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander is alive"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    let mut fake = Proc(fake);
+    let _ = fake.0.kill();
+}
+
+#[test]
+fn the_admin_endpoint_is_closed_to_strangers() {
+    require_root();
+    // On TCP: a token.
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("victim", &["victim.test"])])
+        .splitter_lines(&format!(
+            "admin = \"{admin}\"\nadmin_token_file = \"token\""
+        ))
+        .start();
+    assert_eq!(http_get(admin, "admin", "/metrics").unwrap().status, 401);
+    assert_eq!(http_get(admin, "admin", "/status").unwrap().status, 401);
     assert_eq!(
-        http_get(s.http, "victim.test", "/echo").unwrap().status,
+        http_get_authorized(admin, "admin", "/status")
+            .unwrap()
+            .status,
         200
     );
-    for fake in crowd {
-        let out = finished(fake, Duration::from_secs(5));
-        assert!(out.contains("disconnected"), "{out}");
-    }
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(s.tenant_pids("attacker", "ready").len(), 1);
+    drop(s);
+    // On a Unix socket: root only (it is bound before the front drops root).
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("victim", &["victim.test"])])
+        .splitter_lines("admin = \"unix:admin.sock\"")
+        .start();
+    let socket = s.dir.0.join("run/admin.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let get = |uid: u32| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                "--unix-socket",
+            ])
+            .arg(&socket)
+            .arg("http://admin/metrics")
+            .uid(uid)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(get(system_user("swy-attacker")), "000");
+    assert_eq!(get(0), "200");
 }

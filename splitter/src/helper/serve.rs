@@ -251,7 +251,7 @@ impl Helper {
         let path = dir.join(handoff::HANDOFF_SOCKET_NAME);
         // Owner-only from the start (umask), then given to the tenant's user
         // without following a link it may have put in its own directory.
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
         let listener = handoff::seqpacket_listen(&path);
         nix::sys::stat::umask(old);
         let listener = listener?;

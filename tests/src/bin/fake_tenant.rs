@@ -7,10 +7,12 @@
 //!   fast as it can (at most `--count`, default 300000);
 //! - `--mode silent`: connects and says nothing.
 //!
+//! `--pid N` makes its `Hello` claim pid N (default 1), as a liar would.
+//!
 //! It prints what happened on stdout (`received N`, `sent N`, `disconnected`)
 //! and exits 0 once the splitter closes the socket.
 //!
-//! Usage: `fake-tenant --socket PATH --tenant NAME --mode no-ack|garbage|silent [--count N]`
+//! Usage: `fake-tenant --socket PATH --tenant NAME --mode no-ack|garbage|silent [--count N] [--pid N]`
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -22,6 +24,7 @@ fn main() {
     let mut tenant = None;
     let mut mode = None;
     let mut count = 300_000u64;
+    let mut claimed_pid = 1u32;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -29,6 +32,12 @@ fn main() {
             "--tenant" => tenant = args.next(),
             "--mode" => mode = args.next(),
             "--count" => count = args.next().and_then(|c| c.parse().ok()).unwrap_or(count),
+            "--pid" => {
+                claimed_pid = args
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(claimed_pid)
+            }
             other => {
                 eprintln!("fake-tenant: unknown argument {other:?}");
                 std::process::exit(2);
@@ -51,7 +60,7 @@ fn main() {
     if mode != "silent" {
         let hello = Message::Hello {
             tenant: tenant.clone(),
-            pid: 1,
+            pid: claimed_pid,
         };
         if say(&hello).and_then(|()| say(&Message::Ready)).is_err() {
             println!("disconnected before Ready");
