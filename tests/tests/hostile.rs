@@ -325,11 +325,22 @@ fn past_max_pending_new_connections_are_closed_at_once_and_the_splitter_recovers
 }
 
 #[test]
-#[ignore = "the descriptor budget now refuses to start a splitter whose open-file limit could run out (max_pending + unacked per process + reserve), so EMFILE can no longer be provoked from outside; the backoff stays for ENFILE. Rework: provoke ENFILE in a namespace."]
 fn out_of_descriptors_the_accept_loop_backs_off_without_spinning_and_recovers() {
     let _alone = measuring_alone();
-    // A splitter whose descriptor limit runs out after a few dozen connections.
+    // The splitter refuses to start with a limit its budget does not fit, so
+    // the limit is cut under it while it runs (as `prlimit --pid` or a
+    // mistaken unit would): it then runs out after a few dozen connections.
     let dir = TempDir::new("emfile");
+    let (front_user, tenant_user) = if running_as_root() {
+        system_user(FRONT_USER);
+        system_user(TENANT_USER);
+        (
+            format!("user = \"{FRONT_USER}\"\n"),
+            format!("user = \"{TENANT_USER}\"\n"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     dir.write(
         "tenants/alpha.toml",
         "[[route]]\npath = \"/\"\nrespond = \"echo\"\n",
@@ -338,13 +349,11 @@ fn out_of_descriptors_the_accept_loop_backs_off_without_spinning_and_recovers() 
     let config = dir.write(
         "host.toml",
         &format!(
-            "[splitter]\nruntime_dir = \"run\"\npeek_timeout = \"30s\"\n[[listen]]\naddr = \"{http}\"\nprotocol = \"http\"\n\
-             [[tenant]]\nname = \"alpha\"\nhosts = [\"alpha.test\"]\nconfig = \"tenants/alpha.toml\"\n"
+            "[splitter]\nruntime_dir = \"run\"\npeek_timeout = \"30s\"\nmax_pending_per_ip = 1000\n{front_user}[[listen]]\naddr = \"{http}\"\nprotocol = \"http\"\n\
+             [[tenant]]\nname = \"alpha\"\nhosts = [\"alpha.test\"]\nconfig = \"tenants/alpha.toml\"\n{tenant_user}"
         ),
     );
-    let child = std::process::Command::new("prlimit")
-        .arg("--nofile=64:64")
-        .arg(bin("splitter"))
+    let child = std::process::Command::new(bin("splitter"))
         .arg("--config")
         .arg(&config)
         .env("SWITCHYARD_L7PROXY", bin("l7proxy"))
@@ -358,6 +367,18 @@ fn out_of_descriptors_the_accept_loop_backs_off_without_spinning_and_recovers() 
         || matches!(http_get(http, "alpha.test", "/"), Ok(r) if r.status == 200),
     );
     let pid = splitter.pid();
+    // As the front's own user: lowering a limit needs no privilege then.
+    let mut prlimit = std::process::Command::new("prlimit");
+    prlimit.args(["--pid", &pid.to_string(), "--nofile=64:64"]);
+    if running_as_root() {
+        use std::os::unix::process::CommandExt;
+        let uid = system_user(FRONT_USER);
+        let gid = std::fs::metadata(format!("/proc/{pid}"))
+            .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+            .unwrap();
+        prlimit.uid(uid).gid(gid);
+    }
+    assert!(prlimit.status().unwrap().success(), "prlimit --pid");
     let crowd: Vec<TcpStream> = (0..120)
         .filter_map(|_| TcpStream::connect(http).ok())
         .collect();
