@@ -81,6 +81,7 @@ pub async fn accept_loop(
             return;
         }
     };
+    // At most one accept-error line a second, whatever the clients do.
     let mut last_resource_log: Option<Instant> = None;
     loop {
         let mut guard = tokio::select! {
@@ -116,7 +117,10 @@ pub async fn accept_loop(
                     break;
                 }
                 _ => {
-                    warn!(port, error = %err, "accept failed");
+                    if last_resource_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        warn!(port, error = %err, "accept failed; retrying");
+                        last_resource_log = Some(Instant::now());
+                    }
                     drop(guard);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     break;

@@ -295,7 +295,11 @@ pub async fn admit_attached(tenant: Arc<Tenant>, helper: Arc<Helper>, allowed_ui
         }
     };
     let admitting = Arc::new(tokio::sync::Semaphore::new(MAX_UNADMITTED));
-    let mut refusals = switchyard_shared::throttle::Throttle::new(REFUSAL_LOGS_PER_MINUTE);
+    // The tenant's user can connect as often as it likes: every line it can
+    // cause goes through one throttle.
+    let logs = Arc::new(std::sync::Mutex::new(
+        switchyard_shared::throttle::Throttle::new(REFUSAL_LOGS_PER_MINUTE),
+    ));
     loop {
         let Ok(mut guard) = listener.readable().await else {
             return;
@@ -303,16 +307,22 @@ pub async fn admit_attached(tenant: Arc<Tenant>, helper: Arc<Helper>, allowed_ui
         match switchyard_shared::sys::accept(listener.get_ref().as_fd()) {
             Ok(socket) => {
                 let Ok(permit) = admitting.clone().try_acquire_owned() else {
-                    if refusals.allow() {
+                    if allow(&logs) {
                         warn!(tenant = %tenant.name(), "handoff.sock: too many processes saying Hello at once; refused one");
                     }
                     continue;
                 };
-                tokio::spawn(attach(socket, tenant.clone(), allowed_uid, permit));
+                tokio::spawn(attach(
+                    socket,
+                    tenant.clone(),
+                    allowed_uid,
+                    permit,
+                    logs.clone(),
+                ));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
             Err(e) => {
-                if refusals.allow() {
+                if allow(&logs) {
                     warn!(tenant = %tenant.name(), error = %e, "accept on handoff.sock failed");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -326,17 +336,22 @@ async fn attach(
     tenant: Arc<Tenant>,
     allowed_uid: u32,
     permit: tokio::sync::OwnedSemaphorePermit,
+    logs: Arc<std::sync::Mutex<switchyard_shared::throttle::Throttle>>,
 ) {
     let name = tenant.name().to_string();
     let peer = match handoff::peer_credentials(socket.as_fd()) {
         Ok(peer) => peer,
         Err(e) => {
-            warn!(tenant = %name, error = %e, "handoff.sock: cannot read the peer's credentials; refused");
+            if allow(&logs) {
+                warn!(tenant = %name, error = %e, "handoff.sock: cannot read the peer's credentials; refused");
+            }
             return;
         }
     };
     if peer.uid != allowed_uid {
-        warn!(tenant = %name, pid = peer.pid, uid = peer.uid, expected_uid = allowed_uid, "handoff.sock: refused a process running as the wrong user (start it as the tenant's `user`)");
+        if allow(&logs) {
+            warn!(tenant = %name, pid = peer.pid, uid = peer.uid, expected_uid = allowed_uid, "handoff.sock: refused a process running as the wrong user (start it as the tenant's `user`)");
+        }
         return;
     }
     let Ok(socket) = switchyard_shared::sys::register(socket) else {
@@ -357,27 +372,42 @@ async fn attach(
     match hello {
         Ok(Some(Ok(Message::Hello { tenant: said, .. }))) if said == name => {}
         Ok(Some(Err(e))) => {
-            warn!(tenant = %name, pid = peer.pid, error = %e, "handoff.sock: refused a process speaking another protocol");
+            if allow(&logs) {
+                warn!(tenant = %name, pid = peer.pid, error = %e, "handoff.sock: refused a process speaking another protocol");
+            }
             return;
         }
         _ => {
-            warn!(tenant = %name, pid = peer.pid, "handoff.sock: refused a process that did not say Hello for this tenant in time");
+            if allow(&logs) {
+                warn!(tenant = %name, pid = peer.pid, "handoff.sock: refused a process that did not say Hello for this tenant in time");
+            }
             return;
         }
     }
     drop(permit);
     if tenant.attached_count() >= MAX_ATTACHED {
-        warn!(tenant = %name, pid = peer.pid, max = MAX_ATTACHED, "handoff.sock: refused a process: the tenant has the most hand-started processes allowed");
+        if allow(&logs) {
+            warn!(tenant = %name, pid = peer.pid, max = MAX_ATTACHED, "handoff.sock: refused a process: the tenant has the most hand-started processes allowed");
+        }
         return;
     }
     let socket: HandoffSocket = Arc::new(socket);
     let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
     tenant.add_attached(key, socket.clone(), peer.pid);
-    info!(tenant = %name, pid = peer.pid, uid = peer.uid, "a process started by hand joined the pool");
+    if allow(&logs) {
+        info!(tenant = %name, pid = peer.pid, uid = peer.uid, "a process started by hand joined the pool");
+    }
     let reason = tokio::select! {
         reason = read_messages(&tenant, key, &socket) => reason,
         _ = watch_acks(&tenant, key) => "it stopped acknowledging connections".to_string(),
     };
     tenant.remove_process(key);
-    info!(tenant = %name, pid = peer.pid, reason = %reason, "a process started by hand left the pool");
+    if allow(&logs) {
+        info!(tenant = %name, pid = peer.pid, reason = %reason, "a process started by hand left the pool");
+    }
+}
+
+/// Whether the throttle lets one more line through.
+fn allow(logs: &std::sync::Mutex<switchyard_shared::throttle::Throttle>) -> bool {
+    logs.lock().unwrap_or_else(|p| p.into_inner()).allow()
 }

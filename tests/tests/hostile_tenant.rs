@@ -98,6 +98,30 @@ fn another_user_cannot_reach_a_tenants_registration_socket() {
 }
 
 #[test]
+fn allow_users_opens_the_registration_socket_to_those_users_only() {
+    require_root();
+    let friend = system_user("swy-friend");
+    let stranger = system_user("swy-attacker");
+    let mut tenant = TenantSpec::echo("victim", &["victim.test"]);
+    tenant.file = "[[upstream]]\nname = \"app\"\nregistration = true\n[[route]]\npath = \"/echo\"\nrespond = \"echo\"\n[[route]]\npath = \"/\"\nupstream = \"app\"\n[registration]\nallow_users = [\"swy-friend\"]\n".into();
+    let s = SplitterBuilder::new(vec![tenant]).start();
+    let socket = s.dir.0.join("run/tenants/victim/register.sock");
+    wait_until(Duration::from_secs(10), || socket.exists());
+    let body = r#"{"upstream":"app","addr":"127.0.0.1:9"}"#;
+    assert_eq!(register_over(&socket, body, friend), "200");
+    // The stranger now reaches the socket, but the kernel says who it is:
+    // the connection is closed without an answer.
+    assert_eq!(register_over(&socket, body, stranger), "000");
+    // The directory lets others pass but not list.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(s.dir.0.join("run/tenants/victim"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o711);
+}
+
+#[test]
 fn a_tcp_registration_listener_needs_a_token() {
     let registration: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let tenant = StandaloneTenant::start(&format!(
@@ -246,10 +270,11 @@ fn nix_mkfifo(path: &std::path::Path) {
 fn one_source_address_cannot_take_every_pending_place() {
     let _alone = measuring_alone();
     raise_open_file_limit(12_000);
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let s = SplitterBuilder::new(vec![TenantSpec::echo("victim", &["victim.test"])])
-        .splitter_lines(
-            "max_pending_per_ip = 256\nmax_conn_rate_per_ip = 0\npeek_timeout = \"10s\"",
-        )
+        .splitter_lines(&format!(
+            "max_pending_per_ip = 256\nmax_conn_rate_per_ip = 0\npeek_timeout = \"10s\"\nadmin = \"{admin}\"\nadmin_token_file = \"token\""
+        ))
         .start();
     // 10,000 half-sent requests from 127.0.0.5: only 256 are kept waiting.
     let mut held = with_victim_under_load(&s, 5, || {
@@ -297,6 +322,25 @@ fn one_source_address_cannot_take_every_pending_place() {
         held.len() >= 9_000,
         "the attack really ran: {} connected",
         held.len()
+    );
+    // Each refusal is counted by its reason.
+    let metrics = String::from_utf8(
+        http_get_authorized(admin, "admin", "/metrics")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("switchyard_connections_total")
+                && l.contains("outcome=\"max_pending_per_ip\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        refused >= (held.len() - 256) as f64,
+        "counted: {refused}\n{metrics}"
     );
 }
 
