@@ -7,6 +7,10 @@ use std::sync::Arc;
 
 const SERVER_LABELS: [&str; 3] = ["upstream", "server", "origin"];
 
+/// Responses cut short because the upstream failed after they had started
+/// (HTTP/1.1 closed short of its framing, HTTP/2 stream reset).
+pub static RESPONSES_ABORTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry
@@ -58,6 +62,15 @@ pub fn render(tenant: &str, pools: &[Arc<Pool>]) -> Vec<u8> {
         "Requests waiting for a server below max_in_flight",
         &["upstream"],
     );
+    let aborted = prometheus::IntCounter::new(
+        "switchyard_tenant_responses_aborted_total",
+        "Responses cut short because the upstream failed after they had started (never completed with an error text)",
+    )
+    .expect("valid metric");
+    aborted.inc_by(RESPONSES_ABORTED.load(std::sync::atomic::Ordering::Relaxed));
+    registry
+        .register(Box::new(aborted))
+        .expect("registered once");
     for pool in pools {
         let name = pool.config.name.as_str();
         queued.with_label_values(&[name]).set(pool.queued() as i64);

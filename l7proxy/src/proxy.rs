@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use serde_json::{json, Map, Value};
@@ -197,6 +197,32 @@ async fn respond_json(
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// Most bytes of an error's text that reach a log line.
+const MAX_LOGGED_ERROR: usize = 512;
+
+/// `text` cut to [`MAX_LOGGED_ERROR`] bytes (on a character boundary).
+fn bounded(text: &str) -> &str {
+    if text.len() <= MAX_LOGGED_ERROR {
+        return text;
+    }
+    let mut end = MAX_LOGGED_ERROR;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// What a client is told about a failure: the kind of error, never the
+/// upstream's address or bytes.
+fn error_message(e: &Error) -> String {
+    let side = match e.esource() {
+        ErrorSource::Upstream => "upstream",
+        ErrorSource::Downstream => "request",
+        ErrorSource::Internal | ErrorSource::Unset => "proxy",
+    };
+    format!("{side} error: {}", e.etype().as_str())
 }
 
 /// The `consistent_hash` key of a request.
@@ -518,17 +544,53 @@ impl ProxyHttp for TenantProxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        let upstream = ctx.upstream.as_ref().map(|u| u.config.name.clone());
+        if code >= 500 && ctx.unavailable.is_none() {
+            // Pingora's own line is suppressed (`suppress_error_log`): its error
+            // text can carry a whole upstream header buffer. (Bad requests are
+            // the client's doing: their line is in the access log.)
+            tracing::warn!(
+                tenant = %self.tenant,
+                request_id = %ctx.request_id,
+                upstream = upstream.as_deref().unwrap_or("-"),
+                servers_tried = %ctx.tried.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+                error = %bounded(&e.to_string()),
+                "request failed"
+            );
+        }
+        if session.response_written().is_some() {
+            // The response has started: any error text would become part of
+            // it, and a cut-short body must never look complete. HTTP/1.1: the
+            // connection closes short of its framing; HTTP/2: RST_STREAM
+            // (INTERNAL_ERROR); an upgraded tunnel is closed.
+            crate::metrics::RESPONSES_ABORTED.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                tenant = %self.tenant,
+                request_id = %ctx.request_id,
+                upstream = upstream.as_deref().unwrap_or("-"),
+                "the upstream failed after the response started; the client's response is aborted, not completed"
+            );
+            session.downstream_session.shutdown().await;
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
         if code > 0 {
-            let upstream = ctx.upstream.as_ref().map(|u| u.config.name.clone());
+            // The connection closes after this answer; say so (Pingora writes
+            // `Connection: close` when keep-alive is off).
+            session.set_keepalive(None);
             let message = match (ctx.unavailable, &upstream) {
                 (Some(why), Some(name)) => why.message(name),
-                _ => e.to_string(),
+                _ => error_message(e),
             };
+            // Short and stable: what failed, for which tenant and request; the
+            // details (addresses, upstream bytes) are only in the log.
             let body = json!({
                 "error": message,
                 "tenant": self.tenant,
                 "upstream": upstream,
-                "servers_tried": ctx.tried.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "servers_tried": ctx.tried.len(),
                 "request_id": ctx.request_id,
             });
             let extra: &[(&str, &str)] = if ctx.unavailable.is_some() {
@@ -544,15 +606,29 @@ impl ProxyHttp for TenantProxy {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
-        // "No server" is in the access line already, and a client that went
-        // away is not the proxy's error.
-        ctx.unavailable.is_some()
-            || (e.esource() == &ErrorSource::Downstream
-                && matches!(
-                    e.etype(),
-                    ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-                ))
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // Pingora's retry line carries the whole error text (an upstream's
+        // header buffer can be megabytes); this one is bounded.
+        tracing::warn!(
+            tenant = %self.tenant,
+            request_id = %ctx.request_id,
+            error = %bounded(&error.to_string()),
+            "upstream attempt failed; retrying on another server"
+        );
+        true
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _e: &Error) -> bool {
+        // `fail_to_proxy` logs what is worth logging, bounded; "no server" is
+        // in the access line already, and a client that went away is not the
+        // proxy's error.
+        true
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -231,7 +231,7 @@ fn all_servers_down_gets_503_json_at_once() {
     assert_eq!(first.status, 503, "{first:?}");
     let body = first.json();
     assert_eq!(body["upstream"], "app");
-    assert_eq!(body["servers_tried"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(body["servers_tried"], 2, "{body}");
     let started = Instant::now();
     let next = tenant.get("/");
     let took = started.elapsed();
