@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod handed;
+mod http_rules;
 mod metrics;
 mod pool;
 mod proxy;
@@ -166,6 +167,7 @@ fn run(cli: Cli) -> Result<(), String> {
         hosts.clone(),
         routes,
         host.splitter.trusted_proxies.clone(),
+        file.http.clone(),
     );
 
     let conf = ServerConf {

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use switchyard_shared::config::{HashKey, HostConfig, ServerAddr, UnknownHost};
+use switchyard_shared::config::{HashKey, HostConfig, HttpLimits, ServerAddr, UnknownHost};
 use switchyard_shared::host::{normalize, HostTable};
 use tracing::info;
 
@@ -81,6 +81,8 @@ pub struct TenantProxy {
     requests: AtomicU64,
     /// Peers whose forwarding headers are believed (`[splitter] trusted_proxies`).
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[http]` of the tenant file.
+    http: HttpLimits,
 }
 
 impl TenantProxy {
@@ -90,6 +92,7 @@ impl TenantProxy {
         hosts: Arc<ArcSwap<HostView>>,
         routes: RouteTable,
         trusted_proxies: Vec<ipnet::IpNet>,
+        http: HttpLimits,
     ) -> TenantProxy {
         TenantProxy {
             tenant,
@@ -98,6 +101,7 @@ impl TenantProxy {
             pid: std::process::id(),
             requests: AtomicU64::new(0),
             trusted_proxies,
+            http,
         }
     }
 }
@@ -339,6 +343,20 @@ impl ProxyHttp for TenantProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // The same limits for every request, whichever way it came.
+        // Only where the connection is to be kept (not after the client's
+        // `Connection: close`, nor once the process drains).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.http.keepalive_timeout.as_secs()));
+        }
+        session.set_read_timeout(Some(self.http.client_body_timeout));
+        if let Err(refusal) = crate::http_rules::check_request(session.req_header_mut(), &self.http)
+        {
+            session.set_keepalive(None);
+            let body = json!({"error": refusal.message(), "tenant": self.tenant, "request_id": ctx.request_id});
+            respond_json(session, refusal.status(), &body, &[]).await?;
+            return Ok(true);
+        }
         let authority = request_authority(session.req_header()).map(str::to_owned);
         let host = match authority.as_deref().map(normalize) {
             Some(Some(host)) => host,
@@ -463,9 +481,10 @@ impl ProxyHttp for TenantProxy {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        crate::http_rules::sanitize_response(upstream_response);
         ctx.response_started = true;
         if let Some(lease) = &ctx.lease {
             lease.server().record_success();
@@ -483,6 +502,7 @@ impl ProxyHttp for TenantProxy {
         // static (callgrind: this filter was 17 % of the l7proxy's instructions
         // per keep-alive request; growing Pingora's two header maps is most of
         // what is left, and `RequestHeader` offers no way to reserve).
+        crate::http_rules::sanitize_upstream_request(upstream_request);
         let tls = is_tls(session);
         let proto = if tls { "https" } else { "http" };
         let via_self = if session.is_http2() {
@@ -539,6 +559,8 @@ impl ProxyHttp for TenantProxy {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // `client_body_timeout` passed between two reads of the body.
+                    ErrorType::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,

@@ -25,7 +25,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("duration {text:?} is too long; write at most a few days"))
 }
 
 /// Parses a size such as `"512KiB"`, `"256MiB"`, `"1GiB"` or `"4096"` (bytes).
@@ -92,6 +93,9 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("s").is_err());
+        // Too long for a Duration: an error, not a panic.
+        assert!(parse_duration("100000000000000000000s").is_err());
+        assert!(parse_duration("1e400h").is_err());
     }
 
     #[test]

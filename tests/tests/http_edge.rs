@@ -190,3 +190,144 @@ fn an_error_before_the_response_is_short_and_names_no_upstream_address() {
     assert!(!body.contains("X-Big"), "{body}");
     assert!(body.contains("\"tenant\":\"alpha\""), "{body}");
 }
+
+/// Sends `head` (and `body`) on `stream` and reads one response.
+fn exchange<S: Read + Write>(stream: &mut S, head: &str, body: &[u8]) -> Response {
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    stream.flush().unwrap();
+    read_response(stream).unwrap()
+}
+
+fn echo_splitter() -> (Splitter, Proc) {
+    let upstream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proc = start_upstream(upstream, "app-1");
+    (splitter_for(upstream), proc)
+}
+
+#[test]
+fn request_header_limits_hold_on_every_path() {
+    let (s, _upstream) = echo_splitter();
+    let big = format!("X-Big: {}\r\n", "a".repeat(64 * 1024));
+    // A kept-alive plaintext connection: the splitter saw only the first request.
+    let mut plain = TcpStream::connect(s.http).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let first = exchange(
+        &mut plain,
+        "GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
+        b"",
+    );
+    assert_eq!(first.status, 200);
+    let second = exchange(
+        &mut plain,
+        &format!("GET / HTTP/1.1\r\nHost: alpha.test\r\n{big}\r\n"),
+        b"",
+    );
+    assert_eq!(second.status, 431, "{second:?}");
+    assert_eq!(
+        second.json()["tenant"],
+        "alpha",
+        "answered by the tenant, not the upstream"
+    );
+    // TLS, first request.
+    let mut tls = tls_connect(s.tls, "alpha.test").unwrap();
+    let answer = exchange(
+        &mut tls,
+        &format!("GET / HTTP/1.1\r\nHost: alpha.test\r\n{big}\r\n"),
+        b"",
+    );
+    assert_eq!(answer.status, 431);
+    // Too many header lines, and a URI over the limit.
+    let many: String = (0..101).map(|i| format!("X-H{i}: 1\r\n")).collect();
+    let mut tls = tls_connect(s.tls, "alpha.test").unwrap();
+    let answer = exchange(
+        &mut tls,
+        &format!("GET / HTTP/1.1\r\nHost: alpha.test\r\n{many}\r\n"),
+        b"",
+    );
+    assert_eq!(answer.status, 431);
+    let mut tls = tls_connect(s.tls, "alpha.test").unwrap();
+    let uri = format!("/{}", "u".repeat(20 * 1024));
+    let answer = exchange(
+        &mut tls,
+        &format!("GET {uri} HTTP/1.1\r\nHost: alpha.test\r\n\r\n"),
+        b"",
+    );
+    assert_eq!(answer.status, 414);
+    // Within the limits, the same connection kind is served.
+    let mut tls = tls_connect(s.tls, "alpha.test").unwrap();
+    let answer = exchange(
+        &mut tls,
+        "GET / HTTP/1.1\r\nHost: alpha.test\r\nX-Small: 1\r\n\r\n",
+        b"",
+    );
+    assert_eq!(answer.status, 200);
+}
+
+#[test]
+fn framing_reaches_the_upstream_one_way_only() {
+    let (s, _upstream) = echo_splitter();
+    let mut tls = tls_connect(s.tls, "alpha.test").unwrap();
+    let lines = |r: &Response| -> Vec<String> {
+        r.json()["header_lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect()
+    };
+    // Repeats of one Content-Length become one.
+    let answer = exchange(
+        &mut tls,
+        "POST / HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 5, 5\r\n\r\n",
+        b"hello",
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = lines(&answer);
+    assert_eq!(
+        seen.iter()
+            .filter(|l| l.starts_with("content-length"))
+            .collect::<Vec<_>>(),
+        ["content-length: 5"],
+        "{seen:?}"
+    );
+    // Underscore look-alikes of framing headers are dropped.
+    let answer = exchange(
+        &mut tls,
+        "POST / HTTP/1.1\r\nHost: alpha.test\r\nTransfer_Encoding: chunked\r\nContent_Length: 99\r\nX_Custom: kept\r\nContent-Length: 5\r\n\r\n",
+        b"hello",
+    );
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = lines(&answer);
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.starts_with("transfer_encoding") || l.starts_with("content_length")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|l| l == "x_custom: kept"), "{seen:?}");
+    // A transfer coding the proxy would have to undo: 501, as nginx.
+    let mut tls = tls_connect(s.tls, "alpha.test").unwrap();
+    let answer = exchange(
+        &mut tls,
+        "POST / HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"0\r\n\r\n",
+    );
+    assert_eq!(answer.status, 501, "{answer:?}");
+}
+
+#[test]
+fn an_upstreams_hop_by_hop_headers_stay_on_its_hop() {
+    let upstream = misbehaving_upstream(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: internal\r\nKeep-Alive: timeout=5\r\nX-Public: yes\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let s = splitter_for(upstream);
+    let received = raw_exchange(s.http, "alpha.test");
+    let text = String::from_utf8_lossy(&received).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("x-public: yes"), "{text}");
+    assert!(!text.contains("x-secret"), "{text}");
+    assert!(!text.contains("keep-alive: timeout"), "{text}");
+}

@@ -27,7 +27,7 @@ pub use host_file::{
     UnknownHost,
 };
 pub use source::{resolve_relative, ConfigError, ConfigErrors};
-pub use tenant_file::{RouteConfig, RouteTarget, TenantFile, TlsSource};
+pub use tenant_file::{HttpLimits, RouteConfig, RouteTarget, TenantFile, TlsSource};
 pub use upstream::{
     parse_registration_ttl, DnsDiscovery, HashKey, HealthConfig, HealthKind, LbKind, PassiveHealth,
     RegistrationConfig, RegistrationListen, ServerAddr, ServerSpec, UpstreamConfig, UpstreamTls,
@@ -295,6 +295,47 @@ mod tests {
         assert_eq!(
             file.registration.unwrap().listen,
             RegistrationListen::Unix("register.sock".into())
+        );
+    }
+
+    #[test]
+    fn http_limits_default_and_bad_values_are_located() {
+        let dir = Dir::new("http-limits");
+        let path = dir.write("tenants/a.toml", TENANT);
+        let file = TenantFile::load(&path).unwrap();
+        assert_eq!(file.http, HttpLimits::default());
+        assert_eq!(file.http.max_request_header_bytes, 16 * 1024);
+        let path = dir.write(
+            "tenants/b.toml",
+            &format!(
+                "{TENANT}[http]\nmax_request_header_bytes = \"8KiB\"\nkeepalive_timeout = \"5s\"\n"
+            ),
+        );
+        let file = TenantFile::load(&path).unwrap();
+        assert_eq!(file.http.max_request_header_bytes, 8 * 1024);
+        assert_eq!(file.http.keepalive_timeout, Duration::from_secs(5));
+        let path = dir.write(
+            "tenants/c.toml",
+            &format!("{TENANT}[http]\nmax_request_header_bytes = \"2MiB\"\nmax_request_headers = 0\nclient_body_timeout = \"soon\"\nbogus = 1\n"),
+        );
+        let errors = TenantFile::load(&path).unwrap_err().to_string();
+        assert!(errors.contains("unknown field `bogus`"), "{errors}");
+        let path = dir.write(
+            "tenants/d.toml",
+            &format!("{TENANT}[http]\nmax_request_header_bytes = \"2MiB\"\nmax_request_headers = 0\nclient_body_timeout = \"soon\"\n"),
+        );
+        let errors = TenantFile::load(&path).unwrap_err().to_string();
+        assert!(
+            errors.contains("d.toml:7:28: [http] max_request_header_bytes must be between"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("d.toml:8:23: [http] max_request_headers must be between 1 and 256"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("d.toml:9:23: [http] client_body_timeout:"),
+            "{errors}"
         );
     }
 }

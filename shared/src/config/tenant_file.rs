@@ -20,6 +20,42 @@ struct RawTenantFile {
     #[serde(default)]
     route: Vec<RawRoute>,
     registration: Option<RawRegistration>,
+    http: Option<RawHttp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    max_request_header_bytes: Option<Spanned<String>>,
+    max_request_headers: Option<Spanned<usize>>,
+    client_body_timeout: Option<Spanned<String>>,
+    keepalive_timeout: Option<Spanned<String>>,
+}
+
+/// `[http]`: limits every request of the tenant meets, whatever the path to it
+/// (first or kept-alive, TLS or plaintext, HTTP/1.1 or HTTP/2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// The request line and headers together, at most (`431`; `414` for the
+    /// URI alone).
+    pub max_request_header_bytes: u64,
+    /// Header lines, at most (`431`).
+    pub max_request_headers: usize,
+    /// Longest wait for each read of a request body (`408`, then close).
+    pub client_body_timeout: std::time::Duration,
+    /// How long an idle kept-alive connection stays open.
+    pub keepalive_timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_request_header_bytes: 16 * 1024,
+            max_request_headers: 100,
+            client_body_timeout: std::time::Duration::from_secs(30),
+            keepalive_timeout: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -87,6 +123,8 @@ pub struct TenantFile {
     pub routes: Vec<RouteConfig>,
     /// `[registration]`, when backends may register themselves.
     pub registration: Option<RegistrationConfig>,
+    /// `[http]`.
+    pub http: HttpLimits,
     /// Problems that do not make the file invalid (`l7proxy --check` prints them).
     pub warnings: Vec<super::ConfigError>,
 }
@@ -219,12 +257,17 @@ impl TenantFile {
             );
         }
 
+        let http = raw
+            .http
+            .as_ref()
+            .map_or_else(HttpLimits::default, |r| validate_http(src, r));
         TenantFile {
             path: src.path.clone(),
             tls,
             upstreams,
             routes,
             registration,
+            http,
             warnings: src.take_warnings(),
         }
     }
@@ -235,4 +278,59 @@ impl TenantFile {
 /// the splitter never does.
 fn readable(path: &Path) -> std::io::Result<()> {
     crate::files::read_regular(path, crate::files::MAX_PEM_BYTES).map(drop)
+}
+
+fn validate_http(src: &mut Source, raw: &RawHttp) -> HttpLimits {
+    use crate::units::{parse_duration, parse_size};
+    use std::time::Duration;
+    let mut limits = HttpLimits::default();
+    if let Some(value) = &raw.max_request_header_bytes {
+        match parse_size(value.get_ref()) {
+            Ok(bytes) if (1024..=1 << 20).contains(&bytes) => {
+                limits.max_request_header_bytes = bytes
+            }
+            Ok(_) => src.error(
+                value.span(),
+                "[http] max_request_header_bytes must be between \"1KiB\" and \"1MiB\"",
+            ),
+            Err(e) => src.error(
+                value.span(),
+                format!("[http] max_request_header_bytes: {e}"),
+            ),
+        }
+    }
+    if let Some(value) = &raw.max_request_headers {
+        match *value.get_ref() {
+            count @ 1..=256 => limits.max_request_headers = count,
+            _ => src.error(
+                value.span(),
+                "[http] max_request_headers must be between 1 and 256",
+            ),
+        }
+    }
+    for (key, value, slot, least) in [
+        (
+            "client_body_timeout",
+            &raw.client_body_timeout,
+            &mut limits.client_body_timeout,
+            Duration::from_millis(1),
+        ),
+        (
+            "keepalive_timeout",
+            &raw.keepalive_timeout,
+            &mut limits.keepalive_timeout,
+            Duration::from_secs(1),
+        ),
+    ] {
+        let Some(value) = value else { continue };
+        match parse_duration(value.get_ref()) {
+            Ok(d) if d >= least => *slot = d,
+            Ok(_) => src.error(
+                value.span(),
+                format!("[http] {key} must be at least {least:?}"),
+            ),
+            Err(e) => src.error(value.span(), format!("[http] {key}: {e}")),
+        }
+    }
+    limits
 }

@@ -1,7 +1,8 @@
 //! `echo-upstream`: a small HTTP/1.1 backend for the demo, tests and benchmarks.
 //!
 //! Answers every request with JSON describing what it received (method, path,
-//! headers, the peer address, its own name), keeping connections alive.
+//! headers — as a map and as the exact lines — the peer address, its own
+//! name), keeping connections alive.
 //! `--body-size N` answers with an N-byte body instead (for benchmarks).
 //!
 //! For pool tests: `?delay_ms=N` waits before answering, `/status/NNN` answers
@@ -148,7 +149,13 @@ async fn connection(
                         .and_then(|v| v.get(..3)?.parse().ok())
                         .unwrap_or(200);
                     let mut header_map = serde_json::Map::new();
+                    let mut header_lines = Vec::new();
                     for h in request.headers.iter() {
+                        header_lines.push(serde_json::Value::String(format!(
+                            "{}: {}",
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value)
+                        )));
                         let value = String::from_utf8_lossy(h.value).into_owned();
                         if h.name.eq_ignore_ascii_case("content-length") {
                             body_len = value.trim().parse().unwrap_or(0);
@@ -172,6 +179,7 @@ async fn connection(
                                 "method": request.method.unwrap_or(""),
                                 "path": request.path.unwrap_or(""),
                                 "headers": header_map,
+                                "header_lines": header_lines,
                                 "peer": peer,
                             })
                             .to_string();
@@ -264,8 +272,16 @@ async fn keep_registered(url: String, upstream: String, addr: String, ttl: Strin
         let answer = async {
             let mut stream = TcpStream::connect(&api).await?;
             stream.write_all(request.as_bytes()).await?;
+            // The status line is the answer: no need to wait for the close.
             let mut reply = Vec::new();
-            stream.read_to_end(&mut reply).await?;
+            let mut buf = [0u8; 1024];
+            while !reply.windows(2).any(|w| w == b"\r\n") {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                reply.extend_from_slice(&buf[..n]);
+            }
             Ok::<_, io::Error>(reply)
         };
         let ok = matches!(
