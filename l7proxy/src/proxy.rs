@@ -480,10 +480,24 @@ impl ProxyHttp for TenantProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status.as_u16() == 101
+            && !session
+                .req_header()
+                .headers
+                .contains_key(http::header::UPGRADE)
+        {
+            // Switching protocols nobody asked for would hand the client's
+            // connection to whatever the upstream sends next.
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "the upstream switched protocols (101) for a request that asked for no upgrade",
+            )
+            .into_up());
+        }
         crate::http_rules::sanitize_response(upstream_response);
         ctx.response_started = true;
         if let Some(lease) = &ctx.lease {

@@ -331,3 +331,198 @@ fn an_upstreams_hop_by_hop_headers_stay_on_its_hop() {
     assert!(!text.contains("x-secret"), "{text}");
     assert!(!text.contains("keep-alive: timeout"), "{text}");
 }
+
+/// An upstream that records every request head it receives (as raw text) and
+/// answers each with `200` and a 2-byte body, reading request bodies by
+/// `Content-Length` or chunked framing as a strict server would.
+fn recording_upstream() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let record = record.clone();
+            std::thread::spawn(move || serve_recorded(stream, record));
+        }
+    });
+    (addr, seen)
+}
+
+fn serve_recorded(mut stream: TcpStream, record: std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    continue;
+                }
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        record.lock().unwrap().push(head.clone());
+        buf.drain(..end + 4);
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if head.contains("transfer-encoding: chunked") {
+            // Read to the end of the chunked body (the last-chunk and trailer end).
+            while !buf.windows(5).any(|w| w == b"0\r\n\r\n") {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let at = buf.windows(5).position(|w| w == b"0\r\n\r\n").unwrap();
+            buf.drain(..at + 5);
+        } else if let Some(length) = length {
+            while buf.len() < length {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..length);
+        }
+        if stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[test]
+fn request_smuggling_probes_keep_failing() {
+    let (upstream, seen) = recording_upstream();
+    let s = splitter_for(upstream);
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: alpha.test\r\n\r\n";
+    let probes: Vec<(&str, String)> = vec![
+        (
+            "CL.TE",
+            format!("POST / HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "TE.CL",
+            format!("POST / HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n", smuggled.len()),
+        ),
+        (
+            "obfuscated TE (xchunked)",
+            format!("POST / HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: xchunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "obfuscated TE (two lines)",
+            format!("POST / HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "TE with a space before the colon",
+            format!("POST / HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "duplicate Content-Length",
+            format!("POST / HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 5\r\nContent-Length: 40\r\n\r\nhello{smuggled}"),
+        ),
+        (
+            "chunk size overflow",
+            format!("POST / HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\nx\r\n0\r\n\r\n{smuggled}"),
+        ),
+    ];
+    for (name, probe) in probes {
+        seen.lock().unwrap().clear();
+        let mut stream = TcpStream::connect(s.http).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        stream.write_all(probe.as_bytes()).unwrap();
+        let mut received = Vec::new();
+        let _ = stream.read_to_end(&mut received);
+        let text = String::from_utf8_lossy(&received);
+        let responses = text.matches("HTTP/1.1 ").count();
+        let upstream_saw = seen.lock().unwrap().clone();
+        assert!(
+            responses <= 1,
+            "{name}: the client got {responses} responses:\n{text}"
+        );
+        for head in &upstream_saw {
+            assert!(
+                !head.starts_with("get /smuggled"),
+                "{name}: smuggled through:\n{upstream_saw:?}"
+            );
+            assert!(
+                !(head.contains("content-length:") && head.contains("transfer-encoding:")),
+                "{name}: ambiguous framing reached the upstream:\n{head}"
+            );
+            if let Some(te) = head
+                .lines()
+                .find_map(|l| l.strip_prefix("transfer-encoding:"))
+            {
+                assert_eq!(te.trim(), "chunked", "{name}: {head}");
+            }
+        }
+        assert!(upstream_saw.len() <= 1, "{name}: {upstream_saw:?}");
+    }
+}
+
+#[test]
+fn a_101_to_a_request_that_asked_for_no_upgrade_is_a_502() {
+    let upstream = misbehaving_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw bytes",
+    );
+    let s = splitter_for(upstream);
+    let received = raw_exchange(s.http, "alpha.test");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(!text.contains("raw bytes"), "{text}");
+}
+
+#[test]
+fn an_upgraded_tunnel_whose_upstream_times_out_is_closed_without_error_text() {
+    // The upstream switches protocols, then says nothing for longer than the
+    // tenant's read_timeout.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            );
+            std::thread::sleep(Duration::from_secs(6));
+        }
+    });
+    let mut tenant = TenantSpec::proxy("alpha", &["alpha.test"], &[upstream]);
+    tenant.file = tenant
+        .file
+        .replace("retries = 1\n", "retries = 1\nread_timeout = \"1s\"\n");
+    let s = SplitterBuilder::new(vec![tenant]).start();
+    let mut stream = TcpStream::connect(s.http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: alpha.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed at the read timeout"
+    );
+    let after_head = body_of(&received);
+    assert!(
+        after_head.is_empty(),
+        "nothing written into the tunnel: {:?}",
+        String::from_utf8_lossy(after_head)
+    );
+}
