@@ -2,6 +2,7 @@
 //!
 //! * [`config`]: the host file and tenant files — schema, parsing and whole-file
 //!   validation, with every error located as `FILE:LINE:COL`.
+//! * [`control`]: the typed control-channel messages and the status document.
 //! * [`handoff`]: the versioned wire protocol between the splitter and an l7proxy
 //!   process, carrying accepted sockets in `SCM_RIGHTS`.
 //! * [`host`]: host-name normalisation and the exact/wildcard host table.
@@ -22,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod files;
 #[allow(unsafe_code)]
 pub mod handoff;

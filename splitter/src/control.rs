@@ -1,17 +1,18 @@
 //! The control socket (`runtime_dir/control.sock`, mode 0600) and the client
 //! behind `splitter ctl`.
 //!
-//! One request per connection: a JSON line `{"command": "status" | "restart" |
-//! "reload" | "stop", "tenant": "…"}`, answered by one JSON line
-//! `{"ok": bool, "message": "…", "status": {…}}`.
+//! One request per connection: a JSON line of a [`CtlRequest`]
+//! (`{"command": "status" | "restart" | "reload" | "stop", "tenant": "…"}`),
+//! answered by one JSON line of a [`CtlReply`]
+//! (`{"ok": bool, "message": "…", "status": {…}}`).
 
 use crate::fleet::Fleet;
-use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_shared::control::{CtlReply, CtlRequest, FleetStatus};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
@@ -66,49 +67,61 @@ pub async fn serve(
                 return;
             }
             let answer = answer(&line, &fleet, &config_path, &stop).await;
-            let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
+            let line = serde_json::to_string(&answer).unwrap_or_default() + "\n";
+            let _ = write.write_all(line.as_bytes()).await;
         });
     }
 }
 
-async fn answer(line: &str, fleet: &Fleet, config_path: &Path, stop: &Notify) -> Value {
-    let request: Value = match serde_json::from_str(line) {
+async fn answer(line: &str, fleet: &Fleet, config_path: &Path, stop: &Notify) -> CtlReply {
+    let request: CtlRequest = match serde_json::from_str(line) {
         Ok(request) => request,
-        Err(e) => return json!({"ok": false, "message": format!("bad control request: {e}")}),
+        Err(e) => return refused(format!("bad control request: {e}")),
     };
-    let command = request["command"].as_str().unwrap_or("");
-    info!(
-        command,
-        tenant = request["tenant"].as_str(),
-        "control request"
-    );
-    let result = match command {
-        "status" => return json!({"ok": true, "status": fleet.status().await}),
-        "restart" => match request["tenant"].as_str() {
-            Some(tenant) => fleet.restart(tenant).await,
-            None => Err("restart needs a tenant name".to_string()),
-        },
-        "reload" => fleet.reload(config_path).await,
-        "stop" => {
+    info!(command = request.name(), "control request");
+    let result = match &request {
+        CtlRequest::Status => {
+            return CtlReply {
+                ok: true,
+                message: None,
+                status: Some(fleet.status().await),
+            }
+        }
+        CtlRequest::Restart { tenant } => fleet.restart(tenant).await,
+        CtlRequest::Reload => fleet.reload(config_path).await,
+        CtlRequest::Stop => {
             stop.notify_one();
             Ok("stopping: tenants drain, then the splitter exits".to_string())
         }
-        other => Err(format!(
-            "unknown command {other:?}; use status, restart, reload or stop"
-        )),
     };
     match result {
-        Ok(message) => json!({"ok": true, "message": message}),
+        Ok(message) => CtlReply {
+            ok: true,
+            message: Some(message),
+            status: None,
+        },
         Err(message) => {
-            warn!(command, "{message}");
-            json!({"ok": false, "message": message})
+            warn!(command = request.name(), "{message}");
+            refused(message)
         }
+    }
+}
+
+fn refused(message: String) -> CtlReply {
+    CtlReply {
+        ok: false,
+        message: Some(message),
+        status: None,
     }
 }
 
 /// Sends one request to the splitter whose runtime directory is `runtime_dir`
 /// (the client side of `splitter ctl`).
-pub fn request(runtime_dir: &Path, request: &Value, timeout: Duration) -> Result<Value, String> {
+pub fn request(
+    runtime_dir: &Path,
+    request: &CtlRequest,
+    timeout: Duration,
+) -> Result<CtlReply, String> {
     let path = socket_path(runtime_dir);
     let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
         format!(
@@ -120,7 +133,13 @@ pub fn request(runtime_dir: &Path, request: &Value, timeout: Duration) -> Result
         .set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     stream
-        .write_all(format!("{request}\n").as_bytes())
+        .write_all(
+            format!(
+                "{}\n",
+                serde_json::to_string(request).map_err(|e| e.to_string())?
+            )
+            .as_bytes(),
+        )
         .map_err(|e| format!("cannot send to {}: {e}", path.display()))?;
     let mut line = String::new();
     BufReader::new(stream)
@@ -134,32 +153,33 @@ pub fn request(runtime_dir: &Path, request: &Value, timeout: Duration) -> Result
 /// `json_output`), and says how it went in the exit code (1: refused or no splitter).
 pub fn run_client(
     runtime_dir: &Path,
-    request: &Value,
+    request: &CtlRequest,
     json_output: bool,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
     // A rolling restart waits for the new processes: allow it the time.
     let timeout = Duration::from_secs(90);
     match self::request(runtime_dir, request, timeout) {
-        Ok(answer) if answer["ok"] == true => {
-            if let Some(status) = answer.get("status") {
-                if json_output {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(status).unwrap_or_default()
-                    );
-                } else {
-                    print!("{}", render_status(status));
-                }
-            } else if let Some(message) = answer["message"].as_str() {
-                println!("{message}");
+        Ok(CtlReply {
+            ok: true,
+            status,
+            message,
+        }) => {
+            match (status, message) {
+                (Some(status), _) if json_output => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                ),
+                (Some(status), _) => print!("{}", render_status(&status)),
+                (None, Some(message)) => println!("{message}"),
+                (None, None) => {}
             }
             ExitCode::SUCCESS
         }
-        Ok(answer) => {
+        Ok(CtlReply { message, .. }) => {
             eprintln!(
                 "splitter ctl: {}",
-                answer["message"].as_str().unwrap_or("request failed")
+                message.as_deref().unwrap_or("request failed")
             );
             ExitCode::FAILURE
         }
@@ -171,39 +191,37 @@ pub fn run_client(
 }
 
 /// Renders `ctl status` for a person.
-pub fn render_status(status: &Value) -> String {
+pub fn render_status(status: &FleetStatus) -> String {
     let mut out = format!(
-        "splitter pid {}, up {}s, {} connections peeking or held\n",
-        status["pid"], status["uptime_s"], status["pending"]
+        "splitter pid {} (helper {}), up {}s, {} connections peeking or held\n",
+        status.pid, status.helper_pid, status.uptime_s, status.pending
     );
-    for t in status["tenants"].as_array().into_iter().flatten() {
-        let hosts: Vec<&str> = t["hosts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|h| h.as_str())
-            .collect();
+    for t in &status.tenants {
         out.push_str(&format!(
             "tenant {}  hosts {}  generation {}  handed {}  held now {}  hold timeouts {}  restarts {}\n",
-            t["name"].as_str().unwrap_or("?"),
-            hosts.join(","),
-            t["generation"],
-            t["handed_off"],
-            t["held_now"],
-            t["hold_timeouts"],
-            t["restarts"],
+            t.name,
+            t.hosts.join(","),
+            t.generation,
+            t.handed_off,
+            t.held_now,
+            t.hold_timeouts,
+            t.restarts,
         ));
-        let procs = t["processes"].as_array().cloned().unwrap_or_default();
-        if procs.is_empty() {
+        if t.processes.is_empty() {
             out.push_str("  (no process running)\n");
         }
-        for p in procs {
+        for p in &t.processes {
             out.push_str(&format!(
-                "  pid {:<8} {:<9} up {:>7}s  handed {}\n",
-                p["pid"],
-                p["state"].as_str().unwrap_or("?"),
-                p["uptime_s"],
-                p["handed_off"]
+                "  pid {:<8} {:<9} up {:>7}s  handed {}{}\n",
+                p.pid,
+                p.state,
+                p.uptime_s,
+                p.handed_off,
+                if p.attached {
+                    "  (started by hand)"
+                } else {
+                    ""
+                }
             ));
         }
     }

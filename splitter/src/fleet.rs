@@ -10,12 +10,12 @@ use crate::helper::Helper;
 use crate::listener::Front;
 use crate::process::supervise;
 use crate::routing::RoutingTable;
-use crate::tenant::Tenant;
-use serde_json::{json, Value};
+use crate::tenant::{Origin, Tenant};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_shared::config::{HostConfig, ListenerConfig, SplitterSettings, TenantConfig};
+use switchyard_shared::control::{FleetStatus, ProcessStatus, TenantStatus};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -284,6 +284,11 @@ impl Fleet {
             notes.push("no change".into());
         }
         info!(changes = %notes.join("; "), "reloaded the host file");
+        // The splitter never reads tenant files, so it cannot see their edits.
+        notes.push(
+            "(a reload re-reads the host file only; a tenant whose own file changed picks it up with `splitter ctl restart TENANT`)"
+                .into(),
+        );
         Ok(notes.join("\n"))
     }
 
@@ -305,50 +310,54 @@ impl Fleet {
     }
 
     /// The state of every tenant and process, as `ctl status --json` prints it.
-    pub async fn status(&self) -> Value {
+    pub async fn status(&self) -> FleetStatus {
         let running = self.running.lock().await;
-        let tenants: Vec<Value> = running
+        let tenants = running
             .iter()
             .map(|run| {
                 let t = &run.tenant;
                 let config = t.config();
                 let (procs, held) = t.snapshot();
-                json!({
-                    "name": t.name(),
-                    "hosts": config.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-                    "processes_wanted": config.processes,
-                    "generation": run.generation.id,
-                    "held_now": held,
-                    "handed_off": t.counters.handed.load(Ordering::Relaxed),
-                    "held_total": t.counters.held.load(Ordering::Relaxed),
-                    "hold_timeouts": t.counters.hold_timeouts.load(Ordering::Relaxed),
-                    "rehanded": t.counters.rehanded.load(Ordering::Relaxed),
-                    "socket_full": t.counters.socket_full.load(Ordering::Relaxed),
-                    "held_full": t.counters.held_full.load(Ordering::Relaxed),
-                    "unacked_full": t.counters.unacked_full.load(Ordering::Relaxed),
-                    "restarts": t.counters.restarts.load(Ordering::Relaxed),
-                    "respawn_backoff_ms": t.counters.backoff_ms.load(Ordering::Relaxed),
-                    "processes": procs.iter().map(|p| json!({
-                        "pid": p.pid,
-                        "state": p.state.as_str(),
-                        "uptime_s": (p.uptime_s * 10.0).round() / 10.0,
-                        "handed_off": p.handed,
-                        "generation": match p.origin {
-                            crate::tenant::Origin::Supervised { generation } => generation,
-                            crate::tenant::Origin::Attached => 0,
-                        },
-                        "attached": p.origin == crate::tenant::Origin::Attached,
-                    })).collect::<Vec<_>>(),
-                })
+                let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                TenantStatus {
+                    name: t.name().to_string(),
+                    hosts: config.hosts.iter().map(|h| h.to_string()).collect(),
+                    processes_wanted: config.processes,
+                    generation: run.generation.id,
+                    held_now: held,
+                    handed_off: count(&t.counters.handed),
+                    held_total: count(&t.counters.held),
+                    hold_timeouts: count(&t.counters.hold_timeouts),
+                    rehanded: count(&t.counters.rehanded),
+                    socket_full: count(&t.counters.socket_full),
+                    held_full: count(&t.counters.held_full),
+                    unacked_full: count(&t.counters.unacked_full),
+                    restarts: count(&t.counters.restarts),
+                    respawn_backoff_ms: count(&t.counters.backoff_ms),
+                    processes: procs
+                        .iter()
+                        .map(|p| ProcessStatus {
+                            pid: p.pid,
+                            state: p.state.as_str().to_string(),
+                            uptime_s: (p.uptime_s * 10.0).round() / 10.0,
+                            handed_off: p.handed,
+                            generation: match p.origin {
+                                Origin::Supervised { generation } => generation,
+                                Origin::Attached => 0,
+                            },
+                            attached: p.origin == Origin::Attached,
+                        })
+                        .collect(),
+                }
             })
             .collect();
-        json!({
-            "pid": std::process::id(),
-            "helper_pid": self.helper.pid(),
-            "uptime_s": self.started.elapsed().as_secs(),
-            "pending": self.front.pending.current(),
-            "tenants": tenants,
-        })
+        FleetStatus {
+            pid: std::process::id(),
+            helper_pid: self.helper.pid(),
+            uptime_s: self.started.elapsed().as_secs(),
+            pending: self.front.pending.current(),
+            tenants,
+        }
     }
 }
 

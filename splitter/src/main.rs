@@ -27,6 +27,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use switchyard_shared::config::HostConfig;
+use switchyard_shared::control::CtlRequest;
 use tracing::{error, info, warn};
 
 /// Switchyard's front tier: routes connections on shared ports to per-site
@@ -172,26 +173,36 @@ fn check(config: &HostConfig) -> ExitCode {
 }
 
 fn ctl(config_path: &std::path::Path, action: CtlAction) -> ExitCode {
-    // Only the runtime directory is needed to find the splitter; a reload is
-    // validated by the splitter itself, which reports any error.
-    let config = match HostConfig::load(config_path) {
-        Ok(config) => config,
+    // Only the runtime directory is needed to find the splitter, so a host file
+    // being edited (invalid for now) does not lock the operator out; a reload
+    // is validated by the splitter itself, which reports any error.
+    let runtime_dir = match HostConfig::runtime_dir_of(config_path) {
+        Ok(dir) => dir,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("splitter ctl: the host file is invalid; fix it first (`splitter check --config {}`)", config_path.display());
+            eprintln!(
+                "splitter ctl: cannot find runtime_dir in {}; fix the file's syntax first",
+                config_path.display()
+            );
             return ExitCode::from(2);
         }
     };
-    let (request, json_output) = match &action {
-        CtlAction::Status { json } => (serde_json::json!({"command": "status"}), *json),
-        CtlAction::Restart { tenant } => (
-            serde_json::json!({"command": "restart", "tenant": tenant}),
-            false,
-        ),
-        CtlAction::Reload => (serde_json::json!({"command": "reload"}), false),
-        CtlAction::Stop => (serde_json::json!({"command": "stop"}), false),
+    if matches!(action, CtlAction::Reload) {
+        // Say what is wrong at once, before asking the splitter (which checks
+        // again, tenant files included, and changes nothing on an error).
+        if let Err(errors) = HostConfig::load(config_path) {
+            eprintln!("{errors}");
+            eprintln!("splitter ctl: reload not sent: the host file is invalid; nothing changed");
+            return ExitCode::from(2);
+        }
+    }
+    let (request, json_output) = match action {
+        CtlAction::Status { json } => (CtlRequest::Status, json),
+        CtlAction::Restart { tenant } => (CtlRequest::Restart { tenant }, false),
+        CtlAction::Reload => (CtlRequest::Reload, false),
+        CtlAction::Stop => (CtlRequest::Stop, false),
     };
-    control::run_client(&config.splitter.runtime_dir, &request, json_output)
+    control::run_client(&runtime_dir, &request, json_output)
 }
 
 fn run(config: HostConfig) -> ExitCode {

@@ -8,9 +8,9 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use serde_json::Value;
 use std::sync::LazyLock;
 use std::time::Duration;
+use switchyard_shared::control::FleetStatus;
 
 /// Latency buckets from 10 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -94,7 +94,7 @@ pub fn handed_off(tenant: &str, elapsed: Duration) {
 
 /// The Prometheus text exposition: recorded metrics plus the per-tenant
 /// counters and gauges of `status` (the document `ctl status --json` prints).
-pub fn render(status: &Value) -> String {
+pub fn render(status: &FleetStatus) -> String {
     let scrape = Registry::new();
     let counter = |name: &str, help: &str| {
         let vec = IntCounterVec::new(Opts::new(name, help), &["tenant"]).expect("valid metric");
@@ -142,42 +142,24 @@ pub fn render(status: &Value) -> String {
         "switchyard_ready_processes",
         "Tenant processes taking connections now",
     );
-    for t in status["tenants"].as_array().into_iter().flatten() {
-        let name = t["name"].as_str().unwrap_or("?");
-        let value = |key: &str| t[key].as_u64().unwrap_or(0);
-        handed
-            .with_label_values(&[name])
-            .inc_by(value("handed_off"));
-        held_total
-            .with_label_values(&[name])
-            .inc_by(value("held_total"));
-        timeouts
-            .with_label_values(&[name])
-            .inc_by(value("hold_timeouts"));
-        rehanded
-            .with_label_values(&[name])
-            .inc_by(value("rehanded"));
-        full.with_label_values(&[name]).inc_by(value("socket_full"));
-        restarts
-            .with_label_values(&[name])
-            .inc_by(value("restarts"));
-        held_now
-            .with_label_values(&[name])
-            .set(value("held_now") as i64);
-        let ready_count = t["processes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["state"] == "ready")
-            .count();
-        ready.with_label_values(&[name]).set(ready_count as i64);
+    for t in &status.tenants {
+        let name = [t.name.as_str()];
+        handed.with_label_values(&name).inc_by(t.handed_off);
+        held_total.with_label_values(&name).inc_by(t.held_total);
+        timeouts.with_label_values(&name).inc_by(t.hold_timeouts);
+        rehanded.with_label_values(&name).inc_by(t.rehanded);
+        full.with_label_values(&name).inc_by(t.socket_full);
+        restarts.with_label_values(&name).inc_by(t.restarts);
+        held_now.with_label_values(&name).set(t.held_now as i64);
+        let ready_count = t.processes.iter().filter(|p| p.state == "ready").count();
+        ready.with_label_values(&name).set(ready_count as i64);
     }
     let pending = IntGauge::new(
         "switchyard_pending",
         "Connections being peeked or held (limit: max_pending)",
     )
     .expect("valid metric");
-    pending.set(status["pending"].as_i64().unwrap_or(0));
+    pending.set(status.pending as i64);
     scrape.register(Box::new(pending)).expect("registered once");
 
     let mut families = METRICS.registry.gather();

@@ -447,3 +447,25 @@ fn the_splitter_runs_under_sched_batch_and_its_tenants_do_not() {
         "sched_batch = false: {policies:?}"
     );
 }
+
+#[test]
+fn ctl_works_while_the_host_file_is_being_edited_and_reload_says_how_tenant_files_apply() {
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])]).start();
+    let host = std::fs::read_to_string(&s.config).unwrap();
+    // Half-edited: valid TOML, invalid settings.
+    std::fs::write(
+        &s.config,
+        host.replace("[splitter]\n", "[splitter]\nbogus = 1\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = s.ctl(&["status"]);
+    assert_eq!(code, 0, "status needs only runtime_dir: {stderr}");
+    assert!(stdout.contains("tenant alpha"), "{stdout}");
+    let (code, _, stderr) = s.ctl(&["reload"]);
+    assert_ne!(code, 0, "the reload itself is refused");
+    assert!(stderr.contains("unknown field `bogus`"), "{stderr}");
+    std::fs::write(&s.config, &host).unwrap();
+    let (code, stdout, stderr) = s.ctl(&["reload"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("splitter ctl restart TENANT"), "{stdout}");
+}

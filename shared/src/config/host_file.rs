@@ -277,6 +277,24 @@ impl HostConfig {
         Self::load_as(path, nix::unistd::geteuid().is_root())
     }
 
+    /// Only `[splitter] runtime_dir` of a host file (default `/run/switchyard`),
+    /// read leniently: a file whose other settings are invalid still names its
+    /// runtime directory (what `splitter ctl` needs); only a syntax error fails.
+    pub fn runtime_dir_of(path: &Path) -> Result<PathBuf, ConfigErrors> {
+        let mut src = Source::read(path)?;
+        let value: toml::Value = src.parse()?;
+        Ok(
+            match value
+                .get("splitter")
+                .and_then(|s| s.get("runtime_dir"))
+                .and_then(|d| d.as_str())
+            {
+                Some(dir) => src.resolve(dir),
+                None => PathBuf::from("/run/switchyard"),
+            },
+        )
+    }
+
     /// [`HostConfig::load`] with the rules for a splitter started as root
     /// (`as_root`) or not, whoever runs this.
     pub fn load_as(path: &Path, as_root: bool) -> Result<HostConfig, ConfigErrors> {
