@@ -18,7 +18,12 @@ for target in tls_peek http_peek host_normalize handoff_decode; do
     echo "==> fuzzing $target for ${seconds}s"
     # Work on a copy so the committed seed corpus stays small.
     work=$(mktemp -d)
-    cp corpus/"$target"/* "$work"/
+    # The TLS seeds are the recorded ClientHellos the unit tests use, kept once.
+    if [ "$target" = tls_peek ]; then
+        cp ../splitter/testdata/client_hello/*.bin "$work"/
+    else
+        cp corpus/"$target"/* "$work"/
+    fi
     log=$(mktemp)
     if ! cargo fuzz run --sanitizer none "$target" "$work" -- -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
         tail -40 "$log"

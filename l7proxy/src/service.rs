@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_shared::config::HostConfig;
-use switchyard_shared::handoff::{self, ConnMeta, ConnProtocol, Message};
+use switchyard_shared::handoff::{self, ConnMeta, Message, Protocol};
 use tracing::{debug, error, info, warn};
 
 /// How long a client may take to complete its TLS handshake (as Pingora's listener).
@@ -296,14 +296,14 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
         let app = self.app.clone();
         let active = Active::new(&self.active);
         let tls = match meta.protocol {
-            ConnProtocol::Tls => match &self.tls {
+            Protocol::Tls => match &self.tls {
                 Some(tls) => Some(tls.clone()),
                 None => {
                     warn!(tenant = %self.tenant, sni = ?meta.server_name, "TLS connection for a tenant without [tls]; closed (add a [tls] section to the tenant file)");
                     return;
                 }
             },
-            ConnProtocol::Http => None,
+            Protocol::Http => None,
         };
         tokio::spawn(async move {
             let _active = active;

@@ -4,7 +4,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::os::fd::AsFd;
-use switchyard_shared::handoff::{self, ConnMeta, ConnProtocol, Message};
+use switchyard_shared::handoff::{self, ConnMeta, Message, Protocol};
 use switchyard_shared::host::{HostPattern, HostTable};
 
 fn table(n: usize) -> HostTable<usize> {
@@ -46,7 +46,7 @@ fn handoff_round_trip(c: &mut Criterion) {
     let (_client, socket) = std::os::unix::net::UnixStream::pair().unwrap();
     let meta = ConnMeta {
         seq: 1,
-        protocol: ConnProtocol::Tls,
+        protocol: Protocol::Tls,
         server_name: Some("alpha.localhost".into()),
         local_port: 443,
         accepted_at_us: 0,

@@ -40,14 +40,7 @@ pub const FAULT_DIE_ON_CONN_ENV: &str = "SWITCHYARD_FAULT_DIE_ON_CONN";
 /// Largest encoded message (a `Conn` with a 255-byte server name is 279 bytes).
 pub const MAX_MESSAGE_LEN: usize = 512;
 
-/// What the splitter peeked to route a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnProtocol {
-    /// The connection starts with a TLS ClientHello.
-    Tls = 1,
-    /// The connection starts with a plaintext HTTP/1.x request.
-    Http = 2,
-}
+pub use crate::config::Protocol;
 
 /// One message of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +75,7 @@ pub struct ConnMeta {
     /// Per-process sequence number, starting at 1.
     pub seq: u64,
     /// What the splitter found at the start of the stream.
-    pub protocol: ConnProtocol,
+    pub protocol: Protocol,
     /// The SNI or `Host` the connection was routed by (normalised), if any.
     pub server_name: Option<String>,
     /// Port of the listener that accepted it.
@@ -179,8 +172,8 @@ impl Message {
             16 => {
                 let seq = u64::from_le_bytes(r.array()?);
                 let protocol = match r.u8()? {
-                    1 => ConnProtocol::Tls,
-                    2 => ConnProtocol::Http,
+                    1 => Protocol::Tls,
+                    2 => Protocol::Http,
                     other => return Err(DecodeError::UnknownProtocol(other)),
                 };
                 let local_port = u16::from_le_bytes(r.array()?);
@@ -449,14 +442,14 @@ mod tests {
             Message::Draining,
             Message::Conn(ConnMeta {
                 seq: 7,
-                protocol: ConnProtocol::Tls,
+                protocol: Protocol::Tls,
                 server_name: Some("alpha.localhost".into()),
                 local_port: 8443,
                 accepted_at_us: 1_700_000_000_000_000,
             }),
             Message::Conn(ConnMeta {
                 seq: 8,
-                protocol: ConnProtocol::Http,
+                protocol: Protocol::Http,
                 server_name: None,
                 local_port: 80,
                 accepted_at_us: 1,
@@ -510,7 +503,7 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
         let meta = ConnMeta {
             seq: 1,
-            protocol: ConnProtocol::Http,
+            protocol: Protocol::Http,
             server_name: Some("beta.localhost".into()),
             local_port: 8080,
             accepted_at_us: now_us(),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use switchyard_shared::config::{Protocol, SplitterSettings};
-use switchyard_shared::handoff::{ConnMeta, ConnProtocol};
+use switchyard_shared::handoff::ConnMeta;
 
 /// Most source addresses whose connection rate is remembered; beyond it, idle
 /// ones are forgotten first, and a new address is not rate-limited until there
@@ -212,10 +212,7 @@ impl ClientConn {
     pub fn meta(&self, seq: u64) -> ConnMeta {
         ConnMeta {
             seq,
-            protocol: match self.protocol {
-                Protocol::Tls => ConnProtocol::Tls,
-                Protocol::Http => ConnProtocol::Http,
-            },
+            protocol: self.protocol,
             server_name: self.server_name.clone(),
             local_port: self.local_port,
             accepted_at_us: self.accepted_at_us,

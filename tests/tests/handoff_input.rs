@@ -7,13 +7,13 @@ use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use switchyard_shared::handoff::{self, ConnMeta, ConnProtocol, Message, HANDOFF_FD_ENV};
+use switchyard_shared::handoff::{self, ConnMeta, Message, Protocol, HANDOFF_FD_ENV};
 use switchyard_tests::*;
 
 fn conn(seq: u64) -> Message {
     Message::Conn(ConnMeta {
         seq,
-        protocol: ConnProtocol::Http,
+        protocol: Protocol::Http,
         server_name: Some("alpha.test".into()),
         local_port: 80,
         accepted_at_us: handoff::now_us(),

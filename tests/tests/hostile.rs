@@ -438,8 +438,16 @@ fn a_frozen_tenant_costs_the_others_nothing_and_is_served_after_sigcont() {
     let beta = beta.join().unwrap();
     assert!(beta.requests > 100, "{}", beta.output);
     assert_eq!(beta.socket_errors + beta.non_2xx, 0, "{}", beta.output);
-    let full = s.status()["tenants"][0]["socket_full"].as_u64().unwrap();
-    eprintln!("handoffs that found alpha's socket full while it was frozen: {full}");
+    // The premise: alpha could not take them all (its socket filled, or it
+    // reached max_unacked), so the splitter had to hold some.
+    let alpha = &s.status()["tenants"][0];
+    let full = alpha["socket_full"].as_u64().unwrap();
+    let at_cap = alpha["unacked_full"].as_u64().unwrap();
+    eprintln!("while alpha was frozen: {full} handoffs found its socket full, {at_cap} found it at max_unacked");
+    assert!(
+        full + at_cap > 0,
+        "the frozen process never refused a connection: {alpha}"
+    );
     signal(frozen, libc::SIGCONT);
     for mut tcp in waiting {
         let answer = read_response(&mut tcp).expect("answered after SIGCONT");

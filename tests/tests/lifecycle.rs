@@ -162,7 +162,10 @@ fn a_connection_handed_to_a_process_that_dies_before_acking_is_served_by_another
     let mut spec = TenantSpec::echo("alpha", &["alpha.test"]);
     spec.processes = 2;
     let s = SplitterBuilder::new(vec![spec])
-        .env("SWITCHYARD_FAULT_DIE_ON_CONN", marker.to_str().unwrap())
+        .env(
+            switchyard_shared::handoff::FAULT_DIE_ON_CONN_ENV,
+            marker.to_str().unwrap(),
+        )
         .start();
     wait_until(Duration::from_secs(10), || {
         s.tenant_pids("alpha", "ready").len() == 2

@@ -123,13 +123,14 @@ struct RawLimits {
     cpu: Option<f64>,
 }
 
-/// What a listener peeks at.
+/// What a listener peeks at, and so what a handed connection starts with (the
+/// discriminant is its byte in the handoff protocol's `Conn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     /// TLS: route by the ClientHello's SNI.
-    Tls,
+    Tls = 1,
     /// Plaintext HTTP/1.x: route by the `Host` header (or absolute-form URI).
-    Http,
+    Http = 2,
 }
 
 impl Protocol {

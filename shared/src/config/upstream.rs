@@ -302,7 +302,7 @@ pub enum HealthKind {
     Http {
         /// Request path.
         path: String,
-        /// `Host` header (the server's address when not given).
+        /// `Host` header (the upstream group's name when not given).
         host: Option<String>,
         /// The status that means healthy.
         status: u16,
@@ -350,7 +350,8 @@ pub struct DnsDiscovery {
 /// TLS towards the servers of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
-    /// Server name sent and verified (the server's IP when not given).
+    /// Server name sent and verified (no SNI is sent when not given; required
+    /// with `verify = true`).
     pub sni: Option<String>,
     /// Verify the server's certificate chain and name.
     pub verify: bool,
