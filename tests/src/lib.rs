@@ -907,6 +907,50 @@ pub fn system_user(name: &str) -> u32 {
     lookup().unwrap_or_else(|| panic!("cannot create user {name} (useradd)"))
 }
 
+/// The `user = "…"` lines a hand-written host file needs when the tests run as
+/// root: one for `[splitter]` (the front) and one for each `[[tenant]]`
+/// (creating [`FRONT_USER`] and [`TENANT_USER`]); empty otherwise.
+pub fn user_lines() -> (String, String) {
+    if !running_as_root() {
+        return (String::new(), String::new());
+    }
+    system_user(FRONT_USER);
+    system_user(TENANT_USER);
+    (
+        format!("user = \"{FRONT_USER}\"\n"),
+        format!("user = \"{TENANT_USER}\"\n"),
+    )
+}
+
+/// GETs (or, with `body`, POSTs) `url` over the Unix socket `socket` with curl
+/// run as `uid`; the HTTP status curl saw ("000": no answer, e.g. it could not
+/// connect).
+pub fn curl_unix_as(socket: &Path, url: &str, body: Option<&str>, uid: u32) -> String {
+    use std::os::unix::process::CommandExt;
+    let mut curl = Command::new("curl");
+    curl.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        "--unix-socket",
+    ])
+    .arg(socket);
+    if let Some(body) = body {
+        curl.args(["-d", body]);
+    }
+    let out = curl
+        .arg(url)
+        .uid(uid)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The user the kit's splitters run their front as when started as root.
 pub const FRONT_USER: &str = "swy-front";
 /// The user the kit's tenants run as when started as root (unless a test names

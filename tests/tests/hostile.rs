@@ -331,16 +331,7 @@ fn out_of_descriptors_the_accept_loop_backs_off_without_spinning_and_recovers() 
     // the limit is cut under it while it runs (as `prlimit --pid` or a
     // mistaken unit would): it then runs out after a few dozen connections.
     let dir = TempDir::new("emfile");
-    let (front_user, tenant_user) = if running_as_root() {
-        system_user(FRONT_USER);
-        system_user(TENANT_USER);
-        (
-            format!("user = \"{FRONT_USER}\"\n"),
-            format!("user = \"{TENANT_USER}\"\n"),
-        )
-    } else {
-        (String::new(), String::new())
-    };
+    let (front_user, tenant_user) = user_lines();
     dir.write(
         "tenants/alpha.toml",
         "[[route]]\npath = \"/\"\nrespond = \"echo\"\n",

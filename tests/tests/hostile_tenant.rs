@@ -43,27 +43,9 @@ fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(socket.into())
 }
 
-/// POSTs `body` to `/v1/register` over the Unix socket `socket` with curl run
-/// as `uid`; the HTTP status curl saw ("000": it could not connect).
+/// POSTs `body` to `/v1/register` over the Unix socket `socket` as `uid`.
 fn register_over(socket: &std::path::Path, body: &str, uid: u32) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-            "--unix-socket",
-        ])
-        .arg(socket)
-        .args(["-d", body, "http://x/v1/register"])
-        .uid(uid)
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    curl_unix_as(socket, "http://x/v1/register", Some(body), uid)
 }
 
 #[test]
@@ -642,25 +624,7 @@ fn the_admin_endpoint_is_closed_to_strangers() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
-    let get = |uid: u32| {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-                "--unix-socket",
-            ])
-            .arg(&socket)
-            .arg("http://admin/metrics")
-            .uid(uid)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let get = |uid: u32| curl_unix_as(&socket, "http://admin/metrics", None, uid);
     assert_eq!(get(system_user("swy-attacker")), "000");
     assert_eq!(get(0), "200");
 }
