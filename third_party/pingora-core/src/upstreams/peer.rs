@@ -501,6 +501,10 @@ pub struct PeerOptions {
     pub connection_timeout: Option<Duration>,
     pub total_connection_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
+    /// HTTP/1: an overall deadline for the response header, counted from the moment the
+    /// request has been completely written (`read_timeout` is per read, so a server that
+    /// trickles its header one byte at a time can otherwise stretch it without bound).
+    pub response_header_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
     pub verify_cert: bool,
@@ -577,6 +581,7 @@ impl PeerOptions {
             connection_timeout: None,
             total_connection_timeout: None,
             read_timeout: None,
+            response_header_timeout: None,
             idle_timeout: None,
             write_timeout: None,
             verify_cert: true,

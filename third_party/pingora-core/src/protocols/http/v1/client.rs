@@ -50,6 +50,13 @@ pub struct HttpSession {
     /// The timeout is reset on every write. This is not a timeout on the overall duration of the
     /// request.
     pub write_timeout: Option<Duration>,
+    /// An overall deadline for the response header, counted from the moment the request
+    /// (header and body) has been completely written. Unlike `read_timeout` it is not reset
+    /// by every read, so a server trickling its header cannot stretch it. Expiry is a
+    /// `ReadTimedout` error.
+    pub response_header_timeout: Option<Duration>,
+    /// When the response header must be complete; set once the request is fully written.
+    response_header_deadline: Option<tokio::time::Instant>,
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
@@ -93,6 +100,8 @@ impl HttpSession {
             request_written: None,
             read_timeout: None,
             write_timeout: None,
+            response_header_timeout: None,
+            response_header_deadline: None,
             digest,
             bytes_sent: 0,
             body_recv: 0,
@@ -110,6 +119,7 @@ impl HttpSession {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
+            session.response_header_timeout = options.response_header_timeout;
         }
         session
     }
@@ -152,6 +162,7 @@ impl HttpSession {
 
         // write was successful
         self.request_written = Some(req);
+        self.start_response_header_clock();
         Ok(to_wire.len())
     }
 
@@ -164,8 +175,18 @@ impl HttpSession {
         if let Ok(Some(num_bytes)) = written {
             self.bytes_sent += num_bytes;
         }
+        self.start_response_header_clock();
 
         written
+    }
+
+    /// Start the `response_header_timeout` clock once the whole request has been written.
+    fn start_response_header_clock(&mut self) {
+        if self.response_header_deadline.is_none() && self.body_writer.finished() {
+            if let Some(t) = self.response_header_timeout {
+                self.response_header_deadline = Some(tokio::time::Instant::now() + t);
+            }
+        }
     }
 
     /// Write request body. Return Ok(None) if no more body should be written, either due to
@@ -198,6 +219,11 @@ impl HttpSession {
             .or_err(WriteError, "flushing body")?;
 
         self.maybe_force_close_body_reader();
+        if self.response_header_deadline.is_none() {
+            if let Some(t) = self.response_header_timeout {
+                self.response_header_deadline = Some(tokio::time::Instant::now() + t);
+            }
+        }
         Ok(res)
     }
 
@@ -385,10 +411,42 @@ impl HttpSession {
                 self.response_header_read_buf.reserve(INIT_HEADER_BUF_SIZE);
             }
 
+            // Each read waits at most `read_timeout`, and never past the overall
+            // `response_header_timeout` deadline.
+            let mut read_limit = self.read_timeout;
+            let mut deadline_bound = false;
+            if let Some(deadline) = self.response_header_deadline {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if read_limit.map_or(true, |t| left <= t) {
+                    read_limit = Some(left);
+                    deadline_bound = true;
+                }
+            }
+            if deadline_bound && read_limit == Some(Duration::ZERO) {
+                return self.fail_response_header_read(Error::explain(
+                    ReadTimedout,
+                    format!(
+                        "response_header_timeout {:?} reached while reading response headers",
+                        self.response_header_timeout.unwrap_or_default()
+                    ),
+                ));
+            }
             let read_fut = self
                 .underlying_stream
                 .read_buf(&mut self.response_header_read_buf);
-            let read_result = match self.read_timeout {
+            let read_result = match read_limit {
+                Some(t) if deadline_bound => match timeout(t, read_fut).await {
+                    Ok(res) => res,
+                    Err(_) => {
+                        return self.fail_response_header_read(Error::explain(
+                            ReadTimedout,
+                            format!(
+                                "response_header_timeout {:?} reached while reading response headers",
+                                self.response_header_timeout.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                },
                 Some(t) => match timeout(t, read_fut).await {
                     Ok(res) => res,
                     Err(_) => {
@@ -1224,6 +1282,45 @@ mod tests_stream {
         http_stream.read_timeout = Some(Duration::from_secs(1));
         let res = http_stream.read_response().await;
         assert_eq!(res.unwrap_err().etype(), &ErrorType::ReadTimedout);
+    }
+
+    #[tokio::test]
+    // The mock still holds the rest of the trickled header when it is dropped.
+    #[should_panic(expected = "There is still data left to read.")]
+    async fn response_header_timeout_is_not_reset_by_each_read() {
+        init_log();
+        // Every read arrives well within `read_timeout`, but the whole header takes longer
+        // than `response_header_timeout`.
+        let mut builder = Builder::new();
+        builder.write(b"GET / HTTP/1.1\r\n\r\n");
+        for piece in [&b"HTTP/1.1 "[..], b"200 ", b"OK\r\n", b"\r\n"] {
+            builder.wait(Duration::from_millis(300)).read(piece);
+        }
+        let mut http_stream = HttpSession::new(Box::new(builder.build()));
+        http_stream.read_timeout = Some(Duration::from_secs(1));
+        http_stream.response_header_timeout = Some(Duration::from_millis(500));
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        http_stream.write_request_header(Box::new(req)).await.unwrap();
+        let res = http_stream.read_response().await;
+        let err = res.unwrap_err();
+        assert_eq!(err.etype(), &ErrorType::ReadTimedout);
+        assert!(err.to_string().contains("response_header_timeout"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn response_header_timeout_allows_a_timely_header() {
+        init_log();
+        let mut builder = Builder::new();
+        builder.write(b"GET / HTTP/1.1\r\n\r\n");
+        builder.wait(Duration::from_millis(100)).read(b"HTTP/1.1 200 OK\r\n");
+        builder.wait(Duration::from_millis(100)).read(b"\r\n");
+        let mut http_stream = HttpSession::new(Box::new(builder.build()));
+        http_stream.read_timeout = Some(Duration::from_secs(1));
+        http_stream.response_header_timeout = Some(Duration::from_secs(1));
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        http_stream.write_request_header(Box::new(req)).await.unwrap();
+        http_stream.read_response().await.unwrap();
+        assert_eq!(http_stream.get_status(), Some(StatusCode::OK));
     }
 
     #[tokio::test]
