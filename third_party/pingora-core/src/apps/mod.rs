@@ -89,6 +89,15 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// HTTP/1: an overall deadline for each request header, not reset by every read
+    /// (nginx's `client_header_timeout`). On a connection's first request it counts from
+    /// the start; on a reused connection from the request's first byte. A client that
+    /// misses it gets its connection closed. See
+    /// [`HttpSession::set_header_timeout`](crate::protocols::http::v1::server::HttpSession::set_header_timeout).
+    ///
+    /// Default: `None`
+    pub h1_header_timeout: Option<crate::protocols::http::v1::server::HeaderTimeout>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -356,6 +365,10 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            let header_timeout = self
+                .server_options()
+                .and_then(|o| o.h1_header_timeout.clone());
+            session.set_header_timeout(header_timeout.clone(), true);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
@@ -363,6 +376,7 @@ where
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
+                session.set_header_timeout(header_timeout.clone(), false);
 
                 result = self.process_new_http(session, shutdown).await;
             }

@@ -461,6 +461,19 @@ impl Session {
         }
     }
 
+    /// Set an overall deadline for reading an HTTP/1 request header; see
+    /// [`super::v1::server::HttpSession::set_header_timeout`]. A noop for h2, whose header arrives in frames
+    /// the h2 layer assembles.
+    pub fn set_header_timeout(
+        &mut self,
+        timeout: Option<super::v1::server::HeaderTimeout>,
+        from_start: bool,
+    ) {
+        if let Self::H1(s) = self {
+            s.set_header_timeout(timeout, from_start);
+        }
+    }
+
     /// Sets whether we ignore writing informational responses downstream.
     ///
     /// For HTTP/1.1 this is a noop if the response is Upgrade or Continue and

@@ -29,6 +29,8 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -73,6 +75,16 @@ impl ProxyTaskState {
     }
 }
 
+/// An overall deadline for reading HTTP/1 request headers, and a count of the requests
+/// that missed it (for metrics). See [`HttpSession::set_header_timeout`].
+#[derive(Clone, Debug, Default)]
+pub struct HeaderTimeout {
+    /// How long a whole request header may take.
+    pub limit: Duration,
+    /// Incremented each time a request header misses `limit`.
+    pub expired: Arc<AtomicU64>,
+}
+
 /// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
@@ -103,6 +115,11 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    /// An overall deadline for the whole request header, see [`Self::set_header_timeout`].
+    header_timeout: Option<HeaderTimeout>,
+    /// Whether the `header_timeout` clock starts when `read_request` starts (the first
+    /// request of a connection) rather than at the first byte (a reused connection).
+    header_clock_from_start: bool,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
     /// A copy of the response that is already written to the client
@@ -188,6 +205,8 @@ impl HttpSession {
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
+            header_timeout: None,
+            header_clock_from_start: false,
             total_drain_timeout: None,
             body_bytes_sent: 0,
             body_bytes_read: 0,
@@ -206,6 +225,33 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+        }
+    }
+
+    /// Read more of the request header, failing with `ReadTimedout` at `deadline`.
+    async fn read_request_buf_until(
+        &mut self,
+        buf: &mut BytesMut,
+        already_read: usize,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<usize>> {
+        let Some(deadline) = deadline else {
+            return self.read_request_buf(buf, already_read).await;
+        };
+        let t = self.header_timeout.as_ref().map(|h| h.limit).unwrap_or_default();
+        match tokio::time::timeout_at(deadline, self.read_request_buf(buf, already_read)).await {
+            Ok(res) => res,
+            Err(_) => {
+                if let Some(h) = &self.header_timeout {
+                    h.expired.fetch_add(1, Ordering::Relaxed);
+                }
+                Error::e_explain(
+                ReadTimedout,
+                    format!(
+                        "header_timeout {t:?} reached while reading the request header, {already_read} bytes read"
+                    ),
+                )
+            }
         }
     }
 
@@ -304,6 +350,13 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // `header_timeout` counts from the first byte of this request (or from now, on a
+        // connection's first request); the wait before it is the keep-alive timeout's.
+        let mut header_deadline = self
+            .header_timeout
+            .as_ref()
+            .filter(|_| self.header_clock_from_start || already_read > 0)
+            .map(|h| tokio::time::Instant::now() + h.limit);
         loop {
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
@@ -323,8 +376,17 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
+            } else if let Some(n) = self
+                .read_request_buf_until(&mut buf, already_read, header_deadline)
+                .await?
+            {
                 already_read += n;
+                if header_deadline.is_none() {
+                    header_deadline = self
+                        .header_timeout
+                        .as_ref()
+                        .map(|h| tokio::time::Instant::now() + h.limit);
+                }
             } else {
                 return Ok(None);
             }
@@ -993,6 +1055,17 @@ impl HttpSession {
     /// Whether HTTP/1.1 request pipelining is enabled for this session.
     pub fn pipelining_enabled(&self) -> bool {
         self.pipelining_enabled
+    }
+
+    /// Set an overall deadline for reading a whole request header. Unlike the read and
+    /// keep-alive timeouts it is not reset by each read, so a client that trickles its
+    /// header cannot hold the connection longer than its limit. The clock starts at the
+    /// first byte of the request, or, when `from_start` is true (a connection's first
+    /// request), when reading starts. Expiry is a `ReadTimedout` error and is counted in
+    /// the [`HeaderTimeout`]'s counter. `None` (the default) sets no deadline.
+    pub fn set_header_timeout(&mut self, timeout: Option<HeaderTimeout>, from_start: bool) {
+        self.header_timeout = timeout;
+        self.header_clock_from_start = from_start;
     }
 
     /// Enable or disable HTTP/1.1 request pipelining on this session.
@@ -1877,6 +1950,64 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    #[tokio::test]
+    // The mock still holds the rest of the trickled header when it is dropped.
+    #[should_panic(expected = "There is still data left to read.")]
+    async fn header_timeout_is_not_reset_by_each_read() {
+        init_log();
+        let mut builder = Builder::new();
+        for piece in [&b"GET / HTTP/1.1\r\n"[..], b"Host: a\r\n", b"X: y\r\n", b"\r\n"] {
+            builder.read(piece).wait(Duration::from_millis(300));
+        }
+        let mut http_stream = HttpSession::new(Box::new(builder.build()));
+        let limit = HeaderTimeout {
+            limit: Duration::from_millis(500),
+            ..Default::default()
+        };
+        http_stream.set_header_timeout(Some(limit.clone()), false);
+        let err = http_stream.read_request().await.unwrap_err();
+        assert_eq!(err.etype(), &ReadTimedout);
+        assert_eq!(limit.expired.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn header_timeout_from_start_covers_a_silent_first_request() {
+        init_log();
+        let mock_io = Builder::new()
+            .wait(Duration::from_millis(600))
+            .read(b"GET / HTTP/1.1\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let limit = HeaderTimeout {
+            limit: Duration::from_millis(300),
+            ..Default::default()
+        };
+        http_stream.set_header_timeout(Some(limit.clone()), true);
+        let err = http_stream.read_request().await.unwrap_err();
+        assert_eq!(err.etype(), &ReadTimedout);
+        // Read the request the mock still holds, so it is satisfied when dropped.
+        http_stream.set_header_timeout(None, false);
+        http_stream.read_request().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn header_timeout_allows_a_timely_header() {
+        init_log();
+        let mock_io = Builder::new()
+            .read(b"GET / HTTP/1.1\r\n")
+            .wait(Duration::from_millis(100))
+            .read(b"\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let limit = HeaderTimeout {
+            limit: Duration::from_secs(1),
+            ..Default::default()
+        };
+        http_stream.set_header_timeout(Some(limit.clone()), true);
+        http_stream.read_request().await.unwrap();
+        assert_eq!(limit.expired.load(Ordering::Relaxed), 0);
     }
 
     #[cfg(feature = "patched_http1")]
