@@ -223,6 +223,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 logic,
                 &format!("listen {}", entry.name),
             );
+            if let Some(app) = service.app_logic_mut() {
+                app.server_options = Some(proxy::server_options(&file.http));
+            }
             if want_tls {
                 let cert = certificate.ok_or_else(|| {
                     format!(
@@ -254,7 +257,8 @@ fn run(cli: Cli) -> Result<(), String> {
                     socket
                 }
             };
-            let app = pingora::proxy::http_proxy(&conf, logic);
+            let mut app = pingora::proxy::http_proxy(&conf, logic);
+            app.server_options = Some(proxy::server_options(&file.http));
             let acceptor = certificate.map(|cert| tls::settings(cert).build());
             let service =
                 service::HandoffService::new(&entry.name, socket, app, acceptor, entry.threads)

@@ -3,13 +3,27 @@
 
 use crate::pool::Pool;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const SERVER_LABELS: [&str; 3] = ["upstream", "server", "origin"];
 
 /// Responses cut short because the upstream failed after they had started
 /// (HTTP/1.1 closed short of its framing, HTTP/2 stream reset).
-pub static RESPONSES_ABORTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static RESPONSES_ABORTED: AtomicU64 = AtomicU64::new(0);
+
+/// Request headers that missed `[http] client_header_timeout` (counted inside
+/// Pingora's HTTP/1 session; the connection was closed).
+pub static CLIENT_HEADER_TIMEOUTS: std::sync::LazyLock<Arc<AtomicU64>> =
+    std::sync::LazyLock::new(Arc::default);
+
+/// Request bodies that stalled past `[http] client_body_timeout` (answered 408).
+pub static CLIENT_BODY_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+
+/// Upstream reads that timed out: `read_timeout` between two reads, or
+/// `response_header_timeout` for the whole header (answered 504 when nothing
+/// had been sent yet).
+pub static UPSTREAM_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -67,9 +81,30 @@ pub fn render(tenant: &str, pools: &[Arc<Pool>]) -> Vec<u8> {
         "Responses cut short because the upstream failed after they had started (never completed with an error text)",
     )
     .expect("valid metric");
-    aborted.inc_by(RESPONSES_ABORTED.load(std::sync::atomic::Ordering::Relaxed));
+    aborted.inc_by(RESPONSES_ABORTED.load(Ordering::Relaxed));
     registry
         .register(Box::new(aborted))
+        .expect("registered once");
+    let timeouts = IntCounterVec::new(
+        Opts::new(
+            "switchyard_tenant_timeouts_total",
+            "Requests ended by a timeout: client_header (connection closed), client_body (408), upstream (504, or an aborted response)",
+        ),
+        &["kind"],
+    )
+    .expect("valid metric");
+    for (kind, count) in [
+        (
+            "client_header",
+            CLIENT_HEADER_TIMEOUTS.load(Ordering::Relaxed),
+        ),
+        ("client_body", CLIENT_BODY_TIMEOUTS.load(Ordering::Relaxed)),
+        ("upstream", UPSTREAM_TIMEOUTS.load(Ordering::Relaxed)),
+    ] {
+        timeouts.with_label_values(&[kind]).inc_by(count);
+    }
+    registry
+        .register(Box::new(timeouts))
         .expect("registered once");
     for pool in pools {
         let name = pool.config.name.as_str();

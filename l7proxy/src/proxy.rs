@@ -220,6 +220,18 @@ fn bounded(text: &str) -> &str {
 
 /// What a client is told about a failure: the kind of error, never the
 /// upstream's address or bytes.
+/// Pingora's connection-level options for the tenant's `[http]` limits: the
+/// HTTP/1 request header deadline (`client_header_timeout`, counted in
+/// `switchyard_tenant_timeouts_total{kind="client_header"}`).
+pub fn server_options(http: &HttpLimits) -> pingora::apps::HttpServerOptions {
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h1_header_timeout = Some(pingora::protocols::http::v1::server::HeaderTimeout {
+        limit: http.client_header_timeout,
+        expired: crate::metrics::CLIENT_HEADER_TIMEOUTS.clone(),
+    });
+    options
+}
+
 fn error_message(e: &Error) -> String {
     let side = match e.esource() {
         ErrorSource::Upstream => "upstream",
@@ -350,6 +362,14 @@ impl ProxyHttp for TenantProxy {
             session.set_keepalive(Some(self.http.keepalive_timeout.as_secs()));
         }
         session.set_read_timeout(Some(self.http.client_body_timeout));
+        if session.req_header().version == http::Version::HTTP_10 {
+            // HTTP/1.0 has no 1xx responses (RFC 9110 §15.2): none is relayed,
+            // and its `Expect` is ignored (§10.1.1), so nothing asks for a 100.
+            session
+                .req_header_mut()
+                .remove_header(&http::header::EXPECT);
+            session.downstream_session.set_ignore_info_resp(true);
+        }
         if let Err(refusal) = crate::http_rules::check_request(session.req_header_mut(), &self.http)
         {
             session.set_keepalive(None);
@@ -570,11 +590,22 @@ impl ProxyHttp for TenantProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
-                ErrorSource::Upstream => 502,
+                ErrorSource::Upstream => match e.etype() {
+                    // `read_timeout` between two reads, or `response_header_timeout`
+                    // for the whole header.
+                    ErrorType::ReadTimedout => {
+                        crate::metrics::UPSTREAM_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+                        504
+                    }
+                    _ => 502,
+                },
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     // `client_body_timeout` passed between two reads of the body.
-                    ErrorType::ReadTimedout => 408,
+                    ErrorType::ReadTimedout => {
+                        crate::metrics::CLIENT_BODY_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+                        408
+                    }
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,

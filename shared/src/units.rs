@@ -67,6 +67,20 @@ pub mod serde_duration {
     }
 }
 
+/// Serde helpers for optional duration strings (with `#[serde(default)]`).
+pub mod serde_duration_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    /// Deserialises an optional duration string with [`super::parse_duration`].
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// Serde helpers for optional size strings.
 pub mod serde_size_opt {
     use serde::{Deserialize, Deserializer};

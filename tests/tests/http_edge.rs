@@ -526,3 +526,264 @@ fn an_upgraded_tunnel_whose_upstream_times_out_is_closed_without_error_text() {
         String::from_utf8_lossy(after_head)
     );
 }
+
+/// An upstream that reads the request head, then sends `answer` one byte every
+/// `gap`, each well within the tenant's `read_timeout`.
+fn trickling_upstream(answer: &'static [u8], gap: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                for byte in answer {
+                    if stream.write_all(&[*byte]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(gap);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_trickled_response_header_is_a_504_at_response_header_timeout() {
+    // 38 header bytes at 250 ms each would take 9.5 s; every read is far
+    // inside read_timeout (1 s), the whole header is not inside 2 s.
+    let upstream = trickling_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        Duration::from_millis(250),
+    );
+    let mut tenant = TenantSpec::proxy("alpha", &["alpha.test"], &[upstream]);
+    tenant.file = tenant.file.replace(
+        "retries = 1\n",
+        "retries = 0\nread_timeout = \"1s\"\nresponse_header_timeout = \"2s\"\n",
+    );
+    let s = SplitterBuilder::new(vec![tenant]).start();
+    let started = std::time::Instant::now();
+    let received = raw_exchange(s.http, "alpha.test");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(!text.contains("\r\n\r\nok"), "{text}");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "answered after {took:?}, not at the 2 s header deadline"
+    );
+}
+
+#[test]
+fn response_header_timeout_defaults_to_read_timeout() {
+    let upstream = trickling_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        Duration::from_millis(250),
+    );
+    let mut tenant = TenantSpec::proxy("alpha", &["alpha.test"], &[upstream]);
+    tenant.file = tenant
+        .file
+        .replace("retries = 1\n", "retries = 0\nread_timeout = \"1s\"\n");
+    let s = SplitterBuilder::new(vec![tenant]).start();
+    let started = std::time::Instant::now();
+    let received = raw_exchange(s.http, "alpha.test");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+/// Writes `head` one byte every 200 ms until the peer closes (or 8 s pass);
+/// returns how long the peer took to close and what it sent.
+fn dribble<S: Read + Write>(stream: &mut S, head: &[u8]) -> (Duration, Vec<u8>) {
+    let started = std::time::Instant::now();
+    for byte in head {
+        if stream
+            .write_all(&[*byte])
+            .and_then(|_| stream.flush())
+            .is_err()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    (started.elapsed(), received)
+}
+
+#[test]
+fn a_client_dribbling_its_header_is_closed_at_client_header_timeout() {
+    let mut tenant = TenantSpec::echo("alpha", &["alpha.test"]);
+    tenant
+        .file
+        .push_str("[http]\nclient_header_timeout = \"2s\"\n");
+    let s = SplitterBuilder::new(vec![tenant]).start();
+    let slow_head = format!(
+        "GET / HTTP/1.1\r\nHost: alpha.test\r\n{}\r\n",
+        "X-Slow: 1\r\n".repeat(6)
+    );
+
+    // TLS, the first request (the splitter saw only the ClientHello).
+    let mut tls = tls_connect(s.tls, "alpha.test").unwrap();
+    tls.sock
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let (took, received) = dribble(&mut tls, slow_head.as_bytes());
+    assert!(
+        received.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+
+    // Plaintext, a kept-alive second request.
+    let mut plain = TcpStream::connect(s.http).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let first = exchange(
+        &mut plain,
+        "GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
+        b"",
+    );
+    assert_eq!(first.status, 200);
+    // Idle well past client_header_timeout: the idle wait is keepalive_timeout's.
+    std::thread::sleep(Duration::from_secs(3));
+    let (took, received) = dribble(&mut plain, slow_head.as_bytes());
+    assert!(
+        received.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+
+    // A header sent at once is served on a new connection as before.
+    let mut tls = tls_connect(s.tls, "alpha.test").unwrap();
+    assert_eq!(exchange(&mut tls, &slow_head, b"").status, 200);
+}
+
+#[test]
+fn client_header_timeouts_are_counted() {
+    let tenant = StandaloneTenant::start(
+        "[http]\nclient_header_timeout = \"1s\"\n[[upstream]]\nname = \"app\"\nregistration = true\n[[route]]\npath = \"/\"\nrespond = \"echo\"\n[registration]\nlisten = \"{registration}\"\n",
+    );
+    let mut stream = TcpStream::connect(tenant.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    // Nothing at all on a new connection: the first request's clock runs from the start.
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let _ = stream.read_to_end(&mut received);
+    assert!(received.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let metrics = http_get_authorized(tenant.registration, "localhost", "/metrics").unwrap();
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.contains("switchyard_tenant_timeouts_total{kind=\"client_header\",tenant=\"t\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_http10_client_gets_no_1xx_response() {
+    let upstream = misbehaving_upstream(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let s = splitter_for(upstream);
+    for (version, expect_1xx) in [("HTTP/1.0", false), ("HTTP/1.1", true)] {
+        let mut stream = TcpStream::connect(s.http).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(
+                format!("GET / {version}\r\nHost: alpha.test\r\nConnection: close\r\nExpect: 100-continue\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+        let mut received = Vec::new();
+        let _ = stream.read_to_end(&mut received);
+        let text = String::from_utf8_lossy(&received);
+        assert_eq!(
+            text.contains("103 Early Hints"),
+            expect_1xx,
+            "{version}: {text}"
+        );
+        assert!(text.contains(" 200 OK\r\n"), "{version}: {text}");
+        if !expect_1xx {
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.ends_with("\r\n\r\nok"), "{text}");
+        }
+    }
+}
+
+/// `curl --http2` to the tenant over TLS with `args`; its exit code and output.
+fn curl_h2(s: &Splitter, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new("curl")
+        .args(["-sk", "--http2", "--max-time", "10", "--resolve"])
+        .arg(format!("alpha.test:{}:127.0.0.1", s.tls.port()))
+        .args(args)
+        .arg(format!("https://alpha.test:{}/", s.tls.port()))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn http2_requests_reach_an_http1_upstream_well_framed() {
+    let (upstream, seen) = recording_upstream();
+    let s = splitter_for(upstream);
+
+    // Several `cookie` fields (RFC 9113 §8.2.3): one line upstream, joined with "; ".
+    let (code, body, stderr) = curl_h2(&s, &["-H", "cookie: a=1", "-H", "cookie: b=2"]);
+    assert_eq!((code, body.as_str()), (Some(0), "ok"), "{stderr}");
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let cookies: Vec<&str> = heads[0]
+        .lines()
+        .filter(|l| l.starts_with("cookie:"))
+        .collect();
+    assert_eq!(cookies, ["cookie: a=1; b=2"], "{}", heads[0]);
+
+    // A declared content-length the DATA frames do not match is a stream
+    // error; no complete request with that framing is answered.
+    seen.lock().unwrap().clear();
+    let (code, body, stderr) = curl_h2(
+        &s,
+        &["-v", "-H", "content-length: 10", "--data-binary", "abc"],
+    );
+    assert_ne!(
+        body, "ok",
+        "a mismatched body was answered by the upstream: {stderr}"
+    );
+    assert_eq!(code, Some(92), "an HTTP/2 stream error: {stderr}");
+    assert!(stderr.contains("PROTOCOL_ERROR"), "{stderr}");
+    let heads = seen.lock().unwrap().clone();
+    assert!(
+        heads.iter().all(|h| !h.contains("content-length: 3")),
+        "the body was re-framed as if complete: {heads:?}"
+    );
+    // The connection's other streams, and new connections, are unaffected.
+    let (code, body, stderr) = curl_h2(&s, &[]);
+    assert_eq!((code, body.as_str()), (Some(0), "ok"), "{stderr}");
+}

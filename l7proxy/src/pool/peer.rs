@@ -29,6 +29,8 @@ impl PeerTemplate {
         options.connection_timeout = Some(config.connect_timeout);
         options.total_connection_timeout = Some(config.connect_timeout * 2);
         options.read_timeout = Some(config.read_timeout);
+        // Not reset by each read (third_party/PATCHES.md, patch 1).
+        options.response_header_timeout = Some(config.response_header_timeout);
         options.write_timeout = Some(config.write_timeout);
         options.idle_timeout = Some(config.idle_timeout);
         options.tcp_keepalive = None;
@@ -91,6 +93,7 @@ impl PeerTemplate {
         peer.options.connection_timeout = Some(timeout);
         peer.options.total_connection_timeout = Some(timeout);
         peer.options.read_timeout = Some(timeout);
+        peer.options.response_header_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);
         peer.options.alpn = ALPN::H1;
         peer

@@ -299,6 +299,33 @@ mod tests {
     }
 
     #[test]
+    fn response_header_timeout_defaults_to_read_timeout() {
+        let dir = Dir::new("header-timeout");
+        let upstream = "[[route]]\nupstream = \"app\"\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:1\"]\nread_timeout = \"7s\"\n";
+        let path = dir.write("tenants/a.toml", upstream);
+        let file = TenantFile::load(&path).unwrap();
+        assert_eq!(
+            file.upstreams[0].response_header_timeout,
+            Duration::from_secs(7)
+        );
+        let path = dir.write(
+            "tenants/b.toml",
+            &format!("{upstream}response_header_timeout = \"2s\"\n"),
+        );
+        let file = TenantFile::load(&path).unwrap();
+        assert_eq!(
+            file.upstreams[0].response_header_timeout,
+            Duration::from_secs(2)
+        );
+        let path = dir.write(
+            "tenants/c.toml",
+            &format!("{upstream}response_header_timeout = \"soon\"\n"),
+        );
+        let errors = TenantFile::load(&path).unwrap_err().to_string();
+        assert!(errors.contains("c.toml:7:"), "{errors}");
+    }
+
+    #[test]
     fn http_limits_default_and_bad_values_are_located() {
         let dir = Dir::new("http-limits");
         let path = dir.write("tenants/a.toml", TENANT);
@@ -308,12 +335,17 @@ mod tests {
         let path = dir.write(
             "tenants/b.toml",
             &format!(
-                "{TENANT}[http]\nmax_request_header_bytes = \"8KiB\"\nkeepalive_timeout = \"5s\"\n"
+                "{TENANT}[http]\nmax_request_header_bytes = \"8KiB\"\nkeepalive_timeout = \"5s\"\nclient_header_timeout = \"3s\"\n"
             ),
         );
         let file = TenantFile::load(&path).unwrap();
         assert_eq!(file.http.max_request_header_bytes, 8 * 1024);
         assert_eq!(file.http.keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(file.http.client_header_timeout, Duration::from_secs(3));
+        assert_eq!(
+            HttpLimits::default().client_header_timeout,
+            Duration::from_secs(10)
+        );
         let path = dir.write(
             "tenants/c.toml",
             &format!("{TENANT}[http]\nmax_request_header_bytes = \"2MiB\"\nmax_request_headers = 0\nclient_body_timeout = \"soon\"\nbogus = 1\n"),

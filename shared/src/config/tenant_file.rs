@@ -28,6 +28,7 @@ struct RawTenantFile {
 struct RawHttp {
     max_request_header_bytes: Option<Spanned<String>>,
     max_request_headers: Option<Spanned<usize>>,
+    client_header_timeout: Option<Spanned<String>>,
     client_body_timeout: Option<Spanned<String>>,
     keepalive_timeout: Option<Spanned<String>>,
 }
@@ -41,6 +42,10 @@ pub struct HttpLimits {
     pub max_request_header_bytes: u64,
     /// Header lines, at most (`431`).
     pub max_request_headers: usize,
+    /// A whole HTTP/1 request header, at most: from the start of a
+    /// connection's first request, from the first byte of a later one. Not
+    /// reset by each read. When it passes the connection is closed.
+    pub client_header_timeout: std::time::Duration,
     /// Longest wait for each read of a request body (`408`, then close).
     pub client_body_timeout: std::time::Duration,
     /// How long an idle kept-alive connection stays open.
@@ -52,6 +57,7 @@ impl Default for HttpLimits {
         HttpLimits {
             max_request_header_bytes: 16 * 1024,
             max_request_headers: 100,
+            client_header_timeout: std::time::Duration::from_secs(10),
             client_body_timeout: std::time::Duration::from_secs(30),
             keepalive_timeout: std::time::Duration::from_secs(60),
         }
@@ -309,6 +315,12 @@ fn validate_http(src: &mut Source, raw: &RawHttp) -> HttpLimits {
         }
     }
     for (key, value, slot, least) in [
+        (
+            "client_header_timeout",
+            &raw.client_header_timeout,
+            &mut limits.client_header_timeout,
+            Duration::from_millis(1),
+        ),
         (
             "client_body_timeout",
             &raw.client_body_timeout,

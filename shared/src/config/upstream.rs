@@ -3,7 +3,7 @@
 //! connection to the servers.
 
 use super::source::Source;
-use crate::units::{parse_duration, serde_duration};
+use crate::units::{parse_duration, serde_duration, serde_duration_opt};
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -69,6 +69,8 @@ pub(super) struct RawUpstream {
     connect_timeout: Duration,
     #[serde(default = "default_io_timeout", with = "serde_duration")]
     read_timeout: Duration,
+    #[serde(default, with = "serde_duration_opt")]
+    response_header_timeout: Option<Duration>,
     #[serde(default = "default_io_timeout", with = "serde_duration")]
     write_timeout: Duration,
     #[serde(default = "default_idle_timeout", with = "serde_duration")]
@@ -374,6 +376,11 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Timeout of each read from a server.
     pub read_timeout: Duration,
+    /// The whole response header of an HTTP/1 server, at most, counted from the
+    /// moment the request was completely sent (`504` when it passes; default:
+    /// `read_timeout`). Not reset by each read, so a server trickling its header
+    /// cannot stretch it.
+    pub response_header_timeout: Duration,
     /// Timeout of each write to a server.
     pub write_timeout: Duration,
     /// How long an idle keep-alive connection to a server stays pooled.
@@ -598,6 +605,7 @@ pub(super) fn validate_upstream(
         hash_key,
         connect_timeout: u.connect_timeout,
         read_timeout: u.read_timeout,
+        response_header_timeout: u.response_header_timeout.unwrap_or(u.read_timeout),
         write_timeout: u.write_timeout,
         idle_timeout: u.idle_timeout,
         retries: u.retries,
