@@ -362,6 +362,11 @@ impl ProxyHttp for TenantProxy {
             session.set_keepalive(Some(self.http.keepalive_timeout.as_secs()));
         }
         session.set_read_timeout(Some(self.http.client_body_timeout));
+        // HTTP/1.1 pipelining (RFC 9112 §9.3.2): requests that arrived behind
+        // this one, or arrive while its response is written, are kept and
+        // answered next, in order, instead of being dropped with the
+        // connection (Pingora 0.9's default). A no-op on HTTP/2.
+        session.downstream_session.set_pipelining_enabled(true);
         if session.req_header().version == http::Version::HTTP_10 {
             // HTTP/1.0 has no 1xx responses (RFC 9110 §15.2): none is relayed,
             // and its `Expect` is ignored (§10.1.1), so nothing asks for a 100.

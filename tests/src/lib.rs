@@ -399,9 +399,15 @@ pub fn request<S: Read + Write + ?Sized>(
     read_response(stream)
 }
 
-/// Reads one HTTP/1.1 response.
+/// Reads one HTTP/1.1 response. (Bytes of a following pipelined response may
+/// be read too and lost: to read several, use [`read_response_from`].)
 pub fn read_response<S: Read + ?Sized>(stream: &mut S) -> io::Result<Response> {
-    let mut reader = BufReader::new(stream);
+    read_response_from(&mut BufReader::new(stream))
+}
+
+/// Reads one HTTP/1.1 response from `reader`, leaving what follows it buffered
+/// there (pipelined responses are read one after another).
+pub fn read_response_from<R: BufRead>(reader: &mut R) -> io::Result<Response> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
         return Err(io::Error::new(
@@ -445,7 +451,6 @@ pub fn read_response<S: Read + ?Sized>(stream: &mut S) -> io::Result<Response> {
             reader.read_to_end(&mut body)?;
         }
     }
-    // The BufReader may hold bytes of a pipelined response; the tests never pipeline.
     Ok(Response {
         status,
         headers,

@@ -5,7 +5,8 @@
 //! name), keeping connections alive.
 //! `--body-size N` answers with an N-byte body instead (for benchmarks).
 //!
-//! For pool tests: `?delay_ms=N` waits before answering, `/status/NNN` answers
+//! For pool tests: `?delay_ms=N` waits before answering, `?size=N` answers with
+//! N bytes of `x` (the method and path then go in `X-Echo-Request`), `/status/NNN` answers
 //! with that status, an `Upgrade` request is switched (101) and then echoes
 //! bytes, and `--register URL --upstream NAME` keeps the server registered with
 //! (sending `$SWITCHYARD_REGISTRATION_TOKEN` as its bearer token)
@@ -171,9 +172,13 @@ async fn connection(
                             serde_json::Value::String(value),
                         );
                     }
-                    let body = match fixed_body {
-                        Some(body) => body.to_vec(),
-                        None => {
+                    let size = path
+                        .split_once("size=")
+                        .and_then(|(_, v)| v.split('&').next()?.parse::<usize>().ok());
+                    let body = match (fixed_body, size) {
+                        (Some(body), _) => body.to_vec(),
+                        (None, Some(size)) => vec![b'x'; size],
+                        (None, None) => {
                             let mut json = serde_json::json!({
                                 "upstream": name,
                                 "method": request.method.unwrap_or(""),
@@ -203,6 +208,16 @@ async fn connection(
                         if close { "Connection: close\r\n" } else { "" }
                     )
                     .into_bytes();
+                    if size.is_some() {
+                        // Before the blank line that ends the head.
+                        let at = response.len() - 2;
+                        let echo = format!(
+                            "X-Echo-Request: {} {}\r\n",
+                            request.method.unwrap_or(""),
+                            path
+                        );
+                        response.splice(at..at, echo.into_bytes());
+                    }
                     response.extend_from_slice(&body);
                     break (len, response, close, body_len, delay, false);
                 }
