@@ -17,11 +17,12 @@ mod proxy;
 mod registration;
 mod routes;
 mod service;
+mod shutdown;
 mod tls;
 
 use clap::Parser;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -155,6 +156,7 @@ fn run(cli: Cli) -> Result<(), String> {
     })?;
     drop(setup);
     let routes = routes::RouteTable::new(&file.routes, &upstreams);
+    let stop = shutdown::Stop::new();
     let certificate = match &file.tls {
         Some(source) => Some(
             tls::load_certificate(source, &entry.hosts)
@@ -168,6 +170,7 @@ fn run(cli: Cli) -> Result<(), String> {
         routes,
         host.splitter.trusted_proxies.clone(),
         file.http.clone(),
+        stop.tracker.clone(),
     );
 
     let conf = ServerConf {
@@ -189,6 +192,15 @@ fn run(cli: Cli) -> Result<(), String> {
     server.bootstrap();
     let conf = server.configuration.clone();
 
+    server.add_service(pingora::services::background::background_service(
+        "drained",
+        shutdown::Drained {
+            tenant: entry.name.clone(),
+            stop: stop.clone(),
+            settle: service::IDLE_CLOSE_AFTER,
+            grace: std::time::Duration::from_secs(DRAIN_GRACE_SECONDS),
+        },
+    ));
     if !upstreams.is_empty() {
         server.add_service(pingora::services::background::background_service(
             "upstream pools",
@@ -260,13 +272,24 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut app = pingora::proxy::http_proxy(&conf, logic);
             app.server_options = Some(proxy::server_options(&file.http));
             let acceptor = certificate.map(|cert| tls::settings(cert).build());
-            let service =
-                service::HandoffService::new(&entry.name, socket, app, acceptor, entry.threads)
-                    .reload_hosts_from(cli.config.clone(), hosts);
+            let service = service::HandoffService::new(
+                &entry.name,
+                socket,
+                app,
+                acceptor,
+                entry.threads,
+                stop.clone(),
+            )
+            .reload_hosts_from(cli.config.clone(), hosts);
             server.add_service(service);
         }
     }
-    server.run_forever();
+    // SIGTERM, a drain from the splitter, or the splitter going away: the
+    // same graceful stop (`shutdown`).
+    server.run(RunArgs {
+        shutdown_signal: stop.signal(),
+    });
+    Ok(())
 }
 
 /// The registration API as a Pingora listening service. A TCP listener uses

@@ -83,6 +83,8 @@ pub struct TenantProxy {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// `[http]` of the tenant file.
     http: HttpLimits,
+    /// Requests in flight, which a graceful stop waits for.
+    in_flight: tokio_util::task::TaskTracker,
 }
 
 impl TenantProxy {
@@ -93,6 +95,7 @@ impl TenantProxy {
         routes: RouteTable,
         trusted_proxies: Vec<ipnet::IpNet>,
         http: HttpLimits,
+        in_flight: tokio_util::task::TaskTracker,
     ) -> TenantProxy {
         TenantProxy {
             tenant,
@@ -102,6 +105,7 @@ impl TenantProxy {
             requests: AtomicU64::new(0),
             trusted_proxies,
             http,
+            in_flight,
         }
     }
 }
@@ -124,6 +128,8 @@ pub struct RequestCtx {
     unavailable: Option<Unavailable>,
     /// Whether the upstream's response header arrived (no retry after that).
     response_started: bool,
+    /// Counts this request as in flight until it is done.
+    _in_flight: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -351,6 +357,7 @@ impl ProxyHttp for TenantProxy {
             queue_deadline: None,
             unavailable: None,
             response_started: false,
+            _in_flight: self.in_flight.token(),
         }
     }
 

@@ -9,6 +9,7 @@
 
 use crate::handed::HandedStream;
 use crate::proxy::HostView;
+use crate::shutdown::Stop;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -19,7 +20,6 @@ use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_shared::config::HostConfig;
@@ -31,23 +31,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// While draining, how long active connections get to finish their current
 /// request before idle keep-alive connections are closed.
-const IDLE_CLOSE_AFTER: Duration = Duration::from_secs(1);
-
-/// Counts a connection as active while alive.
-struct Active(Arc<AtomicUsize>);
-
-impl Active {
-    fn new(count: &Arc<AtomicUsize>) -> Active {
-        count.fetch_add(1, Ordering::AcqRel);
-        Active(count.clone())
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+pub const IDLE_CLOSE_AFTER: Duration = Duration::from_secs(1);
 
 /// Receives handed-off connections and serves them with `app`.
 pub struct HandoffService<A> {
@@ -58,17 +42,20 @@ pub struct HandoffService<A> {
     tls: Option<Arc<Acceptor>>,
     threads: usize,
     host_reload: Option<(PathBuf, Arc<ArcSwap<HostView>>)>,
-    active: Arc<AtomicUsize>,
+    stop: Stop,
 }
 
 impl<A> HandoffService<A> {
-    /// A service reading `socket` (the inherited handoff descriptor).
+    /// A service reading `socket` (the inherited handoff descriptor); its
+    /// connections are tracked by `stop`, which it pulls when the splitter asks
+    /// for a drain or goes away.
     pub fn new(
         tenant: &str,
         socket: OwnedFd,
         app: A,
         tls: Option<Acceptor>,
         threads: usize,
+        stop: Stop,
     ) -> Self {
         HandoffService {
             name: format!("handoff {tenant}"),
@@ -78,7 +65,7 @@ impl<A> HandoffService<A> {
             tls: tls.map(Arc::new),
             threads,
             host_reload: None,
-            active: Arc::new(AtomicUsize::new(0)),
+            stop,
         }
     }
 
@@ -115,12 +102,6 @@ fn die_if_fault_requested(seq: u64) {
     }
 }
 
-/// Asks the whole process for a graceful stop, the way an operator would.
-fn request_graceful_stop() {
-    // Pingora's SIGTERM handler does the rest.
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
-}
-
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffService<A> {
     async fn start_service(
@@ -138,7 +119,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
             Ok(socket) => socket,
             Err(e) => {
                 error!(tenant = %self.tenant, error = %e, "cannot register the handoff socket");
-                request_graceful_stop();
+                self.stop.request();
                 return;
             }
         };
@@ -150,7 +131,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
             .and_then(|()| handoff::send(socket.get_ref().as_fd(), &Message::Ready, None))
         {
             error!(tenant = %self.tenant, error = %e, "cannot greet the splitter over the handoff socket; exiting");
-            request_graceful_stop();
+            self.stop.request();
             return;
         }
         ready.notify_ready();
@@ -169,8 +150,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
                 }
             };
             let mut acked = None;
+            // Everything queued, then back to waiting (`try_io` clears the
+            // readiness when the socket would block).
             let outcome = loop {
-                match handoff::recv(socket.get_ref().as_fd()) {
+                let Ok(received) = guard.try_io(|socket| handoff::recv(socket.get_ref().as_fd()))
+                else {
+                    break None;
+                };
+                match received {
                     Ok(Some(received)) => {
                         if let Some(seq) = self.take(received, &shutdown) {
                             acked = Some(seq);
@@ -179,10 +166,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
                     Ok(None) => break Some("the splitter closed the handoff socket"),
                     Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                         break Some("the splitter went away (handoff socket reset)")
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        guard.clear_ready();
-                        break None;
                     }
                     Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                         warn!(tenant = %self.tenant, error = %e, "bad handoff datagram dropped");
@@ -205,7 +188,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
                 break;
             }
         }
-        request_graceful_stop();
+        self.stop.request();
+        if !*shutdown.borrow() {
+            let _ = shutdown.changed().await;
+        }
         self.drain().await;
     }
 
@@ -219,25 +205,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
 }
 
 impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
-    /// Finishes in-flight work and exits as soon as no connection is left.
-    ///
-    /// Pingora answers requests that arrive after the shutdown signal with
-    /// `Connection: close` (HTTP/2: GOAWAY); after [`IDLE_CLOSE_AFTER`] the
-    /// keep-alive connections still idle are closed; the process exits once the
-    /// last connection is done, or when Pingora's grace period ends.
+    /// Lets handed connections finish: Pingora answers requests that arrive
+    /// after the stop with `Connection: close` (HTTP/2: GOAWAY); after
+    /// [`IDLE_CLOSE_AFTER`] the keep-alive connections still idle are closed.
+    /// The process exits when the last one is done ([`crate::shutdown::Drained`]).
     async fn drain(&self) {
-        info!(
-            tenant = %self.tenant,
-            active = self.active.load(Ordering::Acquire),
-            "draining: no new connections; finishing in-flight requests"
-        );
         tokio::time::sleep(IDLE_CLOSE_AFTER).await;
         self.app.cleanup().await;
-        while self.active.load(Ordering::Acquire) > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        info!(tenant = %self.tenant, "drained: every connection finished; exiting");
-        std::process::exit(0);
     }
 
     /// Handles one datagram; returns its sequence number when it is a `Conn`
@@ -269,7 +243,7 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             }
             Message::Drain => {
                 info!(tenant = %self.tenant, "the splitter asked this process to drain");
-                request_graceful_stop();
+                self.stop.request();
                 None
             }
             Message::HostsChanged => {
@@ -294,7 +268,6 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             }
         };
         let app = self.app.clone();
-        let active = Active::new(&self.active);
         let tls = match meta.protocol {
             Protocol::Tls => match &self.tls {
                 Some(tls) => Some(tls.clone()),
@@ -305,8 +278,7 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             },
             Protocol::Http => None,
         };
-        tokio::spawn(async move {
-            let _active = active;
+        self.stop.tracker.spawn(async move {
             let stream: Stream = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream))

@@ -472,3 +472,39 @@ fn ctl_works_while_the_host_file_is_being_edited_and_reload_says_how_tenant_file
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("splitter ctl restart TENANT"), "{stdout}");
 }
+
+#[test]
+fn a_standalone_tenant_finishes_its_requests_on_sigterm_then_exits_promptly() {
+    let upstream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _app = start_upstream(upstream, "app-1");
+    let mut tenant = StandaloneTenant::start(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n[[route]]\nupstream = \"app\"\n"
+    ));
+    tenant.wait_until_served();
+    let addr = tenant.addr;
+    let slow = thread::spawn(move || http_get(addr, "app.test", "/?delay_ms=1500"));
+    thread::sleep(Duration::from_millis(300));
+    let stopped = std::time::Instant::now();
+    signal(tenant.proc.pid(), libc::SIGTERM);
+    let status = loop {
+        if let Some(status) = tenant.proc.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(8),
+            "still running 8 s after SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let took = stopped.elapsed();
+    assert!(status.success(), "exit status {status}");
+    let answer = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(answer.status, 200);
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM: it should wait for the in-flight request (1.2 s more), not for Pingora's whole grace period"
+    );
+}
