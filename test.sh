@@ -7,12 +7,14 @@ cd "$(dirname "$0")"
 . scripts/setup.sh
 switchyard_need_packages
 echo "==> building the workspace (the first build compiles Pingora: several minutes)"
-cargo build --workspace --bins
+# The black-box tests inject faults the release binaries do not know.
+features="splitter/fault-injection,l7proxy/fault-injection"
+cargo build --workspace --bins --features "$features"
 echo "==> running the tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --features "$features" "$@" 2>&1 | tee "$log" || status=$?
 passed=$(awk '/^test result:/ { sum += $4 } END { print sum + 0 }' "$log")
 failed=$(awk '/^test result:/ { sum += $6 } END { print sum + 0 }' "$log")
 echo

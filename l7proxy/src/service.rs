@@ -89,7 +89,9 @@ fn reload_hosts(tenant: &str, host_file: &std::path::Path, view: &ArcSwap<HostVi
     }
 }
 
-/// The test-only fault switch of [`handoff::FAULT_DIE_ON_CONN_ENV`].
+/// The test-only fault switch of [`handoff::FAULT_DIE_ON_CONN_ENV`] (built only
+/// with the `fault-injection` feature).
+#[cfg(feature = "fault-injection")]
 fn die_if_fault_requested(seq: u64) {
     if let Some(path) = std::env::var_os(handoff::FAULT_DIE_ON_CONN_ENV) {
         if std::fs::remove_file(&path).is_ok() {
@@ -228,6 +230,7 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
         match message {
             Message::Conn(meta) => {
                 let seq = meta.seq;
+                #[cfg(feature = "fault-injection")]
                 die_if_fault_requested(seq);
                 let mut fds = received.fds.into_iter();
                 match (fds.next(), fds.next()) {

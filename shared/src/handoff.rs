@@ -35,6 +35,9 @@ pub const HANDOFF_FD_ENV: &str = "SWITCHYARD_HANDOFF_FD";
 /// Fault injection for tests: when this variable names a file that exists, the
 /// l7proxy that next receives a `Conn` deletes the file and dies at once, before
 /// acknowledging it (so the splitter must hand the connection to another process).
+/// Only binaries built with the `fault-injection` feature (of `splitter`, which
+/// passes it on, and of `l7proxy`, which acts on it) know it; `./test.sh`
+/// builds them so.
 pub const FAULT_DIE_ON_CONN_ENV: &str = "SWITCHYARD_FAULT_DIE_ON_CONN";
 
 /// Largest encoded message (a `Conn` with a 255-byte server name is 279 bytes).

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use switchyard_shared::config::{Protocol, SplitterSettings};
@@ -65,7 +64,8 @@ struct Source {
 /// a second, as deep as one second's worth).
 #[derive(Debug)]
 pub struct PendingLimit {
-    now: AtomicUsize,
+    /// One permit per connection peeking or held, `max_pending` in all.
+    places: Arc<tokio::sync::Semaphore>,
     max: usize,
     max_per_source: usize,
     rate: f64,
@@ -76,7 +76,7 @@ impl PendingLimit {
     /// The limits of `settings`.
     pub fn new(settings: &SplitterSettings) -> Arc<PendingLimit> {
         Arc::new(PendingLimit {
-            now: AtomicUsize::new(0),
+            places: Arc::new(tokio::sync::Semaphore::new(settings.max_pending)),
             max: settings.max_pending,
             max_per_source: settings.max_pending_per_ip,
             rate: settings.max_conn_rate_per_ip as f64,
@@ -86,7 +86,7 @@ impl PendingLimit {
 
     /// Connections peeking or held right now.
     pub fn current(&self) -> usize {
-        self.now.load(Ordering::Relaxed)
+        self.max - self.places.available_permits()
     }
 
     /// Takes a place for a connection from `peer`, or says why not.
@@ -95,20 +95,13 @@ impl PendingLimit {
         if let Some(key) = key {
             self.admit_source(key)?;
         }
-        let mut now = self.now.load(Ordering::Relaxed);
-        loop {
-            if now >= self.max {
+        match self.places.clone().try_acquire_owned() {
+            Ok(permit) => Ok(PendingSlot(Some((self.clone(), permit, key)))),
+            Err(_) => {
                 if let Some(key) = key {
                     self.release_source(key);
                 }
-                return Err(Refusal::MaxPending);
-            }
-            match self
-                .now
-                .compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return Ok(PendingSlot(Some((self.clone(), key)))),
-                Err(seen) => now = seen,
+                Err(Refusal::MaxPending)
             }
         }
     }
@@ -164,13 +157,19 @@ impl PendingLimit {
 
 /// One place under [`PendingLimit`], given back when dropped or released.
 #[derive(Debug)]
-pub struct PendingSlot(Option<(Arc<PendingLimit>, Option<SourceKey>)>);
+pub struct PendingSlot(
+    Option<(
+        Arc<PendingLimit>,
+        tokio::sync::OwnedSemaphorePermit,
+        Option<SourceKey>,
+    )>,
+);
 
 impl PendingSlot {
     /// Gives the place back now (the connection was handed off).
     pub fn release(&mut self) {
-        if let Some((limit, key)) = self.0.take() {
-            limit.now.fetch_sub(1, Ordering::AcqRel);
+        if let Some((limit, permit, key)) = self.0.take() {
+            drop(permit);
             if let Some(key) = key {
                 limit.release_source(key);
             }

@@ -125,17 +125,18 @@ impl Fleet {
             .check(name)
             .await
             .map_err(|e| format!("tenant {name} not restarted: its file is invalid:\n{e}"))?;
+        let mut became_ready = tenant.watch_ready();
         let new = Generation::start(&tenant, &self.helper, old_id + 1);
         let deadline = Instant::now() + READY_TIMEOUT;
         while tenant.ready_in_generation(new.id) < config.processes {
-            if Instant::now() >= deadline {
+            let waited = tokio::time::timeout_at(deadline.into(), became_ready.changed()).await;
+            if waited.is_err() {
                 let id = new.id;
                 new.retire().await;
                 return Err(format!(
                     "tenant {name}: the new processes (generation {id}) were not ready within {READY_TIMEOUT:?}; the old ones keep serving (see the tenant's log lines)"
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tenant.retire_other_generations(new.id);
         let old = {
@@ -373,7 +374,7 @@ fn start_tenant(config: TenantConfig, helper: &Arc<Helper>, host: &HostConfig) -
     );
     tokio::spawn(tenant.clone().expire_held());
     let generation = Generation::start(&tenant, helper, 1);
-    let admission = tokio::spawn(crate::process::admit_attached(
+    let admission = tokio::spawn(crate::attach::admit_attached(
         tenant.clone(),
         helper.clone(),
         allowed_uid,

@@ -253,7 +253,7 @@ pub fn descriptor_budget(config: &switchyard_shared::config::HostConfig) -> u64 
     let processes: u64 = config
         .tenants
         .iter()
-        .map(|t| 2 * t.processes as u64 + crate::process::MAX_ATTACHED as u64)
+        .map(|t| 2 * t.processes as u64 + crate::tenant::MAX_ATTACHED as u64)
         .sum();
     config.splitter.max_pending as u64
         + processes * per_process

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod attach;
 mod conn;
 mod control;
 mod fleet;
@@ -131,7 +132,7 @@ fn check(config: &HostConfig) -> ExitCode {
     for warning in &config.warnings {
         eprintln!("{warning}");
     }
-    let l7proxy = match process::locate_l7proxy() {
+    let l7proxy = match helper::locate_l7proxy() {
         Ok(path) => path,
         Err(e) => {
             eprintln!("splitter check: {e}");

@@ -9,10 +9,8 @@
 use crate::helper::proto::StopSignal;
 use crate::helper::{Helper, TenantChild};
 use crate::tenant::{HandoffSocket, ProcKey, Tenant};
-use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_shared::handoff::{self, Message};
@@ -35,26 +33,6 @@ const DRAIN_GRACE: Duration = Duration::from_secs(15);
 /// stuck: its connections go to other processes and it is replaced. (A healthy
 /// process acknowledges within milliseconds; acks are batched per read.)
 pub const ACK_DEADLINE: Duration = Duration::from_secs(5);
-
-static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
-
-/// The l7proxy beside this executable, or `$SWITCHYARD_L7PROXY`.
-pub fn locate_l7proxy() -> io::Result<PathBuf> {
-    let l7proxy = match std::env::var_os("SWITCHYARD_L7PROXY") {
-        Some(path) => PathBuf::from(path),
-        None => std::env::current_exe()?.with_file_name("l7proxy"),
-    };
-    if !l7proxy.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
-                "l7proxy binary not found at {} (build it with `cargo build`, or set SWITCHYARD_L7PROXY)",
-                l7proxy.display()
-            ),
-        ));
-    }
-    Ok(l7proxy)
-}
 
 /// Keeps one slot of `tenant`'s pool (in pool generation `generation`) filled
 /// until `stop` turns true; then drains the slot's process.
@@ -122,7 +100,7 @@ async fn spawn(
     let TenantChild { pid, socket, exit } = helper.spawn(tenant.name()).await?;
     let socket: HandoffSocket =
         Arc::new(switchyard_shared::sys::register(socket).map_err(|e| e.to_string())?);
-    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+    let key = crate::tenant::new_key();
     tenant.add_process(key, generation, socket.clone(), pid);
     Ok((key, pid, exit, socket))
 }
@@ -173,7 +151,7 @@ async fn run(
 
 /// Resolves when the process has left a connection unacknowledged for longer
 /// than [`ACK_DEADLINE`].
-async fn watch_acks(tenant: &Tenant, key: ProcKey) {
+pub(crate) async fn watch_acks(tenant: &Tenant, key: ProcKey) {
     loop {
         tokio::time::sleep(ACK_DEADLINE / 5).await;
         if tenant
@@ -205,22 +183,23 @@ async fn terminate(
     }
 }
 
-/// Most log lines a minute about refused joiners on one tenant's handoff.sock;
-/// the rest are counted, not written.
-const REFUSAL_LOGS_PER_MINUTE: u32 = 10;
-
 /// Reads the process's messages until its socket closes or it breaks the
 /// protocol; returns why it stopped. Anything a process may not send (a message
 /// for the other direction, an undecodable datagram, descriptors) ends the
 /// connection: the process is then treated as crashed.
-async fn read_messages(tenant: &Arc<Tenant>, key: ProcKey, socket: &AsyncFd<OwnedFd>) -> String {
+pub(crate) async fn read_messages(
+    tenant: &Arc<Tenant>,
+    key: ProcKey,
+    socket: &AsyncFd<OwnedFd>,
+) -> String {
     loop {
         let mut guard = match socket.readable().await {
             Ok(guard) => guard,
             Err(e) => return e.to_string(),
         };
-        loop {
-            match handoff::recv(socket.get_ref().as_fd()) {
+        // Everything queued; `try_io` clears the readiness when it would block.
+        while let Ok(received) = guard.try_io(|socket| handoff::recv(socket.get_ref().as_fd())) {
+            match received {
                 Ok(Some(received)) => {
                     if !received.fds.is_empty() {
                         return format!("it sent {} descriptors (closed)", received.fds.len());
@@ -241,10 +220,6 @@ async fn read_messages(tenant: &Arc<Tenant>, key: ProcKey, socket: &AsyncFd<Owne
                     }
                 }
                 Ok(None) => return "end of file".to_string(),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    guard.clear_ready();
-                    break;
-                }
                 Err(e) => return e.to_string(),
             }
         }
@@ -262,152 +237,4 @@ fn other_kind(message: &Message) -> &'static str {
         Message::HostsChanged => "HostsChanged",
         _ => "other",
     }
-}
-
-/// How many hand-started processes may be saying `Hello` at once, per tenant.
-const MAX_UNADMITTED: usize = 4;
-/// How long a hand-started process has to say `Hello`.
-const HELLO_DEADLINE: Duration = Duration::from_secs(1);
-/// Most hand-started processes attached to one tenant at once.
-pub const MAX_ATTACHED: usize = 4;
-
-/// Admits l7proxy processes started by hand on the tenant's own
-/// `runtime_dir/tenants/NAME/handoff.sock` (in a 0700 directory owned by the
-/// tenant's user, so only that user and root can connect), until the tenant
-/// is removed.
-///
-/// A process is admitted only if its `SO_PEERCRED` uid is the tenant's user's
-/// (or the splitter's own when the tenant has none). Such processes are not
-/// supervised: they are not respawned, and a rolling restart leaves them alone.
-pub async fn admit_attached(tenant: Arc<Tenant>, helper: Arc<Helper>, allowed_uid: u32) {
-    let listener = match helper.listen(tenant.name()).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            error!(tenant = %tenant.name(), error = %e, "processes started by hand cannot join this tenant");
-            return;
-        }
-    };
-    let listener = match switchyard_shared::sys::register(listener) {
-        Ok(listener) => listener,
-        Err(e) => {
-            error!(tenant = %tenant.name(), error = %e, "cannot watch the tenant's handoff.sock");
-            return;
-        }
-    };
-    let admitting = Arc::new(tokio::sync::Semaphore::new(MAX_UNADMITTED));
-    // The tenant's user can connect as often as it likes: every line it can
-    // cause goes through one throttle.
-    let logs = Arc::new(std::sync::Mutex::new(
-        switchyard_shared::throttle::Throttle::new(REFUSAL_LOGS_PER_MINUTE),
-    ));
-    loop {
-        let Ok(mut guard) = listener.readable().await else {
-            return;
-        };
-        match switchyard_shared::sys::accept(listener.get_ref().as_fd()) {
-            Ok(socket) => {
-                let Ok(permit) = admitting.clone().try_acquire_owned() else {
-                    if allow(&logs) {
-                        warn!(tenant = %tenant.name(), "handoff.sock: too many processes saying Hello at once; refused one");
-                    }
-                    continue;
-                };
-                tokio::spawn(attach(
-                    socket,
-                    tenant.clone(),
-                    allowed_uid,
-                    permit,
-                    logs.clone(),
-                ));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-            Err(e) => {
-                if allow(&logs) {
-                    warn!(tenant = %tenant.name(), error = %e, "accept on handoff.sock failed");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn attach(
-    socket: OwnedFd,
-    tenant: Arc<Tenant>,
-    allowed_uid: u32,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    logs: Arc<std::sync::Mutex<switchyard_shared::throttle::Throttle>>,
-) {
-    let name = tenant.name().to_string();
-    let peer = match handoff::peer_credentials(socket.as_fd()) {
-        Ok(peer) => peer,
-        Err(e) => {
-            if allow(&logs) {
-                warn!(tenant = %name, error = %e, "handoff.sock: cannot read the peer's credentials; refused");
-            }
-            return;
-        }
-    };
-    if peer.uid != allowed_uid {
-        if allow(&logs) {
-            warn!(tenant = %name, pid = peer.pid, uid = peer.uid, expected_uid = allowed_uid, "handoff.sock: refused a process running as the wrong user (start it as the tenant's `user`)");
-        }
-        return;
-    }
-    let Ok(socket) = switchyard_shared::sys::register(socket) else {
-        return;
-    };
-    let hello = tokio::time::timeout(HELLO_DEADLINE, async {
-        loop {
-            let mut guard = socket.readable().await.ok()?;
-            match handoff::recv(socket.get_ref().as_fd()) {
-                Ok(Some(received)) => return Some(received.message),
-                Ok(None) => return None,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                Err(_) => return None,
-            }
-        }
-    })
-    .await;
-    match hello {
-        Ok(Some(Ok(Message::Hello { tenant: said, .. }))) if said == name => {}
-        Ok(Some(Err(e))) => {
-            if allow(&logs) {
-                warn!(tenant = %name, pid = peer.pid, error = %e, "handoff.sock: refused a process speaking another protocol");
-            }
-            return;
-        }
-        _ => {
-            if allow(&logs) {
-                warn!(tenant = %name, pid = peer.pid, "handoff.sock: refused a process that did not say Hello for this tenant in time");
-            }
-            return;
-        }
-    }
-    drop(permit);
-    if tenant.attached_count() >= MAX_ATTACHED {
-        if allow(&logs) {
-            warn!(tenant = %name, pid = peer.pid, max = MAX_ATTACHED, "handoff.sock: refused a process: the tenant has the most hand-started processes allowed");
-        }
-        return;
-    }
-    let socket: HandoffSocket = Arc::new(socket);
-    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-    tenant.add_attached(key, socket.clone(), peer.pid);
-    if allow(&logs) {
-        info!(tenant = %name, pid = peer.pid, uid = peer.uid, "a process started by hand joined the pool");
-    }
-    let reason = tokio::select! {
-        reason = read_messages(&tenant, key, &socket) => reason,
-        _ = watch_acks(&tenant, key) => "it stopped acknowledging connections".to_string(),
-    };
-    tenant.remove_process(key);
-    if allow(&logs) {
-        info!(tenant = %name, pid = peer.pid, reason = %reason, "a process started by hand left the pool");
-    }
-}
-
-/// Whether the throttle lets one more line through.
-fn allow(logs: &std::sync::Mutex<switchyard_shared::throttle::Throttle>) -> bool {
-    logs.lock().unwrap_or_else(|p| p.into_inner()).allow()
 }

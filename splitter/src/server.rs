@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 pub async fn serve(config: HostConfig) -> Result<(), String> {
     let config_path = config.path.clone();
     let as_root = nix::unistd::geteuid().is_root();
-    crate::process::locate_l7proxy().map_err(|e| e.to_string())?;
+    crate::helper::locate_l7proxy().map_err(|e| e.to_string())?;
     for warning in &config.warnings {
         warn!("{warning}");
     }

@@ -20,6 +20,15 @@ use tracing::{debug, info, warn};
 /// Identifies one spawned process of a tenant for its whole life.
 pub type ProcKey = u64;
 
+/// Most hand-started processes attached to one tenant at once.
+pub const MAX_ATTACHED: usize = 4;
+
+/// A key no process has had before.
+pub fn new_key() -> ProcKey {
+    static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The splitter's end of a process's handoff socket.
 pub type HandoffSocket = Arc<AsyncFd<std::os::fd::OwnedFd>>;
 
@@ -57,6 +66,8 @@ pub struct Tenant {
     max_unacked: usize,
     state: Mutex<PoolState>,
     hold_changed: Notify,
+    /// Bumped each time a process becomes ready (see [`Tenant::watch_ready`]).
+    became_ready: tokio::sync::watch::Sender<u64>,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -143,6 +154,7 @@ impl Tenant {
             max_unacked,
             state: Mutex::new(PoolState::default()),
             hold_changed: Notify::new(),
+            became_ready: tokio::sync::watch::channel(0).0,
             closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -322,6 +334,13 @@ impl Tenant {
         let pid = proc.pid;
         info!(tenant = %self.name(), pid, held = state.held.len(), "tenant process ready");
         self.flush_held(&mut state);
+        self.became_ready.send_modify(|count| *count += 1);
+    }
+
+    /// A receiver that changes whenever a process becomes ready; subscribe
+    /// before checking [`Tenant::ready_in_generation`] so no change is missed.
+    pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.became_ready.subscribe()
     }
 
     /// A process said `Draining`, or is being stopped: no new connections for it.

@@ -173,7 +173,10 @@ fn a_connection_handed_to_a_process_that_dies_before_acking_is_served_by_another
     std::fs::write(&marker, b"").unwrap();
     let answer = http_get(s.http, "alpha.test", "/").unwrap();
     assert_eq!(answer.status, 200);
-    assert!(!marker.exists(), "a process took the fault and died");
+    assert!(
+        !marker.exists(),
+        "no process took the fault: build the binaries with `--features splitter/fault-injection,l7proxy/fault-injection` (./test.sh does)"
+    );
     let status = s.status();
     assert_eq!(status["tenants"][0]["rehanded"], 1, "{status}");
 }

@@ -350,6 +350,9 @@ impl HostConfig {
                 Err(e) => src.error(cidr.span(), format!("trusted_proxies: {e}")),
             }
         }
+        if raw_splitter.max_pending == 0 || raw_splitter.max_pending > 1_000_000 {
+            src.error(0..0, "splitter.max_pending must be between 1 and 1000000");
+        }
         if raw_splitter.max_pending_per_ip == 0 {
             src.error(0..0, "splitter.max_pending_per_ip must be at least 1");
         }

@@ -18,6 +18,24 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 use tracing::error;
 
+/// The l7proxy beside this executable, or `$SWITCHYARD_L7PROXY`.
+pub fn locate_l7proxy() -> io::Result<std::path::PathBuf> {
+    let l7proxy = match std::env::var_os("SWITCHYARD_L7PROXY") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::env::current_exe()?.with_file_name("l7proxy"),
+    };
+    if !l7proxy.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "l7proxy binary not found at {} (build it with `cargo build`, or set SWITCHYARD_L7PROXY)",
+                l7proxy.display()
+            ),
+        ));
+    }
+    Ok(l7proxy)
+}
+
 type Answer = (
     Result<Reply, String>,
     Option<OwnedFd>,
@@ -81,10 +99,13 @@ impl Helper {
     /// start or stop tenants, so it exits (its supervisor restarts it).
     pub async fn read_events(self: Arc<Self>) {
         loop {
-            let Ok(mut guard) = self.socket.readable().await else {
-                break;
-            };
-            match proto::recv::<Event>(self.socket.get_ref().as_fd()) {
+            let received = self
+                .socket
+                .async_io(tokio::io::Interest::READABLE, |socket| {
+                    proto::recv::<Event>(socket.as_fd())
+                })
+                .await;
+            match received {
                 Ok(Some((Event::Reply { id, result }, fd))) => {
                     let exit = match &result {
                         Ok(Reply::Spawned { pid }) => {
@@ -119,7 +140,6 @@ impl Helper {
                     }
                 }
                 Ok(None) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                 Err(e) => {
                     error!(error = %e, "bad message from the privileged helper");
                     break;
@@ -141,22 +161,18 @@ impl Helper {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
         let envelope = Envelope { id, request };
-        loop {
-            match proto::send(self.socket.get_ref().as_fd(), &envelope, None) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Ok(mut guard) = self.socket.writable().await {
-                        guard.clear_ready();
-                    }
-                }
-                Err(e) => {
-                    self.waiting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
-                    return Err(format!("cannot reach the privileged helper: {e}"));
-                }
-            }
+        let sent = self
+            .socket
+            .async_io(tokio::io::Interest::WRITABLE, |socket| {
+                proto::send(socket.as_fd(), &envelope, None)
+            })
+            .await;
+        if let Err(e) = sent {
+            self.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(format!("cannot reach the privileged helper: {e}"));
         }
         let (result, fd, exit) = rx
             .await

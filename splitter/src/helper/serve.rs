@@ -33,6 +33,7 @@ const PASSED_ENV: &[&str] = &[
     "RUST_LOG",
     "RUST_BACKTRACE",
     "SWITCHYARD_LOG_FORMAT",
+    #[cfg(feature = "fault-injection")]
     switchyard_shared::handoff::FAULT_DIE_ON_CONN_ENV,
     MIMALLOC_ARENA_EAGER_COMMIT,
 ];
@@ -57,7 +58,7 @@ struct Helper {
 pub fn run(host_file: PathBuf) -> Result<(), String> {
     let socket = switchyard_shared::sys::take_inherited_fd(proto::HELPER_FD_ENV)?;
     let config = HostConfig::load(&host_file).map_err(|e| e.to_string())?;
-    let l7proxy = crate::process::locate_l7proxy().map_err(|e| e.to_string())?;
+    let l7proxy = super::locate_l7proxy().map_err(|e| e.to_string())?;
     isolation::drop_privileges();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -83,15 +84,13 @@ impl Helper {
     async fn serve(&mut self) {
         loop {
             tokio::select! {
-                guard = self.socket.readable() => {
-                    let Ok(mut guard) = guard else { break };
-                    match proto::recv::<Envelope>(self.socket.get_ref().as_fd()) {
+                received = self.socket.async_io(tokio::io::Interest::READABLE, |socket| proto::recv::<Envelope>(socket.as_fd())) => {
+                    match received {
                         Ok(Some((envelope, _fd))) => {
                             let (result, fd) = self.answer(envelope.request).await;
                             self.tell(&Event::Reply { id: envelope.id, result }, fd.as_ref().map(|f| f.as_fd())).await;
                         }
                         Ok(None) => break,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                         Err(e) => {
                             // Only the front can write here; a bad message means a bug or a
                             // compromised front: stop serving it.
@@ -122,19 +121,14 @@ impl Helper {
     }
 
     async fn tell(&self, event: &Event, fd: Option<std::os::fd::BorrowedFd<'_>>) {
-        loop {
-            match proto::send(self.socket.get_ref().as_fd(), event, fd) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Ok(mut guard) = self.socket.writable().await {
-                        guard.clear_ready();
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "helper: cannot tell the front");
-                    return;
-                }
-            }
+        let sent = self
+            .socket
+            .async_io(tokio::io::Interest::WRITABLE, |socket| {
+                proto::send(socket.as_fd(), event, fd)
+            })
+            .await;
+        if let Err(e) = sent {
+            warn!(error = %e, "helper: cannot tell the front");
         }
     }
 
