@@ -10,6 +10,7 @@
 
 mod discovery;
 mod dns;
+pub mod hash_key;
 mod health;
 mod peer;
 pub mod registry;

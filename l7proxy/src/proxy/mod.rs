@@ -1,72 +1,36 @@
-//! The tenant's HTTP logic as a Pingora [`ProxyHttp`]: check that a request's
-//! host belongs to this tenant (`421` otherwise), pick its route, answer the
-//! built-in echo or proxy to an upstream group with forwarding headers carrying
-//! the real client address, and log one access line per request.
+//! The tenant's HTTP logic as a Pingora [`ProxyHttp`], one method per phase:
+//! `request_filter` applies the `[http]` limits, checks that the host belongs to
+//! this tenant (`421` otherwise, [`hosts`]) and picks the route (the built-in
+//! [`echo`] or an upstream group); `upstream_peer` leases a server from the
+//! group's pool; `upstream_request_filter` sets the [`forwarding`] headers;
+//! `fail_to_proxy` answers errors ([`respond`]) or aborts a response that had
+//! already started; `logging` writes one access line per request.
+
+mod echo;
+mod forwarding;
+mod hosts;
+mod respond;
+
+use hosts::request_authority;
+pub use hosts::HostView;
+use respond::{bounded, error_message, respond_json};
 
 use crate::pool::server::Lease;
 use crate::pool::{Pool, Unavailable};
 use crate::routes::{RouteTable, Target};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use serde_json::{json, Map, Value};
-use std::net::IpAddr;
+use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use switchyard_shared::config::{HashKey, HostConfig, HttpLimits, ServerAddr, UnknownHost};
-use switchyard_shared::host::{normalize, HostTable};
+use switchyard_shared::config::{HttpLimits, ServerAddr};
+use switchyard_shared::host::normalize;
 use tracing::info;
-
-/// Who owns a host name, as far as this tenant is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owner {
-    /// One of this tenant's hosts.
-    Us,
-    /// A host of another tenant.
-    Other(String),
-}
-
-/// The largest request body the echo responder reads.
-const ECHO_BODY_LIMIT: usize = 1 << 20;
-
-/// Which names this tenant answers, from the host file; replaced whole when the
-/// splitter reloads the host file and signals the tenant (SIGHUP).
-#[derive(Debug)]
-pub struct HostView {
-    /// Every host of every tenant, so a misdirected request can be recognised.
-    pub owners: HostTable<Owner>,
-    /// Whether this tenant is the host file's `unknown_host` tenant, which takes
-    /// every name no tenant claims.
-    pub takes_unknown_hosts: bool,
-}
-
-impl HostView {
-    /// The view of `tenant` in a host file.
-    pub fn new(host: &HostConfig, tenant: &str) -> HostView {
-        let mut owners = HostTable::new();
-        for entry in &host.tenants {
-            let owner = if entry.name == tenant {
-                Owner::Us
-            } else {
-                Owner::Other(entry.name.clone())
-            };
-            for pattern in &entry.hosts {
-                owners.insert(pattern.clone(), owner.clone());
-            }
-        }
-        HostView {
-            owners,
-            takes_unknown_hosts: host.splitter.unknown_host
-                == UnknownHost::Tenant(tenant.to_string()),
-        }
-    }
-}
 
 /// One tenant's proxy logic.
 #[derive(Debug)]
@@ -132,100 +96,6 @@ pub struct RequestCtx {
     _in_flight: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-}
-
-/// `ours` appended to the request's existing `name` list header (`a, b`) —
-/// every line of it, in order, as RFC 9110 §5.3 combines them — or `ours` alone
-/// when the request has none.
-fn appended(headers: &http::HeaderMap, name: &str, ours: &str) -> String {
-    let mut value = String::new();
-    for previous in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
-        let previous = previous.trim();
-        if previous.is_empty() {
-            continue;
-        }
-        value.push_str(previous);
-        value.push_str(", ");
-    }
-    value.push_str(ours);
-    value
-}
-
-/// This hop's RFC 7239 `Forwarded` element: `for=…;proto=…;host="…"`. IPv6
-/// addresses are quoted and bracketed; quotes are dropped from the host.
-fn forwarded_element(ip: IpAddr, ip_text: &str, proto: &str, host: Option<&str>) -> String {
-    let mut element = String::with_capacity(32 + host.map_or(0, str::len));
-    element.push_str("for=");
-    match ip {
-        IpAddr::V4(_) => element.push_str(ip_text),
-        IpAddr::V6(_) => {
-            element.push_str("\"[");
-            element.push_str(ip_text);
-            element.push_str("]\"");
-        }
-    }
-    element.push_str(";proto=");
-    element.push_str(proto);
-    if let Some(host) = host {
-        element.push_str(";host=\"");
-        element.extend(host.chars().filter(|&c| c != '"'));
-        element.push('"');
-    }
-    element
-}
-
-fn is_tls(session: &Session) -> bool {
-    session.digest().is_some_and(|d| d.ssl_digest.is_some())
-}
-
-/// The authority the request is for: `:authority` / absolute URI, else `Host`.
-fn request_authority(req: &RequestHeader) -> Option<&str> {
-    req.uri.authority().map(|a| a.as_str()).or_else(|| {
-        req.headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-    })
-}
-
-async fn respond_json(
-    session: &mut Session,
-    status: u16,
-    body: &Value,
-    extra: &[(&str, &str)],
-) -> Result<()> {
-    let body = Bytes::from(body.to_string() + "\n");
-    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    for (name, value) in extra {
-        resp.insert_header(name.to_string(), value.to_string())?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
-}
-
-/// Most bytes of an error's text that reach a log line.
-const MAX_LOGGED_ERROR: usize = 512;
-
-/// `text` cut to [`MAX_LOGGED_ERROR`] bytes (on a character boundary).
-fn bounded(text: &str) -> &str {
-    if text.len() <= MAX_LOGGED_ERROR {
-        return text;
-    }
-    let mut end = MAX_LOGGED_ERROR;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-/// What a client is told about a failure: the kind of error, never the
-/// upstream's address or bytes.
 /// Pingora's connection-level options for the tenant's `[http]` limits: the
 /// HTTP/1 request header deadline (`client_header_timeout`, counted in
 /// `switchyard_tenant_timeouts_total{kind="client_header"}`).
@@ -238,42 +108,6 @@ pub fn server_options(http: &HttpLimits) -> pingora::apps::HttpServerOptions {
     options
 }
 
-fn error_message(e: &Error) -> String {
-    let side = match e.esource() {
-        ErrorSource::Upstream => "upstream",
-        ErrorSource::Downstream => "request",
-        ErrorSource::Internal | ErrorSource::Unset => "proxy",
-    };
-    format!("{side} error: {}", e.etype().as_str())
-}
-
-/// The `consistent_hash` key of a request.
-fn hash_key(session: &Session, key: &HashKey) -> Vec<u8> {
-    let req = session.req_header();
-    match key {
-        HashKey::ClientIp => client_ip(session)
-            .map(|ip| ip.to_string().into_bytes())
-            .unwrap_or_default(),
-        HashKey::Path => req.uri.path().as_bytes().to_vec(),
-        HashKey::Header(name) => req
-            .headers
-            .get_all(name.as_str())
-            .iter()
-            .flat_map(|v| v.as_bytes().iter().copied().chain([b',']))
-            .collect(),
-        HashKey::Cookie(name) => req
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(n, _)| n == name)
-            .map(|(_, value)| value.as_bytes().to_vec())
-            .unwrap_or_default(),
-    }
-}
-
 impl TenantProxy {
     fn retries(&self, ctx: &RequestCtx) -> usize {
         ctx.upstream.as_ref().map_or(0, |u| u.config.retries)
@@ -283,60 +117,6 @@ impl TenantProxy {
         if let (Some(pool), Some(lease)) = (&ctx.upstream, &ctx.lease) {
             pool.record_failure(lease.server());
         }
-    }
-
-    fn owner_allows(&self, host: &str) -> std::result::Result<(), Option<String>> {
-        let view = self.hosts.load();
-        match view.owners.lookup(host) {
-            Some(Owner::Us) => Ok(()),
-            Some(Owner::Other(other)) => Err(Some(other.clone())),
-            None if view.takes_unknown_hosts => Ok(()),
-            None => Err(None),
-        }
-    }
-
-    async fn echo(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
-        let mut body_bytes = 0usize;
-        while let Some(chunk) = session.read_request_body().await? {
-            body_bytes += chunk.len();
-            if body_bytes > ECHO_BODY_LIMIT {
-                return respond_json(
-                    session,
-                    413,
-                    &json!({"error": "echo reads at most 1 MiB of body"}),
-                    &[],
-                )
-                .await;
-            }
-        }
-        let req = session.req_header();
-        let mut headers = Map::new();
-        for (name, value) in req.headers.iter() {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            match headers.get_mut(name.as_str()) {
-                Some(Value::String(existing)) => {
-                    existing.push_str(", ");
-                    existing.push_str(&value);
-                }
-                _ => {
-                    headers.insert(name.as_str().to_string(), Value::String(value));
-                }
-            }
-        }
-        let body = json!({
-            "tenant": self.tenant,
-            "pid": self.pid,
-            "request_id": ctx.request_id,
-            "method": req.method.as_str(),
-            "path": req.uri.path_and_query().map_or("/", |p| p.as_str()),
-            "version": format!("{:?}", req.version),
-            "host": ctx.host,
-            "headers": headers,
-            "body_bytes": body_bytes,
-            "client_addr": session.client_addr().map(|a| a.to_string()),
-            "tls": is_tls(session),
-        });
-        respond_json(session, 200, &body, &[]).await
     }
 }
 
@@ -403,7 +183,7 @@ impl ProxyHttp for TenantProxy {
             }
         };
         if !host.is_empty() {
-            if let Err(other) = self.owner_allows(&host) {
+            if let Err(other) = self.hosts.load().allows(&host) {
                 let body = json!({
                     "error": "misdirected request: this connection belongs to another site; open a new connection for this host",
                     "host": host,
@@ -450,7 +230,11 @@ impl ProxyHttp for TenantProxy {
         // A retry gives up its slot on the failed server before looking for another.
         ctx.lease = None;
         let key = match pool.uses_hash_key() {
-            true => hash_key(session, &pool.config.hash_key),
+            true => crate::pool::hash_key::hash_key(
+                session.req_header(),
+                forwarding::client_ip(session),
+                &pool.config.hash_key,
+            ),
             false => Vec::new(),
         };
         let deadline = *ctx
@@ -544,53 +328,13 @@ impl ProxyHttp for TenantProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Per request, so kept lean: no `format!`, static values where they are
-        // static (callgrind: this filter was 17 % of the l7proxy's instructions
-        // per keep-alive request; growing Pingora's two header maps is most of
-        // what is left, and `RequestHeader` offers no way to reserve).
         crate::http_rules::sanitize_upstream_request(upstream_request);
-        let tls = is_tls(session);
-        let proto = if tls { "https" } else { "http" };
-        let via_self = if session.is_http2() {
-            "2 switchyard"
-        } else {
-            "1.1 switchyard"
-        };
-        let original_host = request_authority(session.req_header());
-        let peer = client_ip(session);
-        // Only a trusted proxy's forwarding headers are kept (and appended
-        // to); a client's own are replaced, so it cannot choose the address
-        // the upstream believes.
-        let trusted =
-            peer.is_some_and(|ip| switchyard_shared::net::in_any(&self.trusted_proxies, ip));
-        if !trusted {
-            upstream_request.remove_header("X-Forwarded-For");
-            upstream_request.remove_header("Forwarded");
-            upstream_request.remove_header("X-Real-IP");
-        }
-        if let Some(ip) = peer {
-            let ip_text = ip.to_string();
-            let xff = appended(&upstream_request.headers, "x-forwarded-for", &ip_text);
-            upstream_request.insert_header("X-Forwarded-For", xff)?;
-            let element = forwarded_element(ip, &ip_text, proto, original_host);
-            let forwarded = appended(&upstream_request.headers, "forwarded", &element);
-            upstream_request.insert_header("Forwarded", forwarded)?;
-            if !upstream_request.headers.contains_key("x-real-ip") {
-                upstream_request.insert_header("X-Real-IP", ip_text)?;
-            }
-        }
-        upstream_request.insert_header("X-Forwarded-Proto", HeaderValue::from_static(proto))?;
-        if let Some(host) = original_host {
-            upstream_request.insert_header("X-Forwarded-Host", host)?;
-        }
-        let via = match upstream_request.headers.get("via") {
-            Some(_) => HeaderValue::try_from(appended(&upstream_request.headers, "via", via_self))
-                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid Via header"))?,
-            None => HeaderValue::from_static(via_self),
-        };
-        upstream_request.insert_header("Via", via)?;
-        upstream_request.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-        Ok(())
+        forwarding::set_headers(
+            session,
+            upstream_request,
+            &self.trusted_proxies,
+            &ctx.request_id,
+        )
     }
 
     async fn fail_to_proxy(
@@ -728,49 +472,6 @@ impl ProxyHttp for TenantProxy {
             attempts = ctx.tried.len(),
             duration_us = ctx.started.elapsed().as_micros() as u64,
             error = e.map(|e| e.to_string()),
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_element_quotes_ipv6_and_drops_quotes_from_the_host() {
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(
-            forwarded_element(v4, "192.0.2.7", "https", Some("a.example")),
-            "for=192.0.2.7;proto=https;host=\"a.example\""
-        );
-        let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(
-            forwarded_element(v6, "2001:db8::1", "http", Some("a\"b.example")),
-            "for=\"[2001:db8::1]\";proto=http;host=\"ab.example\""
-        );
-        assert_eq!(
-            forwarded_element(v4, "192.0.2.7", "http", None),
-            "for=192.0.2.7;proto=http"
-        );
-    }
-
-    #[test]
-    fn list_headers_are_appended_to() {
-        let mut headers = http::HeaderMap::new();
-        assert_eq!(
-            appended(&headers, "via", "1.1 switchyard"),
-            "1.1 switchyard"
-        );
-        headers.insert("via", HeaderValue::from_static("1.0 edge"));
-        assert_eq!(
-            appended(&headers, "via", "1.1 switchyard"),
-            "1.0 edge, 1.1 switchyard"
-        );
-        // Every line counts, not only the first.
-        headers.append("via", HeaderValue::from_static("1.1 cdn, 1.1 lb"));
-        assert_eq!(
-            appended(&headers, "via", "1.1 switchyard"),
-            "1.0 edge, 1.1 cdn, 1.1 lb, 1.1 switchyard"
         );
     }
 }

@@ -1,0 +1,52 @@
+//! The tenant's own answers: short JSON bodies (errors, refusals, the echo)
+//! and the bounds on what an error may say.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, Result};
+use serde_json::Value;
+
+/// Writes a whole JSON response (`body` and a newline), with `extra` headers.
+pub async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    body: &Value,
+    extra: &[(&str, &str)],
+) -> Result<()> {
+    let body = Bytes::from(body.to_string() + "\n");
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    for (name, value) in extra {
+        resp.insert_header(name.to_string(), value.to_string())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Most bytes of an error's text that reach a log line.
+pub const MAX_LOGGED_ERROR: usize = 512;
+
+/// `text` cut to [`MAX_LOGGED_ERROR`] bytes (on a character boundary).
+pub fn bounded(text: &str) -> &str {
+    if text.len() <= MAX_LOGGED_ERROR {
+        return text;
+    }
+    let mut end = MAX_LOGGED_ERROR;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// What a client is told about a failure: the kind of error, never the
+/// upstream's address or bytes.
+pub fn error_message(e: &Error) -> String {
+    let side = match e.esource() {
+        ErrorSource::Upstream => "upstream",
+        ErrorSource::Downstream => "request",
+        ErrorSource::Internal | ErrorSource::Unset => "proxy",
+    };
+    format!("{side} error: {}", e.etype().as_str())
+}
