@@ -314,6 +314,7 @@ fn registration_service(
     let api = registration::RegistrationApi {
         tenant: tenant.to_string(),
         registry,
+        metrics: metrics::TenantMetrics::new(tenant, pools.clone()),
         pools,
         tenant_dir: tenant_dir.to_path_buf(),
         allow_addrs: settings.allow_addrs.clone(),

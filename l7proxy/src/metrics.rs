@@ -1,125 +1,230 @@
-//! The tenant's Prometheus metrics: its upstream pools, gathered when scraped
-//! (nothing is counted twice on the request path).
+//! The tenant's Prometheus metrics, in one registry built at start
+//! ([`TenantMetrics`]): counters the request path increments directly
+//! ([`count`]), and a [`Collector`] that reads the upstream pools' live state
+//! when scraped (nothing is counted twice on the request path).
 
 use crate::pool::Pool;
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 const SERVER_LABELS: [&str; 3] = ["upstream", "server", "origin"];
 
-/// Responses cut short because the upstream failed after they had started
-/// (HTTP/1.1 closed short of its framing, HTTP/2 stream reset).
-pub static RESPONSES_ABORTED: AtomicU64 = AtomicU64::new(0);
-
-/// Request headers that missed `[http] client_header_timeout` (counted inside
-/// Pingora's HTTP/1 session; the connection was closed).
-pub static CLIENT_HEADER_TIMEOUTS: std::sync::LazyLock<Arc<AtomicU64>> =
-    std::sync::LazyLock::new(Arc::default);
-
-/// Request bodies that stalled past `[http] client_body_timeout` (answered 408).
-pub static CLIENT_BODY_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
-
-/// Upstream reads that timed out: `read_timeout` between two reads, or
-/// `response_header_timeout` for the whole header (answered 504 when nothing
-/// had been sent yet).
-pub static UPSTREAM_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
-
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(gauge.clone()))
-        .expect("registered once");
-    gauge
+/// Request-path counters of this process, incremented where things happen.
+pub struct Counters {
+    /// Responses cut short because the upstream failed after they had started
+    /// (HTTP/1.1 closed short of its framing, HTTP/2 stream reset).
+    pub responses_aborted: IntCounter,
+    /// Requests ended by a timeout, by kind (`client_body`, `upstream`).
+    timeouts: IntCounterVec,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounterVec {
-    let counter = IntCounterVec::new(Opts::new(name, help), &SERVER_LABELS).expect("valid metric");
-    registry
-        .register(Box::new(counter.clone()))
-        .expect("registered once");
-    counter
+impl Counters {
+    /// Counts a request ended by a timeout of `kind`.
+    pub fn timed_out(&self, kind: TimeoutKind) {
+        self.timeouts.with_label_values(&[kind.label()]).inc();
+    }
 }
 
-/// The Prometheus text of `pools`.
-pub fn render(tenant: &str, pools: &[Arc<Pool>]) -> Vec<u8> {
-    let registry = Registry::new_custom(
-        None,
-        Some(std::iter::once(("tenant".to_string(), tenant.to_string())).collect()),
-    )
-    .expect("valid registry");
-    let up = gauge(
-        &registry,
-        "switchyard_upstream_server_up",
-        "1 when the server gets new requests (health check passing, not ejected)",
-        &SERVER_LABELS,
-    );
-    let in_flight = gauge(
-        &registry,
-        "switchyard_upstream_server_in_flight",
-        "Requests in flight to the server",
-        &SERVER_LABELS,
-    );
-    let requests = counter(
-        &registry,
-        "switchyard_upstream_server_requests_total",
-        "Attempts sent to the server (retries count again)",
-    );
-    let failures = counter(
-        &registry,
-        "switchyard_upstream_server_failures_total",
-        "Attempts to the server that failed (connect errors, errors before a response)",
-    );
-    let queued = gauge(
-        &registry,
-        "switchyard_upstream_queued",
-        "Requests waiting for a server below max_in_flight",
-        &["upstream"],
-    );
-    let aborted = prometheus::IntCounter::new(
+/// Which timeout ended a request.
+#[derive(Debug, Clone, Copy)]
+pub enum TimeoutKind {
+    /// `[http] client_body_timeout` between two reads of a body (408).
+    ClientBody,
+    /// An upstream's `read_timeout` or `response_header_timeout` (504, or an
+    /// aborted response).
+    Upstream,
+}
+
+impl TimeoutKind {
+    fn label(self) -> &'static str {
+        match self {
+            TimeoutKind::ClientBody => "client_body",
+            TimeoutKind::Upstream => "upstream",
+        }
+    }
+}
+
+/// The counters of this process.
+pub static COUNT: LazyLock<Counters> = LazyLock::new(|| {
+    Counters {
+    responses_aborted: IntCounter::new(
         "switchyard_tenant_responses_aborted_total",
         "Responses cut short because the upstream failed after they had started (never completed with an error text)",
     )
-    .expect("valid metric");
-    aborted.inc_by(RESPONSES_ABORTED.load(Ordering::Relaxed));
-    registry
-        .register(Box::new(aborted))
-        .expect("registered once");
-    let timeouts = IntCounterVec::new(
+    .expect("valid metric"),
+    timeouts: IntCounterVec::new(
         Opts::new(
             "switchyard_tenant_timeouts_total",
             "Requests ended by a timeout: client_header (connection closed), client_body (408), upstream (504, or an aborted response)",
         ),
         &["kind"],
     )
-    .expect("valid metric");
-    for (kind, count) in [
-        (
-            "client_header",
-            CLIENT_HEADER_TIMEOUTS.load(Ordering::Relaxed),
-        ),
-        ("client_body", CLIENT_BODY_TIMEOUTS.load(Ordering::Relaxed)),
-        ("upstream", UPSTREAM_TIMEOUTS.load(Ordering::Relaxed)),
-    ] {
-        timeouts.with_label_values(&[kind]).inc_by(count);
+    .expect("valid metric"),
+}
+});
+
+/// The process's counters.
+pub fn count() -> &'static Counters {
+    &COUNT
+}
+
+/// Request headers that missed `[http] client_header_timeout`: counted inside
+/// Pingora's HTTP/1 session (third_party/PATCHES.md, patch 2), read at scrape.
+pub static CLIENT_HEADER_TIMEOUTS: LazyLock<Arc<AtomicU64>> = LazyLock::new(Arc::default);
+
+/// Everything the tenant's `/metrics` shows, labelled with its name.
+pub struct TenantMetrics {
+    registry: Registry,
+}
+
+impl TenantMetrics {
+    /// The registry of `tenant`, reading `pools` when scraped.
+    pub fn new(tenant: &str, pools: Vec<Arc<Pool>>) -> TenantMetrics {
+        let registry = Registry::new_custom(
+            None,
+            Some(std::iter::once(("tenant".to_string(), tenant.to_string())).collect()),
+        )
+        .expect("valid registry");
+        let collectors: [Box<dyn Collector>; 3] = [
+            Box::new(COUNT.responses_aborted.clone()),
+            Box::new(TimeoutCollector),
+            Box::new(PoolCollector::new(pools)),
+        ];
+        for collector in collectors {
+            registry.register(collector).expect("registered once");
+        }
+        TenantMetrics { registry }
     }
-    registry
-        .register(Box::new(timeouts))
-        .expect("registered once");
-    for pool in pools {
-        let name = pool.config.name.as_str();
-        queued.with_label_values(&[name]).set(pool.queued() as i64);
-        for server in pool.snapshot() {
-            let labels = [name, server.addr.as_str(), server.origin];
-            up.with_label_values(&labels).set(server.up as i64);
-            in_flight
-                .with_label_values(&labels)
-                .set(server.in_flight as i64);
-            requests.with_label_values(&labels).inc_by(server.requests);
-            failures.with_label_values(&labels).inc_by(server.failures);
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut text = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut text);
+        text
+    }
+}
+
+/// `switchyard_tenant_timeouts_total`: the counted kinds plus Pingora's count
+/// of header timeouts.
+struct TimeoutCollector;
+
+impl Collector for TimeoutCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        COUNT.timeouts.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = SCRAPE.lock().unwrap_or_else(|p| p.into_inner());
+        let header = COUNT.timeouts.with_label_values(&["client_header"]);
+        header.reset();
+        header.inc_by(CLIENT_HEADER_TIMEOUTS.load(Ordering::Relaxed));
+        // Both other kinds appear from the first scrape on.
+        COUNT.timeouts.with_label_values(&["client_body"]);
+        COUNT.timeouts.with_label_values(&["upstream"]);
+        COUNT.timeouts.collect()
+    }
+}
+
+/// The upstream pools' servers, read from the pools when scraped.
+struct PoolCollector {
+    pools: Vec<Arc<Pool>>,
+    /// One scrape at a time: each rebuilds the series from the pools.
+    scrape: std::sync::Mutex<()>,
+    up: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    requests: IntCounterVec,
+    failures: IntCounterVec,
+    queued: IntGaugeVec,
+}
+
+impl PoolCollector {
+    fn new(pools: Vec<Arc<Pool>>) -> PoolCollector {
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &SERVER_LABELS).expect("valid metric")
+        };
+        PoolCollector {
+            pools,
+            scrape: std::sync::Mutex::new(()),
+            up: gauge(
+                "switchyard_upstream_server_up",
+                "1 when the server gets new requests (health check passing, not ejected)",
+                &SERVER_LABELS,
+            ),
+            in_flight: gauge(
+                "switchyard_upstream_server_in_flight",
+                "Requests in flight to the server",
+                &SERVER_LABELS,
+            ),
+            requests: counter(
+                "switchyard_upstream_server_requests_total",
+                "Attempts sent to the server (retries count again)",
+            ),
+            failures: counter(
+                "switchyard_upstream_server_failures_total",
+                "Attempts to the server that failed (connect errors, errors before a response)",
+            ),
+            queued: gauge(
+                "switchyard_upstream_queued",
+                "Requests waiting for a server below max_in_flight",
+                &["upstream"],
+            ),
         }
     }
-    let mut text = Vec::new();
-    let _ = TextEncoder::new().encode(&registry.gather(), &mut text);
-    text
+}
+
+impl Collector for PoolCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        [
+            self.up.desc(),
+            self.in_flight.desc(),
+            self.requests.desc(),
+            self.failures.desc(),
+            self.queued.desc(),
+        ]
+        .concat()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        // Servers come and go (registration, DNS): only the current ones.
+        self.up.reset();
+        self.in_flight.reset();
+        self.requests.reset();
+        self.failures.reset();
+        self.queued.reset();
+        for pool in &self.pools {
+            let name = pool.config.name.as_str();
+            self.queued
+                .with_label_values(&[name])
+                .set(pool.queued() as i64);
+            for server in pool.snapshot() {
+                let labels = [name, server.addr.as_str(), server.origin];
+                self.up.with_label_values(&labels).set(server.up as i64);
+                self.in_flight
+                    .with_label_values(&labels)
+                    .set(server.in_flight as i64);
+                self.requests
+                    .with_label_values(&labels)
+                    .inc_by(server.requests);
+                self.failures
+                    .with_label_values(&labels)
+                    .inc_by(server.failures);
+            }
+        }
+        [
+            self.up.collect(),
+            self.in_flight.collect(),
+            self.requests.collect(),
+            self.failures.collect(),
+            self.queued.collect(),
+        ]
+        .concat()
+    }
 }

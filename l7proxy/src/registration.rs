@@ -65,6 +65,8 @@ pub struct RegistrationApi {
     pub allow_addrs: Vec<AddrRule>,
     /// The bearer token every request must carry (TCP listeners).
     pub token: Option<String>,
+    /// What `GET /metrics` shows.
+    pub metrics: crate::metrics::TenantMetrics,
 }
 
 /// Lets a connection on the Unix socket reach the API only when the kernel
@@ -367,7 +369,7 @@ impl ServeHttp for RegistrationApi {
             }
         }
         if path == "/metrics" && method == Method::GET {
-            let body = crate::metrics::render(&self.tenant, &self.pools);
+            let body = self.metrics.render();
             return Response::builder()
                 .status(StatusCode::OK)
                 .header("Content-Type", "text/plain; version=0.0.4")

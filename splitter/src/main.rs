@@ -23,6 +23,7 @@ mod routing;
 mod sandbox;
 mod server;
 mod tenant;
+mod tenant_metrics;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

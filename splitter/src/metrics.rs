@@ -2,15 +2,13 @@
 //!
 //! Connection outcomes and latency histograms are recorded as they happen in
 //! the process-wide registry; per-tenant counters are read from the tenants at
-//! scrape time, so they are kept in one place only.
+//! scrape time ([`crate::tenant_metrics`]), so they are kept in one place only.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 use std::time::Duration;
-use switchyard_shared::control::FleetStatus;
 
 /// Latency buckets from 10 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -92,79 +90,16 @@ pub fn handed_off(tenant: &str, elapsed: Duration) {
         .observe(elapsed.as_secs_f64());
 }
 
-/// The Prometheus text exposition: recorded metrics plus the per-tenant
-/// counters and gauges of `status` (the document `ctl status --json` prints).
-pub fn render(status: &FleetStatus) -> String {
-    let scrape = Registry::new();
-    let counter = |name: &str, help: &str| {
-        let vec = IntCounterVec::new(Opts::new(name, help), &["tenant"]).expect("valid metric");
-        scrape
-            .register(Box::new(vec.clone()))
-            .expect("registered once");
-        vec
-    };
-    let gauge = |name: &str, help: &str| {
-        let vec = IntGaugeVec::new(Opts::new(name, help), &["tenant"]).expect("valid metric");
-        scrape
-            .register(Box::new(vec.clone()))
-            .expect("registered once");
-        vec
-    };
-    let handed = counter(
-        "switchyard_handoffs_total",
-        "Connections handed to a tenant process",
-    );
-    let held_total = counter(
-        "switchyard_held_total",
-        "Connections that waited for a ready tenant process",
-    );
-    let timeouts = counter(
-        "switchyard_hold_timeouts_total",
-        "Held connections turned away at hold_timeout",
-    );
-    let rehanded = counter(
-        "switchyard_rehanded_total",
-        "Unacknowledged connections handed again after their process died",
-    );
-    let full = counter(
-        "switchyard_handoff_socket_full_total",
-        "Handoffs that found a process's handoff socket full",
-    );
-    let restarts = counter(
-        "switchyard_process_restarts_total",
-        "Tenant processes respawned after an unexpected exit",
-    );
-    let held_now = gauge(
-        "switchyard_held",
-        "Connections waiting for a ready tenant process now",
-    );
-    let ready = gauge(
-        "switchyard_ready_processes",
-        "Tenant processes taking connections now",
-    );
-    for t in &status.tenants {
-        let name = [t.name.as_str()];
-        handed.with_label_values(&name).inc_by(t.handed_off);
-        held_total.with_label_values(&name).inc_by(t.held_total);
-        timeouts.with_label_values(&name).inc_by(t.hold_timeouts);
-        rehanded.with_label_values(&name).inc_by(t.rehanded);
-        full.with_label_values(&name).inc_by(t.socket_full);
-        restarts.with_label_values(&name).inc_by(t.restarts);
-        held_now.with_label_values(&name).set(t.held_now as i64);
-        let ready_count = t.processes.iter().filter(|p| p.state == "ready").count();
-        ready.with_label_values(&name).set(ready_count as i64);
+/// Adds `collector` (read at every scrape) to the splitter's registry.
+pub fn register(collector: Box<dyn prometheus::core::Collector>) {
+    if let Err(e) = METRICS.registry.register(collector) {
+        tracing::warn!(error = %e, "a metrics collector was registered twice; the first one stays");
     }
-    let pending = IntGauge::new(
-        "switchyard_pending",
-        "Connections being peeked or held (limit: max_pending)",
-    )
-    .expect("valid metric");
-    pending.set(status.pending as i64);
-    scrape.register(Box::new(pending)).expect("registered once");
+}
 
-    let mut families = METRICS.registry.gather();
-    families.extend(scrape.gather());
+/// The Prometheus text exposition of everything registered.
+pub fn render() -> String {
     let mut out = Vec::new();
-    let _ = TextEncoder::new().encode(&families, &mut out);
+    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);
     String::from_utf8(out).unwrap_or_default()
 }

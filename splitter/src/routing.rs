@@ -11,6 +11,7 @@ use switchyard_shared::host::HostTable;
 pub struct RoutingTable {
     hosts: HostTable<Arc<Tenant>>,
     fallback: Option<Arc<Tenant>>,
+    tenants: Vec<Arc<Tenant>>,
 }
 
 impl RoutingTable {
@@ -29,7 +30,16 @@ impl RoutingTable {
             UnknownHost::Reject => None,
             UnknownHost::Tenant(name) => find(name),
         };
-        RoutingTable { hosts, fallback }
+        RoutingTable {
+            hosts,
+            fallback,
+            tenants: tenants.to_vec(),
+        }
+    }
+
+    /// Every running tenant, routed to by a name or not.
+    pub fn tenants(&self) -> &[Arc<Tenant>] {
+        &self.tenants
     }
 
     /// The `unknown_host` setting this table applies.

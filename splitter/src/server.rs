@@ -60,6 +60,9 @@ pub async fn serve(config: HostConfig) -> Result<(), String> {
         settings: config.splitter.clone(),
     });
     let fleet = fleet::Fleet::start(&config, helper.clone(), as_root, front.clone());
+    crate::metrics::register(Box::new(crate::tenant_metrics::TenantsCollector::new(
+        front.clone(),
+    )));
     let admin = admin.map(|admin| tokio::spawn(admin::serve(admin, fleet.clone())));
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -15,6 +15,7 @@ use hosts::request_authority;
 pub use hosts::HostView;
 use respond::{bounded, error_message, respond_json};
 
+use crate::metrics::TimeoutKind;
 use crate::pool::server::Lease;
 use crate::pool::{Pool, Unavailable};
 use crate::routes::{RouteTable, Target};
@@ -350,7 +351,7 @@ impl ProxyHttp for TenantProxy {
                     // `read_timeout` between two reads, or `response_header_timeout`
                     // for the whole header.
                     ErrorType::ReadTimedout => {
-                        crate::metrics::UPSTREAM_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::count().timed_out(TimeoutKind::Upstream);
                         504
                     }
                     _ => 502,
@@ -359,7 +360,7 @@ impl ProxyHttp for TenantProxy {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     // `client_body_timeout` passed between two reads of the body.
                     ErrorType::ReadTimedout => {
-                        crate::metrics::CLIENT_BODY_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::count().timed_out(TimeoutKind::ClientBody);
                         408
                     }
                     _ => 400,
@@ -386,7 +387,7 @@ impl ProxyHttp for TenantProxy {
             // it, and a cut-short body must never look complete. HTTP/1.1: the
             // connection closes short of its framing; HTTP/2: RST_STREAM
             // (INTERNAL_ERROR); an upgraded tunnel is closed.
-            crate::metrics::RESPONSES_ABORTED.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::count().responses_aborted.inc();
             tracing::warn!(
                 tenant = %self.tenant,
                 request_id = %ctx.request_id,
