@@ -90,7 +90,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let host = HostConfig::load_as(&cli.config, false).map_err(|e| e.to_string())?;
+    let host = match cli.check {
+        // `splitter check` reports the host file's own problems; this checks
+        // the tenant's file even when another part of the host file is wrong.
+        true => HostConfig::load_for_check(&cli.config, false).map(|(host, _)| host),
+        false => HostConfig::load_as(&cli.config, false),
+    }
+    .map_err(|e| e.to_string())?;
     let entry = host
         .tenant(&cli.tenant)
         .ok_or_else(|| {

@@ -112,6 +112,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Check) = cli.command {
+        return check(&config_path);
+    }
     let config = match HostConfig::load(&config_path) {
         Ok(config) => config,
         Err(errors) => {
@@ -121,17 +124,36 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Check) => check(&config),
-        Some(Command::Ctl { .. } | Command::Helper) => unreachable!("handled above"),
+        Some(Command::Check | Command::Ctl { .. } | Command::Helper) => {
+            unreachable!("handled above")
+        }
         None => run(config),
     }
 }
 
 /// `splitter check`: the host file here, each tenant file by `l7proxy --check`
 /// run as the tenant's user (the splitter never reads a tenant's files).
-fn check(config: &HostConfig) -> ExitCode {
+///
+/// Every problem that can be found is reported: a host file with errors (but
+/// valid syntax) still has the tenant files it names checked.
+fn check(config_path: &std::path::Path) -> ExitCode {
+    let (config, host_errors) =
+        match HostConfig::load_for_check(config_path, nix::unistd::geteuid().is_root()) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("splitter check: configuration is invalid");
+                return ExitCode::from(2);
+            }
+        };
+    let config = &config;
     for warning in &config.warnings {
         eprintln!("{warning}");
+    }
+    let mut failed = false;
+    if let Some(errors) = host_errors {
+        eprintln!("{errors}");
+        failed = true;
     }
     let l7proxy = match helper::locate_l7proxy() {
         Ok(path) => path,
@@ -147,8 +169,9 @@ fn check(config: &HostConfig) -> ExitCode {
         eprintln!("splitter check: cannot start a runtime");
         return ExitCode::from(2);
     };
-    let mut failed = false;
-    for tenant in &config.tenants {
+    // Tenant files that exist are checked even when the host file has errors
+    // (a missing one is among those errors already).
+    for tenant in config.tenants.iter().filter(|t| t.config.is_file()) {
         match runtime.block_on(helper::serve::check_tenant(&l7proxy, &config.path, tenant)) {
             Ok(output) => {
                 if !output.is_empty() {

@@ -321,6 +321,24 @@ fn splitter_check_locates_errors_and_exits_2() {
         "{stderr}"
     );
 
+    // A host file with a problem of its own: the tenant file is checked too,
+    // and both problems are reported in one run.
+    let both_bad = dir.write(
+        "host3.toml",
+        &format!("{front}[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"a\"\nhosts = [\"a.test\"]\nconfig = \"tenants/a.toml\"\nprocesses = 0\n{tenant}"),
+    );
+    let (code, _, stderr) = splitter_check(&both_bad);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("host3.toml:")
+            && stderr.contains(":13: tenant \"a\": processes must be between 1 and 64"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("a.toml:3:12: route names upstream \"missing\""),
+        "{stderr}"
+    );
+
     dir.write(
         "tenants/a.toml",
         "[[route]]\npath = \"/\"\nrespond = \"echo\"\n",

@@ -305,6 +305,20 @@ impl HostConfig {
         src.finish(config)
     }
 
+    /// For `check`: a host file whose syntax is valid, validated as far as it
+    /// goes, with its problems (if any) beside it, so the tenant files it names
+    /// can still be checked. Only an unreadable file or a syntax error is `Err`.
+    /// Entries with problems are kept as written; do not run with this.
+    pub fn load_for_check(
+        path: &Path,
+        as_root: bool,
+    ) -> Result<(HostConfig, Option<ConfigErrors>), ConfigErrors> {
+        let mut src = Source::read(path)?;
+        let raw: RawHostFile = src.parse()?;
+        let config = Self::validate(&mut src, raw, as_root);
+        Ok(src.finish_lenient(config))
+    }
+
     fn validate(src: &mut Source, raw: RawHostFile, root: bool) -> HostConfig {
         let raw_splitter = raw.splitter.unwrap_or(RawSplitter {
             runtime_dir: None,

@@ -123,6 +123,16 @@ impl Source {
         resolve_relative(&self.path, relative)
     }
 
+    /// `value` and the problems found in it, if any (located, in file order).
+    pub(super) fn finish_lenient<T>(mut self, value: T) -> (T, Option<ConfigErrors>) {
+        if self.errors.is_empty() {
+            (value, None)
+        } else {
+            self.errors.sort_by_key(|e| (e.line, e.column));
+            (value, Some(ConfigErrors(self.errors)))
+        }
+    }
+
     pub(super) fn finish<T>(mut self, value: T) -> Result<T, ConfigErrors> {
         if self.errors.is_empty() {
             Ok(value)
