@@ -4,8 +4,8 @@
 //! Pingora's listener sets `TCP_NODELAY` and gives every accepted stream a 64 KiB
 //! read buffer and a 1460-byte write buffer (`Stream::set_buffer`, crate-private in
 //! Pingora 0.9.1). `Stream::from(TcpStream)` does neither, and without them the
-//! two-tier path measured 0.73–0.89 × the single tier (Nagle against delayed ACKs
-//! without `TCP_NODELAY`: 1.4k req/s). [`HandedStream`] adds the same buffering
+//! two-tier path was far slower than the single tier (Nagle against delayed ACKs
+//! without `TCP_NODELAY`; bench/RESULTS.md). [`HandedStream`] adds the same buffering
 //! through the public API: it wraps the L4 stream in tokio's `BufStream` with
 //! Pingora's default sizes and delegates Pingora's digest traits to it.
 

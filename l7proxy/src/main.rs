@@ -45,7 +45,7 @@ use tracing::{error, info};
     The splitter normally spawns this process itself. SIGTERM drains it: in-flight requests finish, then it exits.\n\
     With [registration] in the tenant file it also serves the registration API there\n\
     (POST /v1/register, POST /v1/deregister, GET /v1/upstreams, GET /metrics).\n\
-    Started by hand, give it MIMALLOC_ARENA_EAGER_COMMIT=0 as the splitter does (~7 MiB less RSS)."
+    Started by hand, give it MIMALLOC_ARENA_EAGER_COMMIT=0 as the splitter does (less memory when idle)."
 )]
 struct Cli {
     /// The tenant to serve, as named in the host file.
@@ -65,8 +65,9 @@ struct Cli {
     check: bool,
 }
 
-/// mimalloc instead of glibc malloc: Pingora frees ~75 allocations per request,
-/// and this measured ~15–20 % less CPU per keep-alive request (bench/RESULTS.md).
+/// mimalloc instead of glibc malloc: Pingora makes and frees dozens of
+/// allocations per request, and mimalloc costs less CPU for them
+/// (bench/RESULTS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -187,8 +188,7 @@ fn run(cli: Cli) -> Result<(), String> {
         graceful_shutdown_timeout_seconds: Some(1),
         // Timeouts of a second or more on tokio's timer instead of Pingora's
         // "fast timeout", whose clock thread wakes every 10 ms for the life of
-        // the process: 100 idle tenants cost 16-18 % of a core with it and
-        // nothing without it, at the same keep-alive req/s (bench/RESULTS.md).
+        // the process: idle tenants then cost CPU for nothing (bench/RESULTS.md).
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         pid_file: String::new(),
         upgrade_sock: String::new(),

@@ -36,8 +36,8 @@ pub struct Front {
 /// How long the kernel keeps a connection that has sent nothing away from
 /// `accept` (`TCP_DEFER_ACCEPT`). With it the first peek nearly always finds the
 /// ClientHello or request head, so a connection costs no epoll registration and
-/// no second peek: measured splitter CPU per handoff 46.6 → 32.2 µs (TLS) and
-/// 25.0 → 19.9 µs (plaintext), medians of 3 interleaved rounds (bench/RESULTS.md).
+/// no second peek, which measurably lowers the splitter's CPU per handoff
+/// (bench/RESULTS.md).
 /// A client that stays silent is accepted after it and then meets `peek_timeout`.
 const DEFER_ACCEPT_SECONDS: u32 = 1;
 

@@ -73,9 +73,9 @@ pub fn set_headers(
     request_id: &str,
 ) -> Result<()> {
     // Per request, so kept lean: no `format!`, static values where they are
-    // static (callgrind: this filter was 17 % of the l7proxy's instructions
-    // per keep-alive request; growing Pingora's two header maps is most of
-    // what is left, and `RequestHeader` offers no way to reserve).
+    // static (its cost showed up in callgrind profiles, bench/RESULTS.md;
+    // growing Pingora's two header maps is most of what is left, and
+    // `RequestHeader` offers no way to reserve).
     let tls = is_tls(session);
     let proto = if tls { "https" } else { "http" };
     let via_self = if session.is_http2() {

@@ -39,8 +39,8 @@ const PASSED_ENV: &[&str] = &[
 ];
 
 /// The l7proxy's allocator (mimalloc) commits each memory arena up front by
-/// default; lazily, an idle tenant process uses 7 MiB less RSS at the same
-/// speed (bench/RESULTS.md). The operator's own setting wins.
+/// default; lazily, an idle tenant process uses less memory at the same speed
+/// (bench/RESULTS.md). The operator's own setting wins.
 const MIMALLOC_ARENA_EAGER_COMMIT: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
 
 struct Helper {
