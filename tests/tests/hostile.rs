@@ -431,13 +431,13 @@ fn a_frozen_tenant_costs_the_others_nothing_and_is_served_after_sigcont() {
     assert_eq!(beta.socket_errors + beta.non_2xx, 0, "{}", beta.output);
     // The premise: alpha could not take them all (its socket filled, or it
     // reached max_unacked), so the splitter had to hold some.
-    let alpha = &s.status()["tenants"][0];
-    let full = alpha["socket_full"].as_u64().unwrap();
-    let at_cap = alpha["unacked_full"].as_u64().unwrap();
+    let alpha = &s.status().tenants[0];
+    let full = alpha.socket_full;
+    let at_cap = alpha.unacked_full;
     eprintln!("while alpha was frozen: {full} handoffs found its socket full, {at_cap} found it at max_unacked");
     assert!(
         full + at_cap > 0,
-        "the frozen process never refused a connection: {alpha}"
+        "the frozen process never refused a connection: {alpha:?}"
     );
     signal(frozen, libc::SIGCONT);
     for mut tcp in waiting {

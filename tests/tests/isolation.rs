@@ -115,13 +115,7 @@ fn tenants_run_as_their_users_and_the_splitter_drops_privileges() {
     }
     let _ = wrong.wait();
     assert!(exited, "the refused process stops");
-    assert_eq!(
-        s.status()["tenants"][0]["processes"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(s.status().tenants[0].processes.len(), 1);
 
     // … and one started as the tenant's user joins the pool.
     let right = Proc(

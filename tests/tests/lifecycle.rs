@@ -59,11 +59,7 @@ fn rolling_restart_under_load_loses_nothing() {
     }
     // The old processes drained and exited.
     wait_until(Duration::from_secs(20), || {
-        s.status()["tenants"][0]["processes"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
+        s.status().tenants[0].processes.len() == 1
     });
 }
 
@@ -125,7 +121,7 @@ fn a_killed_process_is_respawned_and_its_new_connections_are_held_meanwhile() {
     let after = s.tenant_pids("alpha", "ready");
     assert_eq!(after.len(), 1);
     assert_ne!(after[0], victim);
-    assert_eq!(s.status()["tenants"][0]["restarts"], 1);
+    assert_eq!(s.status().tenants[0].restarts, 1);
 }
 
 #[test]
@@ -178,7 +174,7 @@ fn a_connection_handed_to_a_process_that_dies_before_acking_is_served_by_another
         "no process took the fault: build the binaries with `--features splitter/fault-injection,l7proxy/fault-injection` (./test.sh does)"
     );
     let status = s.status();
-    assert_eq!(status["tenants"][0]["rehanded"], 1, "{status}");
+    assert_eq!(status.tenants[0].rehanded, 1, "{status:?}");
 }
 
 #[test]
@@ -369,7 +365,7 @@ fn a_connection_held_past_hold_timeout_gets_503_with_retry_after() {
     let answer = http_get(s.http, "alpha.test", "/").unwrap();
     assert_eq!(answer.status, 503);
     assert_eq!(answer.header("retry-after"), Some("1"));
-    assert!(s.status()["tenants"][0]["hold_timeouts"].as_u64().unwrap() >= 1);
+    assert!(s.status().tenants[0].hold_timeouts >= 1);
     // And the tenant is back shortly after.
     wait_until(
         Duration::from_secs(10),
