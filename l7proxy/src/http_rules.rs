@@ -19,6 +19,9 @@ pub enum Refusal {
     UnsupportedTransferCoding,
     /// `Content-Length` values that disagree or are not numbers.
     BadContentLength,
+    /// More than one `Host` header line (RFC 9112 §3.2: 400), which the
+    /// splitter and an upstream could read differently.
+    SeveralHosts,
 }
 
 impl Refusal {
@@ -28,7 +31,7 @@ impl Refusal {
             Refusal::UriTooLong => 414,
             Refusal::HeadersTooLarge | Refusal::TooManyHeaders => 431,
             Refusal::UnsupportedTransferCoding => 501,
-            Refusal::BadContentLength => 400,
+            Refusal::BadContentLength | Refusal::SeveralHosts => 400,
         }
     }
 
@@ -42,6 +45,7 @@ impl Refusal {
                 "only Transfer-Encoding: chunked is supported in requests"
             }
             Refusal::BadContentLength => "the request's Content-Length values disagree",
+            Refusal::SeveralHosts => "the request has more than one Host header",
         }
     }
 }
@@ -68,6 +72,9 @@ pub fn check_request(req: &mut RequestHeader, limits: &HttpLimits) -> Result<(),
             .sum::<usize>();
     if size > max {
         return Err(Refusal::HeadersTooLarge);
+    }
+    if req.headers.get_all(http::header::HOST).iter().count() > 1 {
+        return Err(Refusal::SeveralHosts);
     }
     let codings: Vec<String> = list_values(&req.headers, "transfer-encoding");
     if !codings.is_empty() && codings != ["chunked"] {
@@ -227,6 +234,13 @@ mod tests {
         assert_eq!(
             check_request(&mut request(&[("content-length", "x")]), &limits),
             Err(Refusal::BadContentLength)
+        );
+        assert_eq!(
+            check_request(
+                &mut request(&[("host", "a.test"), ("host", "b.test")]),
+                &limits
+            ),
+            Err(Refusal::SeveralHosts)
         );
     }
 

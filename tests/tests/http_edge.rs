@@ -787,3 +787,36 @@ fn http2_requests_reach_an_http1_upstream_well_framed() {
     let (code, body, stderr) = curl_h2(&s, &[]);
     assert_eq!((code, body.as_str()), (Some(0), "ok"), "{stderr}");
 }
+
+#[test]
+fn a_kept_alive_request_with_two_host_headers_is_a_400() {
+    let (upstream, seen) = recording_upstream();
+    let s = SplitterBuilder::new(vec![
+        TenantSpec::proxy("alpha", &["alpha.test"], &[upstream]),
+        TenantSpec::echo("beta", &["beta.test"]),
+    ])
+    .start();
+    let mut plain = TcpStream::connect(s.http).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let first = exchange(
+        &mut plain,
+        "GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
+        b"",
+    );
+    assert_eq!(first.status, 200);
+    // The splitter saw only the first request; the tenant refuses the
+    // ambiguous one itself, whichever Host comes first.
+    let second = exchange(
+        &mut plain,
+        "GET /two HTTP/1.1\r\nHost: alpha.test\r\nHost: beta.test\r\n\r\n",
+        b"",
+    );
+    assert_eq!(second.status, 400, "{second:?}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the first reached the upstream"
+    );
+}
