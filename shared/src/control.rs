@@ -103,7 +103,7 @@ pub struct TenantStatus {
 pub struct ProcessStatus {
     /// Its pid, as the kernel reported it.
     pub pid: u32,
-    /// `starting`, `ready` or `draining`.
+    /// `starting`, `ready`, `draining` or `broken` (its handoff socket failed).
     pub state: String,
     /// Seconds since it was spawned or attached.
     pub uptime_s: f64,

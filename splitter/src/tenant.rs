@@ -115,6 +115,20 @@ pub enum ProcState {
     Ready,
     /// Takes no new connections; finishing what it has.
     Draining,
+    /// Its handoff socket failed: takes nothing more; its unacknowledged
+    /// connections go elsewhere when it is gone.
+    Broken,
+}
+
+impl ProcState {
+    /// This state, moved to `Draining` unless the process is already out of
+    /// rotation for good (`Broken`).
+    fn draining(self) -> ProcState {
+        match self {
+            ProcState::Broken => ProcState::Broken,
+            _ => ProcState::Draining,
+        }
+    }
 }
 
 impl ProcState {
@@ -124,6 +138,7 @@ impl ProcState {
             ProcState::Starting => "starting",
             ProcState::Ready => "ready",
             ProcState::Draining => "draining",
+            ProcState::Broken => "broken",
         }
     }
 }
@@ -232,7 +247,7 @@ impl Tenant {
                 }
                 Err(e) => {
                     warn!(tenant = %self.name(), pid = proc.pid, error = %e, "handoff failed; the process is taken out of rotation");
-                    proc.state = ProcState::Draining;
+                    proc.state = ProcState::Broken;
                 }
             }
         }
@@ -346,7 +361,7 @@ impl Tenant {
     /// A process said `Draining`, or is being stopped: no new connections for it.
     pub fn mark_draining(&self, key: ProcKey) {
         if let Some(proc) = self.state().procs.iter_mut().find(|p| p.key == key) {
-            proc.state = ProcState::Draining;
+            proc.state = proc.state.draining();
         }
     }
 
@@ -367,7 +382,7 @@ impl Tenant {
     pub fn retire_other_generations(&self, keep: u64) {
         for proc in self.state().procs.iter_mut() {
             if matches!(proc.origin, Origin::Supervised { generation } if generation != keep) {
-                proc.state = ProcState::Draining;
+                proc.state = proc.state.draining();
             }
         }
     }
