@@ -6,7 +6,7 @@
 //! processes to drain; no connection is refused meanwhile. A reload builds a new
 //! routing table and swaps it in atomically.
 
-use crate::helper::Helper;
+use crate::helper::{Helper, HelperError};
 use crate::listener::Front;
 use crate::process::supervise;
 use crate::routing::RoutingTable;
@@ -121,10 +121,12 @@ impl Fleet {
             (run.tenant.clone(), run.generation.id)
         };
         let config = tenant.config();
-        self.helper
-            .check(name)
-            .await
-            .map_err(|e| format!("tenant {name} not restarted: its file is invalid:\n{e}"))?;
+        self.helper.check(name).await.map_err(|e| match e {
+            HelperError::Refused(problems) => {
+                format!("tenant {name} not restarted: its file is invalid:\n{problems}")
+            }
+            other => format!("tenant {name} not restarted: its file could not be checked: {other}"),
+        })?;
         let mut became_ready = tenant.watch_ready();
         let new = Generation::start(&tenant, &self.helper, old_id + 1);
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -192,7 +194,7 @@ impl Fleet {
         let mut problems = Vec::new();
         for name in &to_check {
             if let Err(e) = self.helper.check(name).await {
-                problems.push(e);
+                problems.push(e.to_string());
             }
         }
         if !problems.is_empty() {

@@ -97,7 +97,10 @@ async fn spawn(
     helper: &Helper,
     generation: u64,
 ) -> Result<(ProcKey, u32, oneshot::Receiver<String>, HandoffSocket), String> {
-    let TenantChild { pid, socket, exit } = helper.spawn(tenant.name()).await?;
+    let TenantChild { pid, socket, exit } = helper
+        .spawn(tenant.name())
+        .await
+        .map_err(|e| e.to_string())?;
     let socket: HandoffSocket =
         Arc::new(switchyard_shared::sys::register(socket).map_err(|e| e.to_string())?);
     let key = crate::tenant::new_key();

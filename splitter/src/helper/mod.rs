@@ -18,6 +18,29 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 use tracing::error;
 
+/// Why a request to the privileged helper did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    /// The request could not be sent.
+    #[error("cannot reach the privileged helper: {0}")]
+    Unreachable(io::Error),
+    /// The helper exited before it answered.
+    #[error("the privileged helper went away")]
+    Gone,
+    /// The helper answered that it would not or could not (for a check: the
+    /// problems found in the tenant's file).
+    #[error("{0}")]
+    Refused(String),
+    /// An answer that does not fit the request (a bug in one of the two).
+    #[error("unexpected answer from the helper to {request}: {reply}")]
+    Unexpected {
+        /// What was asked.
+        request: &'static str,
+        /// What came back.
+        reply: String,
+    },
+}
+
 /// The l7proxy beside this executable, or `$SWITCHYARD_L7PROXY`.
 pub fn locate_l7proxy() -> io::Result<std::path::PathBuf> {
     let l7proxy = match std::env::var_os("SWITCHYARD_L7PROXY") {
@@ -153,7 +176,7 @@ impl Helper {
     async fn call(
         &self,
         request: Request,
-    ) -> Result<(Reply, Option<OwnedFd>, Option<oneshot::Receiver<String>>), String> {
+    ) -> Result<(Reply, Option<OwnedFd>, Option<oneshot::Receiver<String>>), HelperError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting
@@ -172,16 +195,16 @@ impl Helper {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
-            return Err(format!("cannot reach the privileged helper: {e}"));
+            return Err(HelperError::Unreachable(e));
         }
-        let (result, fd, exit) = rx
-            .await
-            .map_err(|_| "the privileged helper went away".to_string())?;
-        result.map(|reply| (reply, fd, exit))
+        let (result, fd, exit) = rx.await.map_err(|_| HelperError::Gone)?;
+        result
+            .map(|reply| (reply, fd, exit))
+            .map_err(HelperError::Refused)
     }
 
     /// Spawns one process of `tenant`.
-    pub async fn spawn(&self, tenant: &str) -> Result<TenantChild, String> {
+    pub async fn spawn(&self, tenant: &str) -> Result<TenantChild, HelperError> {
         match self
             .call(Request::Spawn {
                 tenant: tenant.into(),
@@ -191,15 +214,15 @@ impl Helper {
             (Reply::Spawned { pid }, Some(socket), Some(exit)) => {
                 Ok(TenantChild { pid, socket, exit })
             }
-            other => Err(format!(
-                "unexpected answer from the helper to a spawn: {:?}",
-                other.0
-            )),
+            other => Err(HelperError::Unexpected {
+                request: "a spawn",
+                reply: format!("{:?}", other.0),
+            }),
         }
     }
 
     /// Validates `tenant`'s file as its user; `Ok` carries any warnings.
-    pub async fn check(&self, tenant: &str) -> Result<String, String> {
+    pub async fn check(&self, tenant: &str) -> Result<String, HelperError> {
         match self
             .call(Request::Check {
                 tenant: tenant.into(),
@@ -207,15 +230,15 @@ impl Helper {
             .await?
         {
             (Reply::Checked { output }, _, _) => Ok(output),
-            other => Err(format!(
-                "unexpected answer from the helper to a check: {:?}",
-                other.0
-            )),
+            other => Err(HelperError::Unexpected {
+                request: "a check",
+                reply: format!("{:?}", other.0),
+            }),
         }
     }
 
     /// The listening `handoff.sock` in `tenant`'s runtime directory.
-    pub async fn listen(&self, tenant: &str) -> Result<OwnedFd, String> {
+    pub async fn listen(&self, tenant: &str) -> Result<OwnedFd, HelperError> {
         match self
             .call(Request::Listen {
                 tenant: tenant.into(),
@@ -223,20 +246,20 @@ impl Helper {
             .await?
         {
             (Reply::Listening, Some(fd), _) => Ok(fd),
-            other => Err(format!(
-                "unexpected answer from the helper to listen: {:?}",
-                other.0
-            )),
+            other => Err(HelperError::Unexpected {
+                request: "listen",
+                reply: format!("{:?}", other.0),
+            }),
         }
     }
 
     /// Makes the helper read the host file again.
-    pub async fn reload(&self) -> Result<(), String> {
+    pub async fn reload(&self) -> Result<(), HelperError> {
         self.call(Request::Reload).await.map(drop)
     }
 
     /// Signals a process the helper spawned.
-    pub async fn signal(&self, pid: u32, signal: StopSignal) -> Result<(), String> {
+    pub async fn signal(&self, pid: u32, signal: StopSignal) -> Result<(), HelperError> {
         self.call(Request::Signal { pid, signal }).await.map(drop)
     }
 }
