@@ -172,11 +172,14 @@ url() { # setup mode
     esac
     echo "$scheme://localhost:$port/"
 }
+# A process and all its descendants (the splitter's tenants are its helper's
+# children: the privileged helper spawns them).
+descendants() { local p=$1 c; echo "$p"; for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do descendants "$c"; done; }
 proxy_pids() { # setup mode
     case "$1" in
         direct) echo "" ;;
         single) case "$2" in tls-*) echo "$single_tls_pid" ;; *) echo "$single_http_pid" ;; esac ;;
-        two-tier) echo "$twotier_pid $(cat /proc/$twotier_pid/task/*/children 2>/dev/null)" ;;
+        two-tier) descendants "$twotier_pid" | tr '\n' ' ' ;;
         nginx-2tier) local m; m=$(cat "$OUT/nginx.pid"); echo "$m $(cat /proc/$m/task/*/children 2>/dev/null)" ;;
         haproxy-2tier) echo "$haproxy_pid" ;;
     esac

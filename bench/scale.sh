@@ -42,7 +42,9 @@ done
 ready_s=$(python3 -c "import time; print(f'{time.time() - $start:.2f}')")
 echo "all $ready of $TENANTS tenants ready after ${ready_s}s"
 sleep 2
-children=$(cat /proc/$splitter/task/*/children)
+# Tenant processes are children of the splitter's privileged helper.
+helpers=$(cat /proc/$splitter/task/*/children)
+children=$(for h in $helpers; do cat /proc/$h/task/*/children 2>/dev/null; done)
 rss=$(for p in $children; do awk '/VmRSS/ {print $2}' /proc/$p/status; done | python3 -c 'import sys,statistics; v=[int(x) for x in sys.stdin]; print(f"{statistics.median(v)/1024:.1f}")')
 splitter_rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$splitter/status)
 echo "idle tenant process RSS (median): ${rss} MiB; splitter RSS: ${splitter_rss} MiB"

@@ -116,8 +116,11 @@ fn run(cli: Cli) -> Result<(), String> {
     let file = TenantFile::load(&entry.config).map_err(|e| e.to_string())?;
     if cli.check {
         if let Some(source) = &file.tls {
-            tls::load_certificate(source, &entry.hosts)
-                .map_err(|e| format!("{}: tenant {}: {e}", entry.config.display(), entry.name))?;
+            let checked =
+                tls::load_certificate(source, &entry.hosts).map_err(|errors| errors.join("\n"))?;
+            for warning in &checked.warnings {
+                println!("{warning}");
+            }
         }
         for warning in &file.warnings {
             println!("{warning}");
@@ -164,11 +167,27 @@ fn run(cli: Cli) -> Result<(), String> {
     drop(setup);
     let routes = routes::RouteTable::new(&file.routes, &upstreams);
     let stop = shutdown::Stop::new();
+    // The same checks as `--check`: a pair that would fail every handshake
+    // (or has expired) is refused before anything is served.
     let certificate = match &file.tls {
-        Some(source) => Some(
-            tls::load_certificate(source, &entry.hosts)
-                .map_err(|e| format!("tenant {}: {e}", entry.name))?,
-        ),
+        Some(source) => {
+            let checked = tls::load_certificate(source, &entry.hosts).map_err(|errors| {
+                format!(
+                    "tenant {}: its certificate is refused:\n{}",
+                    entry.name,
+                    errors.join("\n")
+                )
+            })?;
+            for warning in &checked.warnings {
+                tracing::warn!(tenant = %entry.name, "{warning}");
+            }
+            Some(tls::CertStore::new(
+                &entry.name,
+                source.clone(),
+                entry.hosts.clone(),
+                checked.loaded,
+            ))
+        }
         None => None,
     };
     let logic = proxy::TenantProxy::new(
@@ -222,8 +241,15 @@ fn run(cli: Cli) -> Result<(), String> {
             &tenant_dir,
             registry.clone(),
             upstreams.clone(),
+            certificate.clone(),
         )?);
     }
+    // SIGHUP re-reads the certificate (as does a change of its files, and the
+    // splitter's reload); it never stops the process.
+    server.add_service(pingora::services::background::background_service(
+        "tls reload",
+        tls::CertWatch(certificate.clone()),
+    ));
 
     match cli.listen {
         Some(listen) => {
@@ -245,7 +271,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 app.server_options = Some(proxy::server_options(&file.http));
             }
             if want_tls {
-                let cert = certificate.ok_or_else(|| {
+                let cert = certificate.as_ref().ok_or_else(|| {
                     format!(
                         "--listen {listen}: tenant {} has no [tls] section",
                         entry.name
@@ -277,7 +303,7 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let mut app = pingora::proxy::http_proxy(&conf, logic);
             app.server_options = Some(proxy::server_options(&file.http));
-            let acceptor = certificate.map(|cert| tls::settings(cert).build());
+            let acceptor = certificate.as_ref().map(|cert| tls::settings(cert).build());
             let service = service::HandoffService::new(
                 &entry.name,
                 socket,
@@ -286,7 +312,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 entry.threads,
                 stop.clone(),
             )
-            .reload_hosts_from(cli.config.clone(), hosts);
+            .reload_hosts_from(cli.config.clone(), hosts, certificate.clone());
             server.add_service(service);
         }
     }
@@ -307,6 +333,7 @@ fn registration_service(
     tenant_dir: &std::path::Path,
     registry: Arc<pool::registry::Registry>,
     pools: Vec<Arc<pool::Pool>>,
+    certificate: Option<Arc<tls::CertStore>>,
 ) -> Result<pingora::services::listening::Service<registration::PeerCheck>, String> {
     use std::os::unix::fs::PermissionsExt;
     use switchyard_shared::config::RegistrationListen;
@@ -320,7 +347,7 @@ fn registration_service(
     let api = registration::RegistrationApi {
         tenant: tenant.to_string(),
         registry,
-        metrics: metrics::TenantMetrics::new(tenant, pools.clone()),
+        metrics: metrics::TenantMetrics::new(tenant, pools.clone(), certificate),
         pools,
         tenant_dir: tenant_dir.to_path_buf(),
         allow_addrs: settings.allow_addrs.clone(),

@@ -81,8 +81,13 @@ pub struct TenantMetrics {
 }
 
 impl TenantMetrics {
-    /// The registry of `tenant`, reading `pools` when scraped.
-    pub fn new(tenant: &str, pools: Vec<Arc<Pool>>) -> TenantMetrics {
+    /// The registry of `tenant`, reading `pools` and the certificate in use
+    /// when scraped.
+    pub fn new(
+        tenant: &str,
+        pools: Vec<Arc<Pool>>,
+        certificate: Option<Arc<crate::tls::CertStore>>,
+    ) -> TenantMetrics {
         let registry = Registry::new_custom(
             None,
             Some(std::iter::once(("tenant".to_string(), tenant.to_string())).collect()),
@@ -95,6 +100,11 @@ impl TenantMetrics {
         ];
         for collector in collectors {
             registry.register(collector).expect("registered once");
+        }
+        if let Some(certificate) = certificate {
+            registry
+                .register(Box::new(ExpiryCollector::new(certificate)))
+                .expect("registered once");
         }
         TenantMetrics { registry }
     }
@@ -226,5 +236,36 @@ impl Collector for PoolCollector {
             self.queued.collect(),
         ]
         .concat()
+    }
+}
+
+/// `switchyard_tls_certificate_expiry_seconds`: the certificate in use, read
+/// when scraped (a reload changes it).
+struct ExpiryCollector {
+    certificate: Arc<crate::tls::CertStore>,
+    gauge: prometheus::IntGauge,
+}
+
+impl ExpiryCollector {
+    fn new(certificate: Arc<crate::tls::CertStore>) -> ExpiryCollector {
+        ExpiryCollector {
+            certificate,
+            gauge: prometheus::IntGauge::new(
+                "switchyard_tls_certificate_expiry_seconds",
+                "Seconds until the tenant's certificate in use expires (negative: expired)",
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
+impl Collector for ExpiryCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.gauge.set(self.certificate.seconds_to_expiry());
+        self.gauge.collect()
     }
 }

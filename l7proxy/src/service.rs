@@ -42,6 +42,7 @@ pub struct HandoffService<A> {
     tls: Option<Arc<Acceptor>>,
     threads: usize,
     host_reload: Option<(PathBuf, Arc<ArcSwap<HostView>>)>,
+    certificate: Option<Arc<crate::tls::CertStore>>,
     stop: Stop,
 }
 
@@ -65,14 +66,21 @@ impl<A> HandoffService<A> {
             tls: tls.map(Arc::new),
             threads,
             host_reload: None,
+            certificate: None,
             stop,
         }
     }
 
-    /// On `HostsChanged`, re-read the tenants' hosts from `host_file` into
-    /// `view` (the splitter sends it after a reload changed names).
-    pub fn reload_hosts_from(mut self, host_file: PathBuf, view: Arc<ArcSwap<HostView>>) -> Self {
+    /// On `HostsChanged` (the splitter reloaded the host file), re-read the
+    /// tenants' hosts from `host_file` into `view`, and the certificate files.
+    pub fn reload_hosts_from(
+        mut self,
+        host_file: PathBuf,
+        view: Arc<ArcSwap<HostView>>,
+        certificate: Option<Arc<crate::tls::CertStore>>,
+    ) -> Self {
         self.host_reload = Some((host_file, view));
+        self.certificate = certificate;
         self
     }
 }
@@ -252,6 +260,9 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             Message::HostsChanged => {
                 if let Some((host_file, view)) = &self.host_reload {
                     reload_hosts(&self.tenant, host_file, view);
+                }
+                if let Some(certificate) = &self.certificate {
+                    certificate.reload(false);
                 }
                 None
             }

@@ -1,76 +1,411 @@
-//! The tenant's TLS: its own certificate (PEM files, or one generated at start
-//! for the demo), ALPN `h2` then `http/1.1`, through Pingora's rustls acceptor.
+//! The tenant's TLS: its certificate (PEM files, or one generated at start for
+//! the demo), checked before it is used, and served through a resolver that
+//! reads an `ArcSwap`, so a new pair takes effect for new handshakes without a
+//! restart while established connections keep theirs. ALPN `h2` then
+//! `http/1.1`, through Pingora's rustls acceptor.
+//!
+//! A pair is refused, with a located error, when a PEM does not parse, the key
+//! does not match the certificate, or the certificate has expired; a host of
+//! the tenant the certificate does not cover, or expiry within
+//! [`EXPIRY_WARNING`], is a warning. `--check` reports both; a start refuses on
+//! errors; a reload ([`CertStore::reload`]) keeps the pair in use on errors.
 
+use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use std::sync::Arc;
-use switchyard_shared::config::TlsSource;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use switchyard_shared::config::{Location, TlsSource};
 use switchyard_shared::host::HostPattern;
+use tracing::{info, warn};
 
-/// Serves one certificate to every client (the splitter only sends this tenant
-/// names of this tenant).
+/// A certificate expiring sooner than this is worth a warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// A checked certificate and key, ready to serve.
 #[derive(Debug)]
-struct OneCertificate(Arc<CertifiedKey>);
-
-impl ResolvesServerCert for OneCertificate {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
+pub struct Loaded {
+    /// The chain and signing key.
+    pub key: Arc<CertifiedKey>,
+    /// When the end-entity certificate expires (Unix seconds).
+    pub not_after: i64,
 }
 
-/// Loads or generates the tenant's certificate and key.
-pub fn load_certificate(
-    source: &TlsSource,
-    hosts: &[HostPattern],
-) -> Result<Arc<CertifiedKey>, String> {
-    let (certs, key) = match source {
-        TlsSource::Files { cert, key } => {
-            let read = |path: &std::path::Path| {
-                switchyard_shared::files::read_regular(
-                    path,
-                    switchyard_shared::files::MAX_PEM_BYTES,
-                )
-                .map_err(|e| format!("{}: {e}", path.display()))
-            };
-            let cert_pem = read(cert)?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| {
-                    format!("{}: cannot read the certificate chain: {e}", cert.display())
-                })?;
-            if certs.is_empty() {
-                return Err(format!(
-                    "{}: no certificate in the file (PEM expected)",
-                    cert.display()
-                ));
-            }
-            let key_pem = read(key)?;
-            let key = PrivateKeyDer::from_pem_slice(&key_pem)
-                .map_err(|e| format!("{}: cannot read the private key: {e}", key.display()))?;
-            (certs, key)
-        }
+/// A pair that passed the checks, and what is worth a warning about it.
+pub struct Checked {
+    /// The pair.
+    pub loaded: Loaded,
+    /// `FILE:LINE:COL: warning: …` lines.
+    pub warnings: Vec<String>,
+}
+
+/// Reads and checks the tenant's certificate and key (or generates one for
+/// `self_signed`); `Err` carries every problem found, as `FILE:LINE:COL:
+/// message` lines.
+pub fn load_certificate(source: &TlsSource, hosts: &[HostPattern]) -> Result<Checked, Vec<String>> {
+    match source {
+        TlsSource::Files {
+            cert,
+            key,
+            cert_at,
+            key_at,
+        } => load_files(cert, key, cert_at, key_at, hosts),
         TlsSource::SelfSigned => {
             let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
             let generated = rcgen::generate_simple_self_signed(names)
-                .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
+                .map_err(|e| vec![format!("cannot generate a self-signed certificate: {e}")])?;
             let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der())
-                .map_err(|e| format!("generated key unusable: {e}"))?;
-            (vec![generated.cert.der().clone()], key)
+                .map_err(|e| vec![format!("generated key unusable: {e}")])?;
+            let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+                .map_err(|e| vec![format!("generated key unusable: {e}")])?;
+            let chain = vec![generated.cert.der().clone()];
+            let not_after = end_entity_not_after(&chain[0]).unwrap_or(i64::MAX);
+            Ok(Checked {
+                loaded: Loaded {
+                    key: Arc::new(CertifiedKey::new(chain, signing_key)),
+                    not_after,
+                },
+                warnings: Vec::new(),
+            })
         }
-    };
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("the private key is not usable for TLS: {e}"))?;
-    Ok(Arc::new(CertifiedKey::new(certs, signing_key)))
+    }
 }
 
-/// Pingora TLS settings serving `cert`, with ALPN h2 and http/1.1.
-pub fn settings(cert: Arc<CertifiedKey>) -> TlsSettings {
+fn load_files(
+    cert: &Path,
+    key: &Path,
+    cert_at: &Location,
+    key_at: &Location,
+    hosts: &[HostPattern],
+) -> Result<Checked, Vec<String>> {
+    let read = |path: &Path, at: &Location| {
+        switchyard_shared::files::read_regular(path, switchyard_shared::files::MAX_PEM_BYTES)
+            .map_err(|e| {
+                vec![at
+                    .error(format!("cannot read {}: {e}", path.display()))
+                    .to_string()]
+            })
+    };
+    let cert_pem = read(cert, cert_at)?;
+    let key_pem = read(key, key_at)?;
+    let mut errors = Vec::new();
+    let chain: Vec<CertificateDer<'static>> =
+        match CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<Vec<_>, _>>() {
+            Ok(chain) if chain.is_empty() => {
+                errors.push(cert_at.error(format!(
+                    "{}: no certificate in the file (PEM \"BEGIN CERTIFICATE\" expected)",
+                    cert.display()
+                )));
+                Vec::new()
+            }
+            Ok(chain) => chain,
+            Err(e) => {
+                errors.push(cert_at.error(format!(
+                    "{}: the certificate chain does not parse as PEM: {e}",
+                    cert.display()
+                )));
+                Vec::new()
+            }
+        };
+    let signing_key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(der) => match rustls::crypto::ring::sign::any_supported_type(&der) {
+            Ok(signing_key) => Some(signing_key),
+            Err(e) => {
+                errors.push(key_at.error(format!(
+                    "{}: the private key is not usable for TLS: {e}",
+                    key.display()
+                )));
+                None
+            }
+        },
+        Err(e) => {
+            errors.push(key_at.error(format!(
+                "{}: the private key does not parse as PEM: {e}",
+                key.display()
+            )));
+            None
+        }
+    };
+    let mut warnings = Vec::new();
+    let mut not_after = i64::MAX;
+    if let Some(end_entity) = chain.first() {
+        match x509_parser::parse_x509_certificate(end_entity.as_ref()) {
+            Ok((_, parsed)) => {
+                not_after = parsed.validity().not_after.timestamp();
+                let now = unix_now();
+                if not_after <= now {
+                    errors.push(cert_at.error(format!(
+                        "{}: the certificate expired on {}; renew it",
+                        cert.display(),
+                        parsed.validity().not_after
+                    )));
+                } else if not_after - now < EXPIRY_WARNING.as_secs() as i64 {
+                    warnings.push(cert_at.warning(format!(
+                        "{}: the certificate expires on {}, in {} days",
+                        cert.display(),
+                        parsed.validity().not_after,
+                        (not_after - now) / 86_400
+                    )));
+                }
+                let names = dns_names(&parsed);
+                for host in hosts {
+                    if !covers(&names, host) {
+                        warnings.push(cert_at.warning(format!(
+                            "{}: the tenant's host {host} is not covered by the certificate (it names {}); clients will refuse it",
+                            cert.display(),
+                            if names.is_empty() { "no DNS name".to_string() } else { names.join(", ") }
+                        )));
+                    }
+                }
+            }
+            Err(e) => errors.push(cert_at.error(format!(
+                "{}: the first certificate is not valid X.509: {e}",
+                cert.display()
+            ))),
+        }
+    }
+    if let (Some(signing_key), false) = (signing_key, chain.is_empty()) {
+        let certified = CertifiedKey::new(chain, signing_key);
+        match certified.keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(_) => errors.push(key_at.error(format!(
+                "{}: the private key does not match the certificate in {}",
+                key.display(),
+                cert.display()
+            ))),
+        }
+        if errors.is_empty() {
+            return Ok(Checked {
+                loaded: Loaded {
+                    key: Arc::new(certified),
+                    not_after,
+                },
+                warnings: warnings.iter().map(ToString::to_string).collect(),
+            });
+        }
+    }
+    Err(errors.iter().map(ToString::to_string).collect())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn end_entity_not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .ok()
+        .map(|(_, parsed)| parsed.validity().not_after.timestamp())
+}
+
+/// The certificate's DNS names (subjectAltName; the common name only when it
+/// has none), lower case.
+fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::DNSName(dns) => Some(dns.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(|cn| cn.to_ascii_lowercase()),
+        );
+    }
+    names
+}
+
+/// Whether a certificate naming `names` is accepted by clients for `host`
+/// (a `*.` name covers exactly one label).
+fn covers(names: &[String], host: &HostPattern) -> bool {
+    match host {
+        HostPattern::Exact(name) => names.iter().any(|n| {
+            n == name
+                || n.strip_prefix("*.").is_some_and(|suffix| {
+                    name.split_once('.')
+                        .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix)
+                })
+        }),
+        HostPattern::Wildcard(suffix) => names.iter().any(|n| n == &format!("*.{suffix}")),
+    }
+}
+
+/// The pair in use, replaced whole when the files change and the new pair
+/// passes the checks.
+pub struct CertStore {
+    tenant: String,
+    source: TlsSource,
+    hosts: Vec<HostPattern>,
+    current: ArcSwap<Loaded>,
+    /// What the files looked like when last read (changed files are read again).
+    seen: Mutex<Option<FileStamps>>,
+}
+
+/// Size, modification time and inode of the certificate and key files.
+type FileStamps = [(u64, Option<SystemTime>, u64); 2];
+
+fn stamps(source: &TlsSource) -> Option<FileStamps> {
+    use std::os::unix::fs::MetadataExt;
+    let TlsSource::Files { cert, key, .. } = source else {
+        return None;
+    };
+    let stamp = |path: &Path| {
+        std::fs::metadata(path)
+            .map(|m| (m.len(), m.modified().ok(), m.ino()))
+            .unwrap_or((0, None, 0))
+    };
+    Some([stamp(cert), stamp(key)])
+}
+
+impl CertStore {
+    /// A store serving `checked`, which was loaded from `source`.
+    pub fn new(
+        tenant: &str,
+        source: TlsSource,
+        hosts: Vec<HostPattern>,
+        checked: Loaded,
+    ) -> Arc<CertStore> {
+        let seen = Mutex::new(stamps(&source));
+        Arc::new(CertStore {
+            tenant: tenant.to_string(),
+            source,
+            hosts,
+            current: ArcSwap::from_pointee(checked),
+            seen,
+        })
+    }
+
+    /// Seconds until the certificate in use expires (negative: expired).
+    pub fn seconds_to_expiry(&self) -> i64 {
+        self.current.load().not_after.saturating_sub(unix_now())
+    }
+
+    /// Reads the files again if they changed since they were last read (or
+    /// always, when `force`); a pair that passes the checks replaces the one
+    /// in use, anything else is logged and the pair in use stays.
+    pub fn reload(&self, force: bool) {
+        let now = stamps(&self.source);
+        if now.is_none() {
+            return; // self_signed: nothing to watch
+        }
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && *seen == now {
+                return;
+            }
+            *seen = now;
+        }
+        match load_certificate(&self.source, &self.hosts) {
+            Ok(checked) => {
+                for warning in &checked.warnings {
+                    warn!(tenant = %self.tenant, "{warning}");
+                }
+                self.current.store(Arc::new(checked.loaded));
+                info!(tenant = %self.tenant, "certificate reloaded: new handshakes use the new pair");
+            }
+            Err(errors) => {
+                for error in &errors {
+                    warn!(tenant = %self.tenant, "{error}");
+                }
+                warn!(tenant = %self.tenant, "the new certificate or key was refused; the pair in use stays (fix the files; they are read again when they change)");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves the store's current pair to every client (the splitter only sends
+/// this tenant names of this tenant).
+#[derive(Debug)]
+struct CurrentCertificate(Arc<CertStore>);
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current.load().key.clone())
+    }
+}
+
+/// Pingora TLS settings serving `store`'s pair, with ALPN h2 and http/1.1.
+pub fn settings(store: &Arc<CertStore>) -> TlsSettings {
     // Paths stay empty: the resolver supplies the certificate.
     let mut settings = TlsSettings::intermediate("", "").expect("infallible");
-    settings.set_cert_resolver(Arc::new(OneCertificate(cert)));
+    settings.set_cert_resolver(Arc::new(CurrentCertificate(store.clone())));
     settings.enable_h2();
     settings
+}
+
+/// Checks the certificate files for changes every second, and at once on
+/// SIGHUP (which, for a tenant without certificate files, does nothing but log:
+/// it never stops the process).
+pub struct CertWatch(pub Option<Arc<CertStore>>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for CertWatch {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let watched = self
+            .0
+            .as_ref()
+            .filter(|store| matches!(store.source, TlsSource::Files { .. }));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let force = tokio::select! {
+                _ = tick.tick(), if watched.is_some() => false,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                _ = shutdown.changed() => return,
+            };
+            match watched {
+                // Reads happen only when the files changed (or on SIGHUP), on
+                // this background thread, not on the request threads.
+                Some(store) => store.reload(force),
+                None if force => info!("SIGHUP: this tenant has no certificate files to re-read"),
+                None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_wildcard_name_covers_exactly_one_label() {
+        let wildcard = names(&["*.shop.test"]);
+        let host = |h: &str| HostPattern::parse(h).unwrap();
+        assert!(covers(&wildcard, &host("a.shop.test")));
+        assert!(!covers(&wildcard, &host("shop.test")));
+        assert!(!covers(&wildcard, &host("a.b.shop.test")));
+        assert!(covers(&wildcard, &host("*.shop.test")));
+        assert!(covers(&names(&["shop.test"]), &host("shop.test")));
+        assert!(!covers(&names(&["other.test"]), &host("shop.test")));
+    }
 }

@@ -12,7 +12,7 @@
 //! | `Draining` (4) | l7proxy → splitter | — |
 //! | `Conn` (16) | splitter → l7proxy | seq `u64`, protocol `u8`, local port `u16`, accepted-at µs since the epoch `u64`, server name (`u8` length + bytes, empty when none); exactly one fd in `SCM_RIGHTS` |
 //! | `Drain` (17) | splitter → l7proxy | — |
-//! | `HostsChanged` (18) | splitter → l7proxy | — (re-read the tenants' names from the host file) |
+//! | `HostsChanged` (18) | splitter → l7proxy | — (re-read the tenants' names from the host file, and changed certificate files) |
 //!
 //! Receivers use `MSG_CMSG_CLOEXEC`, treat `MSG_CTRUNC`/`MSG_TRUNC` as errors and
 //! close every descriptor they were passed but cannot use (dropping the
@@ -68,7 +68,8 @@ pub enum Message {
     Conn(ConnMeta),
     /// Stop taking connections, finish in-flight work and exit.
     Drain,
-    /// The host file changed: read the tenants' names again (for the 421 check).
+    /// The host file was reloaded: read the tenants' names again (for the 421
+    /// check), and the certificate files if they changed.
     HostsChanged,
 }
 

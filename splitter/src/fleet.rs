@@ -170,26 +170,14 @@ impl Fleet {
             .map_err(|e| format!("reload refused, nothing changed:\n{e}"))?;
         // Tenant files are checked by the tenants' own users, never read here:
         // every added or changed tenant, before anything changes.
-        let (to_check, hosts_changed) = {
+        let to_check: Vec<String> = {
             let running = self.running.lock().await;
-            let to_check: Vec<String> = config
+            config
                 .tenants
                 .iter()
                 .filter(|t| !running.iter().any(|r| &r.tenant.config() == *t))
                 .map(|t| t.name.clone())
-                .collect();
-            let old_hosts: Vec<_> = running
-                .iter()
-                .map(|r| (r.tenant.name().to_string(), r.tenant.config().hosts))
-                .collect();
-            let new_hosts: Vec<_> = config
-                .tenants
-                .iter()
-                .map(|t| (t.name.clone(), t.hosts.clone()))
-                .collect();
-            let hosts_changed = old_hosts != new_hosts
-                || config.splitter.unknown_host != self.front.routes.load().unknown_host();
-            (to_check, hosts_changed)
+                .collect()
         };
         let mut problems = Vec::new();
         for name in &to_check {
@@ -264,12 +252,11 @@ impl Fleet {
         self.front
             .routes
             .store(Arc::new(RoutingTable::new(&config, &tenants)));
-        if hosts_changed {
-            // Every process re-reads the host file for its 421 checks (the
-            // names of every tenant, and who takes unknown names).
-            for run in &kept {
-                run.tenant.notify_hosts_changed();
-            }
+        // Every process re-reads the host file for its 421 checks (the names
+        // of every tenant, and who takes unknown names) and its certificate
+        // files, if they changed.
+        for run in &kept {
+            run.tenant.notify_hosts_changed();
         }
         *running = kept;
         drop(running);

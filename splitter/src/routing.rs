@@ -42,14 +42,6 @@ impl RoutingTable {
         &self.tenants
     }
 
-    /// The `unknown_host` setting this table applies.
-    pub fn unknown_host(&self) -> UnknownHost {
-        match &self.fallback {
-            Some(tenant) => UnknownHost::Tenant(tenant.name().to_string()),
-            None => UnknownHost::Reject,
-        }
-    }
-
     /// The tenant for `name` (`None`: the client sent no name), if any takes it.
     pub fn route(&self, name: Option<&str>) -> Option<&Arc<Tenant>> {
         name.and_then(|n| self.hosts.lookup(n))

@@ -323,15 +323,16 @@ impl Tenant {
             .and_then(|p| p.unacked.front().map(|(_, _, handed)| *handed))
     }
 
-    /// Tells every process that the host file's names changed (they re-read it
-    /// for their 421 checks). A process whose socket is full misses it and
-    /// keeps the old view until the next change or its restart; that is logged.
+    /// Tells every process that the host file was reloaded (they re-read its
+    /// names for their 421 checks, and changed certificate files). A process
+    /// whose socket is full misses it and keeps the old view until the next
+    /// reload or its restart; that is logged.
     pub fn notify_hosts_changed(&self) {
         for proc in self.state().procs.iter() {
             if let Err(e) =
                 handoff::send(proc.socket.get_ref().as_fd(), &Message::HostsChanged, None)
             {
-                warn!(tenant = %self.name(), pid = proc.pid, error = %e, "cannot tell a tenant process that the hosts changed; it keeps the old names until it restarts");
+                warn!(tenant = %self.name(), pid = proc.pid, error = %e, "cannot tell a tenant process that the host file was reloaded; it keeps the old names until the next reload or its restart");
             }
         }
     }

@@ -26,7 +26,7 @@ pub use host_file::{
     AdminListen, HostConfig, Limits, ListenerConfig, Protocol, SplitterSettings, TenantConfig,
     UnknownHost,
 };
-pub use source::{resolve_relative, ConfigError, ConfigErrors};
+pub use source::{resolve_relative, ConfigError, ConfigErrors, Location};
 pub use tenant_file::{HttpLimits, RouteConfig, RouteTarget, TenantFile, TlsSource};
 pub use upstream::{
     parse_registration_ttl, DnsDiscovery, HashKey, HealthConfig, HealthKind, LbKind, PassiveHealth,

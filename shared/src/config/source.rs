@@ -49,6 +49,35 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// A file's text with the means to turn byte offsets into line and column.
+/// A place in a configuration file, kept for problems found after loading
+/// (e.g. a certificate's contents, checked by the tenant's own process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl Location {
+    /// An error at this place.
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.line,
+            column: self.column,
+            message: message.into(),
+        }
+    }
+
+    /// A warning (a problem that does not make the file invalid) at this place.
+    pub fn warning(&self, message: impl Into<String>) -> ConfigError {
+        self.error(format!("warning: {}", message.into()))
+    }
+}
+
 pub(super) struct Source {
     pub(super) path: PathBuf,
     text: String,
@@ -82,6 +111,16 @@ impl Source {
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = before[line_start..].chars().count() + 1;
         (line, column)
+    }
+
+    /// Where `span` starts, for a problem found later (by another program).
+    pub(super) fn locate(&self, span: Range<usize>) -> Location {
+        let (line, column) = self.location(span.start);
+        Location {
+            file: self.path.clone(),
+            line,
+            column,
+        }
     }
 
     pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {

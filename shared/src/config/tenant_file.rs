@@ -1,6 +1,6 @@
 //! A tenant file: the site's TLS, upstream groups and routes.
 
-use super::source::Source;
+use super::source::{Location, Source};
 use super::upstream::{
     validate_registration, validate_upstream, RawRegistration, RawUpstream, RegistrationConfig,
     UpstreamConfig,
@@ -91,6 +91,10 @@ pub enum TlsSource {
         cert: PathBuf,
         /// Private key, PEM.
         key: PathBuf,
+        /// Where the tenant file names `cert`, for problems with its contents.
+        cert_at: Location,
+        /// Where the tenant file names `key`.
+        key_at: Location,
     },
     /// A certificate generated at start for the tenant's hosts (demo and tests).
     SelfSigned,
@@ -166,6 +170,8 @@ impl TenantFile {
                     Some(TlsSource::Files {
                         cert: cert_path,
                         key: key_path,
+                        cert_at: src.locate(cert.span()),
+                        key_at: src.locate(key.span()),
                     })
                 }
                 (_, _, true) => {
