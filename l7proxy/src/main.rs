@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod handed;
 mod http_rules;
 mod metrics;
@@ -18,6 +19,7 @@ mod registration;
 mod routes;
 mod service;
 mod shutdown;
+mod signals;
 mod tls;
 
 use clap::Parser;
@@ -190,12 +192,19 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         None => None,
     };
+    let access = access_log::AccessLog::open(&file.log, &tenant_dir)
+        .map_err(|e| format!("tenant {}: {e}", entry.name))?;
     let logic = proxy::TenantProxy::new(
         entry.name.clone(),
         hosts.clone(),
         routes,
-        host.splitter.trusted_proxies.clone(),
-        file.http.clone(),
+        proxy::TenantSettings {
+            trusted_proxies: host.splitter.trusted_proxies.clone(),
+            http: file.http.clone(),
+            log: file.log.clone(),
+            force_https: file.force_https,
+        },
+        access.clone(),
         stop.tracker.clone(),
     );
 
@@ -245,10 +254,14 @@ fn run(cli: Cli) -> Result<(), String> {
         )?);
     }
     // SIGHUP re-reads the certificate (as does a change of its files, and the
-    // splitter's reload); it never stops the process.
+    // splitter's reload), SIGUSR1 reopens the access log; neither stops the
+    // process.
     server.add_service(pingora::services::background::background_service(
-        "tls reload",
-        tls::CertWatch(certificate.clone()),
+        "signals",
+        signals::TenantSignals {
+            certificate: certificate.clone(),
+            access: access.clone(),
+        },
     ));
 
     match cli.listen {

@@ -19,6 +19,8 @@ pub struct Counters {
     pub responses_aborted: IntCounter,
     /// Requests ended by a timeout, by kind (`client_body`, `upstream`).
     timeouts: IntCounterVec,
+    /// Access lines dropped because the writer lagged.
+    pub access_log_dropped: IntCounter,
 }
 
 impl Counters {
@@ -63,6 +65,11 @@ pub static COUNT: LazyLock<Counters> = LazyLock::new(|| {
         &["kind"],
     )
     .expect("valid metric"),
+    access_log_dropped: IntCounter::new(
+        "switchyard_tenant_access_log_dropped_total",
+        "Access lines dropped because the log writer lagged (a request never waits for the log)",
+    )
+    .expect("valid metric"),
 }
 });
 
@@ -93,8 +100,9 @@ impl TenantMetrics {
             Some(std::iter::once(("tenant".to_string(), tenant.to_string())).collect()),
         )
         .expect("valid registry");
-        let collectors: [Box<dyn Collector>; 3] = [
+        let collectors: [Box<dyn Collector>; 4] = [
             Box::new(COUNT.responses_aborted.clone()),
+            Box::new(COUNT.access_log_dropped.clone()),
             Box::new(TimeoutCollector),
             Box::new(PoolCollector::new(pools)),
         ];

@@ -2,7 +2,7 @@
 
 use crate::pool::Pool;
 use std::sync::Arc;
-use switchyard_shared::config::{RouteConfig, RouteTarget};
+use switchyard_shared::config::{RedirectTo, RouteConfig, RouteTarget};
 use switchyard_shared::host::HostPattern;
 
 /// Where a matched request goes.
@@ -12,6 +12,20 @@ pub enum Target {
     Upstream(Arc<Pool>),
     /// Answer with the JSON echo.
     Echo,
+    /// Answer with a redirect.
+    Redirect {
+        /// Where to.
+        to: RedirectTo,
+        /// Its status.
+        status: u16,
+    },
+    /// Answer with a fixed status and body.
+    Status {
+        /// The status.
+        status: u16,
+        /// The body.
+        body: bytes::Bytes,
+    },
 }
 
 #[derive(Debug)]
@@ -36,9 +50,17 @@ impl RouteTable {
             .map(|r| Route {
                 host: r.host.clone(),
                 path: r.path.clone(),
-                target: match r.target {
-                    RouteTarget::Upstream(index) => Target::Upstream(upstreams[index].clone()),
+                target: match &r.target {
+                    RouteTarget::Upstream(index) => Target::Upstream(upstreams[*index].clone()),
                     RouteTarget::Echo => Target::Echo,
+                    RouteTarget::Redirect { to, status } => Target::Redirect {
+                        to: to.clone(),
+                        status: *status,
+                    },
+                    RouteTarget::Status { status, body } => Target::Status {
+                        status: *status,
+                        body: bytes::Bytes::from(body.clone()),
+                    },
                 },
             })
             .collect();

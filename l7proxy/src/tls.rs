@@ -295,6 +295,11 @@ impl CertStore {
         self.current.load().not_after.saturating_sub(unix_now())
     }
 
+    /// Whether there are files to watch (not `self_signed`).
+    pub fn has_files(&self) -> bool {
+        matches!(self.source, TlsSource::Files { .. })
+    }
+
     /// Reads the files again if they changed since they were last read (or
     /// always, when `force`); a pair that passes the checks replaces the one
     /// in use, anything else is logged and the pair in use stays.
@@ -354,39 +359,6 @@ pub fn settings(store: &Arc<CertStore>) -> TlsSettings {
     settings.set_cert_resolver(Arc::new(CurrentCertificate(store.clone())));
     settings.enable_h2();
     settings
-}
-
-/// Checks the certificate files for changes every second, and at once on
-/// SIGHUP (which, for a tenant without certificate files, does nothing but log:
-/// it never stops the process).
-pub struct CertWatch(pub Option<Arc<CertStore>>);
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for CertWatch {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let watched = self
-            .0
-            .as_ref()
-            .filter(|store| matches!(store.source, TlsSource::Files { .. }));
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let force = tokio::select! {
-                _ = tick.tick(), if watched.is_some() => false,
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-                _ = shutdown.changed() => return,
-            };
-            match watched {
-                // Reads happen only when the files changed (or on SIGHUP), on
-                // this background thread, not on the request threads.
-                Some(store) => store.reload(force),
-                None if force => info!("SIGHUP: this tenant has no certificate files to re-read"),
-                None => {}
-            }
-        }
-    }
 }
 
 #[cfg(test)]

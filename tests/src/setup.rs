@@ -65,6 +65,7 @@ pub struct SplitterBuilder {
     splitter_extra: String,
     env: Vec<(String, String)>,
     nofile: Option<u64>,
+    tls_port: Option<u16>,
 }
 
 impl SplitterBuilder {
@@ -75,7 +76,15 @@ impl SplitterBuilder {
             splitter_extra: String::new(),
             env: Vec::new(),
             nofile: None,
+            tls_port: None,
         }
+    }
+
+    /// The TLS listener's port (a free one by default), for tenant files that
+    /// must name it before the splitter starts.
+    pub fn tls_port(mut self, port: u16) -> SplitterBuilder {
+        self.tls_port = Some(port);
+        self
     }
 
     /// Starts the splitter under `prlimit --nofile=N:N`.
@@ -102,7 +111,9 @@ impl SplitterBuilder {
     /// tenant answers through it.
     pub fn start(self) -> Splitter {
         let dir = TempDir::new("splitter");
-        let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let tls: SocketAddr = format!("127.0.0.1:{}", self.tls_port.unwrap_or_else(free_port))
+            .parse()
+            .unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let default_peek = if self.splitter_extra.contains("peek_timeout") {
             ""
@@ -178,8 +189,9 @@ impl SplitterBuilder {
             // A concrete name for wildcard-only tenants.
             let host = t.hosts[0].replace("*.", "www.");
             wait_until(Duration::from_secs(20), || {
-                // The echo route answers on every tenant the kit generates.
-                matches!(http_get(splitter.http, &host, "/echo"), Ok(r) if r.status == 200)
+                // The echo route answers on every tenant the kit generates
+                // (over plaintext, or with its redirect to https).
+                matches!(http_get(splitter.http, &host, "/echo"), Ok(r) if r.status == 200 || r.status == 308)
             });
         }
         splitter

@@ -221,28 +221,171 @@ fn kill_9_of_one_backend_under_load_loses_nothing_and_it_gets_no_more_requests()
 #[test]
 fn all_servers_down_gets_503_json_at_once() {
     let dead = [loopback(), loopback()];
+    // Active checks find both down (passive health alone never takes every
+    // server out: see the panic-mode test).
     let tenant = StandaloneTenant::start(&format!(
-        "[[upstream]]\nname = \"app\"\nservers = [{}]\nconnect_timeout = \"2s\"\npassive = {{ failures = 1, cooldown = \"30s\" }}\n[[route]]\nupstream = \"app\"\n",
+        "[[upstream]]\nname = \"app\"\nservers = [{}]\nconnect_timeout = \"2s\"\nhealth = {{ kind = \"tcp\", interval = \"100ms\", timeout = \"100ms\", fall = 1 }}\n[[route]]\nupstream = \"app\"\n",
         quoted(&dead)
     ));
-    // The first request finds both refused, one after the other, which
-    // ejects them; its retry then finds no server left.
-    let first = tenant.get("/");
-    assert_eq!(first.status, 503, "{first:?}");
-    let body = first.json();
-    assert_eq!(body["upstream"], "app");
-    assert_eq!(body["servers_tried"], 2, "{body}");
+    wait_until(Duration::from_secs(5), || tenant.get("/").status == 503);
     let started = Instant::now();
     let next = tenant.get("/");
     let took = started.elapsed();
-    println!("with every server ejected: {} in {took:?}", next.status);
+    println!("with every server down: {} in {took:?}", next.status);
     assert_eq!(next.status, 503);
+    let body = next.json();
+    assert_eq!(body["upstream"], "app");
     assert!(next.header("retry-after").is_some());
-    assert!(next.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("every server"));
+    assert!(body["error"].as_str().unwrap().contains("every server"));
     assert!(took < Duration::from_millis(500), "took {took:?}");
+}
+
+/// A server that resets its first `resets` connections (RST, as a crashing
+/// backend does), then answers every request `200` with its `name`.
+fn resetting_server(resets: usize, name: &'static str) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            if n < resets {
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                drop(stream);
+                continue;
+            }
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => seen.extend_from_slice(&buf[..k]),
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let body = format!("{{\"upstream\":\"{name}\"}}");
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_one_server_pool_is_never_ejected() {
+    // A burst of resets from the only server: the requests they hit fail, but
+    // the server is never taken out, so nothing gets a proxy-made 503 once it
+    // answers again.
+    let server = resetting_server(4, "only");
+    let tenant = StandaloneTenant::start(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{server}\"]\nretries = 0\npassive = {{ failures = 1, steps = [\"30s\"] }}\n[[route]]\nupstream = \"app\"\n",
+    ));
+    let statuses: Vec<u16> = (0..12).map(|_| tenant.get("/").status).collect();
+    assert!(!statuses.contains(&503), "{statuses:?}");
+    assert_eq!(&statuses[statuses.len() - 6..], [200; 6], "{statuses:?}");
+}
+
+#[test]
+fn when_every_server_is_ejected_all_are_used() {
+    // Both servers reset their first connections and are ejected for 30 s;
+    // they answer again at once, and panic mode sends requests to them
+    // instead of answering 503 for half a minute.
+    let servers = [resetting_server(2, "a"), resetting_server(2, "b")];
+    let tenant = StandaloneTenant::start(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [{}]\nretries = 0\npassive = {{ failures = 1, steps = [\"30s\"] }}\n[[route]]\nupstream = \"app\"\n",
+        quoted(&servers)
+    ));
+    let statuses: Vec<u16> = (0..12).map(|_| tenant.get("/").status).collect();
+    assert!(!statuses.contains(&503), "{statuses:?}");
+    assert_eq!(&statuses[statuses.len() - 4..], [200; 4], "{statuses:?}");
+}
+
+/// A server answering `503` while `failing` is set, `200` with `name` after.
+fn flaky_server(
+    name: &'static str,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let failing = failing.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => seen.extend_from_slice(&buf[..k]),
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let status = if failing.load(std::sync::atomic::Ordering::SeqCst) {
+                            "503 Service Unavailable"
+                        } else {
+                            "200 OK"
+                        };
+                        let body = format!("{{\"upstream\":\"{name}\"}}");
+                        let answer = format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_server_answering_5xx_is_ejected_for_its_step_and_comes_back() {
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let servers = [
+        flaky_server("flaky", failing.clone()),
+        flaky_server("steady", std::sync::Arc::new(Default::default())),
+    ];
+    let tenant = StandaloneTenant::start(&format!(
+        "[[upstream]]\nname = \"app\"\nservers = [{}]\npassive = {{ failures = 1, steps = [\"1500ms\"] }}\n[[route]]\nupstream = \"app\"\n",
+        quoted(&servers)
+    ));
+    // Its 503 is relayed once (a response is never retried), then it is out.
+    let first: Vec<Response> = (0..2).map(|_| tenant.get("/")).collect();
+    assert!(first.iter().any(|r| r.status == 503), "{first:?}");
+    let during: Vec<String> = (0..10)
+        .map(|_| {
+            let r = tenant.get("/");
+            assert_eq!(r.status, 200);
+            r.json()["upstream"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(during.iter().all(|n| n == "steady"), "{during:?}");
+    // Mended, and its step over: it gets requests again.
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1700));
+    let after: Vec<String> = (0..10)
+        .map(|_| {
+            tenant.get("/").json()["upstream"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(after.iter().any(|n| n == "flaky"), "{after:?}");
 }
 
 #[test]

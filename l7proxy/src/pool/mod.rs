@@ -252,11 +252,16 @@ impl Pool {
         let leased: Cell<Option<Lease>> = Cell::new(None);
         let busy = Cell::new(false);
         let skipped_tried = Cell::new(false);
-        let accept = |b: &Backend, healthy: bool, avoid_tried: bool| {
+        let ejected_only = Cell::new(false);
+        let accept = |b: &Backend, healthy: bool, avoid_tried: bool, panic: bool| {
             let Some(state) = b.ext.get::<Arc<ServerState>>() else {
                 return false;
             };
-            if !healthy || state.ejected_for().is_some() {
+            if !healthy {
+                return false;
+            }
+            if !panic && state.ejected_for().is_some() {
+                ejected_only.set(true);
                 return false;
             }
             if avoid_tried && tried.contains(&state.addr) {
@@ -275,7 +280,7 @@ impl Pool {
             }
         };
         if self
-            .select(key, |b, healthy| accept(b, healthy, true))
+            .select(key, |b, healthy| accept(b, healthy, true, false))
             .is_some()
         {
             return Pick::Leased(leased.take().expect("accepted with a lease"));
@@ -283,7 +288,19 @@ impl Pool {
         // Every other server is down or busy: the one already tried beats none.
         if skipped_tried.get()
             && self
-                .select(key, |b, healthy| accept(b, healthy, false))
+                .select(key, |b, healthy| accept(b, healthy, false, false))
+                .is_some()
+        {
+            return Pick::Leased(leased.take().expect("accepted with a lease"));
+        }
+        // Panic mode (as Envoy): when passive health has every server out,
+        // all of them are used rather than none; a proxy-made 503 for a
+        // backend that answers again is worse than a request to it.
+        if ejected_only.get()
+            && !busy.get()
+            && self
+                .select(key, |b, healthy| accept(b, healthy, true, true))
+                .or_else(|| self.select(key, |b, healthy| accept(b, healthy, false, true)))
                 .is_some()
         {
             return Pick::Leased(leased.take().expect("accepted with a lease"));
@@ -340,17 +357,17 @@ impl Pool {
         }
     }
 
-    /// Records a failed attempt on a server (passive health).
+    /// Records a failed attempt on a server (passive health). The only server
+    /// of a pool is never ejected (as nginx): there is nowhere else to go.
     pub fn record_failure(&self, server: &ServerState) {
-        if server.record_failure(&self.config.passive) {
+        let may_eject = self.backends().get_backend().len() > 1;
+        if let Some(lasts) = server.record_failure(&self.config.passive, may_eject) {
             tracing::warn!(
                 tenant = %self.tenant,
                 upstream = %self.config.name,
                 server = %server.addr,
-                failures = self.config.passive.failures,
-                cooldown_ms = self.config.passive.cooldown.as_millis() as u64,
-                "server failed {} requests in a row; it gets no requests for the cool-down",
-                self.config.passive.failures
+                ejected_ms = lasts.as_millis() as u64,
+                "server failed; it gets no requests for a while (passive health; longer each time it fails again on its return)"
             );
         }
     }

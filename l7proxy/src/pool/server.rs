@@ -50,6 +50,8 @@ pub struct ServerState {
     consecutive_failures: AtomicU32,
     /// Passive ejection end, in ms since the process epoch; 0 when not ejected.
     ejected_until: AtomicU64,
+    /// Ejections since the last success: the next one lasts that step.
+    ejections: AtomicU32,
 }
 
 impl ServerState {
@@ -63,6 +65,7 @@ impl ServerState {
             failures_total: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
         }
     }
 
@@ -111,29 +114,43 @@ impl ServerState {
         })
     }
 
-    /// Records a failed attempt; returns true when this failure ejected the
-    /// server (passive health).
-    pub fn record_failure(&self, passive: &PassiveHealth) -> bool {
+    /// Records a failed attempt; returns how long the server is now ejected
+    /// for when this failure ejected it (passive health). `may_eject` false (a
+    /// one-server pool) counts the failure without ejecting. A server that
+    /// failed before since its last success (it came back from an ejection
+    /// and fails again) is ejected at once, for the next step.
+    pub fn record_failure(&self, passive: &PassiveHealth, may_eject: bool) -> Option<Duration> {
         self.failures_total.fetch_add(1, Ordering::Relaxed);
-        if passive.failures == 0 {
-            return false;
+        // Requests that were already on an ejected server do not push it
+        // further down the ladder.
+        if passive.failures == 0
+            || !may_eject
+            || passive.steps.is_empty()
+            || self.ejected_for().is_some()
+        {
+            return None;
         }
         let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if failures >= passive.failures {
+        let on_probation = self.ejections.load(Ordering::Acquire) > 0;
+        if failures >= passive.failures || on_probation {
             self.consecutive_failures.store(0, Ordering::Release);
-            self.ejected_until.store(
-                now_ms() + passive.cooldown.as_millis() as u64,
-                Ordering::Release,
-            );
-            return true;
+            let step = self.ejections.fetch_add(1, Ordering::AcqRel) as usize;
+            let lasts = passive.steps[step.min(passive.steps.len() - 1)];
+            self.ejected_until
+                .store(now_ms() + lasts.as_millis() as u64, Ordering::Release);
+            return Some(lasts);
         }
-        false
+        None
     }
 
-    /// Records an attempt that got a response.
+    /// Records an attempt that got a good response: the failure count and the
+    /// ejection ladder start over.
     pub fn record_success(&self) {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 {
+            self.ejections.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -198,17 +215,54 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_failures_eject_and_success_resets() {
+    fn consecutive_failures_eject_for_growing_steps_and_success_resets() {
         let s = server();
         let passive = PassiveHealth {
             failures: 2,
-            cooldown: Duration::from_secs(5),
+            steps: vec![Duration::from_secs(5), Duration::from_secs(50)],
         };
-        assert!(!s.record_failure(&passive));
+        assert_eq!(s.record_failure(&passive, true), None);
         s.record_success();
-        assert!(!s.record_failure(&passive));
+        assert_eq!(s.record_failure(&passive, true), None);
         assert!(s.ejected_for().is_none());
-        assert!(s.record_failure(&passive));
+        assert_eq!(
+            s.record_failure(&passive, true),
+            Some(Duration::from_secs(5))
+        );
         assert!(s.ejected_for().unwrap() > Duration::from_secs(4));
+        // Failures of requests already on it while it is out change nothing.
+        assert_eq!(s.record_failure(&passive, true), None);
+        // Back, and failing again at once: the next step, then the last repeats.
+        let back = |s: &ServerState| s.ejected_until.store(0, Ordering::Release);
+        back(&s);
+        assert_eq!(
+            s.record_failure(&passive, true),
+            Some(Duration::from_secs(50))
+        );
+        back(&s);
+        assert_eq!(
+            s.record_failure(&passive, true),
+            Some(Duration::from_secs(50))
+        );
+        back(&s);
+        // A success starts the ladder over.
+        s.record_success();
+        assert_eq!(s.record_failure(&passive, true), None);
+        assert_eq!(
+            s.record_failure(&passive, true),
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn a_server_that_may_not_be_ejected_only_counts_failures() {
+        let s = server();
+        let passive = PassiveHealth {
+            failures: 1,
+            steps: vec![Duration::from_secs(5)],
+        };
+        assert_eq!(s.record_failure(&passive, false), None);
+        assert!(s.ejected_for().is_none());
+        assert_eq!(s.failures(), 1);
     }
 }

@@ -64,6 +64,22 @@ pub fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
+/// Adds this hop to a response's `Via` (after every value it already has, all
+/// lines joined).
+pub fn add_via(response: &mut pingora::http::ResponseHeader) -> Result<()> {
+    let ours = match response.version {
+        http::Version::HTTP_2 => "2 switchyard",
+        http::Version::HTTP_10 => "1.0 switchyard",
+        _ => "1.1 switchyard",
+    };
+    let via = match response.headers.get("via") {
+        Some(_) => HeaderValue::try_from(appended(&response.headers, "via", ours))
+            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid Via header"))?,
+        None => HeaderValue::from_static(ours),
+    };
+    response.insert_header("Via", via)
+}
+
 /// Sets this hop's forwarding headers on `upstream_request`, replacing a
 /// client's own unless it connected from one of `trusted_proxies`.
 pub fn set_headers(

@@ -10,11 +10,13 @@ mod echo;
 mod forwarding;
 mod hosts;
 mod respond;
+mod tracing_context;
 
 use hosts::request_authority;
 pub use hosts::HostView;
 use respond::{bounded, error_message, respond_json};
 
+use crate::access_log::AccessLog;
 use crate::metrics::TimeoutKind;
 use crate::pool::server::Lease;
 use crate::pool::{Pool, Unavailable};
@@ -29,9 +31,8 @@ use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use switchyard_shared::config::{HttpLimits, ServerAddr};
+use switchyard_shared::config::{HttpLimits, LogConfig, RedirectTo, ServerAddr};
 use switchyard_shared::host::normalize;
-use tracing::info;
 
 /// One tenant's proxy logic.
 #[derive(Debug)]
@@ -44,12 +45,24 @@ pub struct TenantProxy {
     pub routes: RouteTable,
     pid: u32,
     requests: AtomicU64,
-    /// Peers whose forwarding headers are believed (`[splitter] trusted_proxies`).
-    trusted_proxies: Vec<ipnet::IpNet>,
-    /// `[http]` of the tenant file.
-    http: HttpLimits,
+    settings: TenantSettings,
+    /// Where access lines go.
+    access: Arc<AccessLog>,
     /// Requests in flight, which a graceful stop waits for.
     in_flight: tokio_util::task::TaskTracker,
+}
+
+/// What the host and tenant files say about how requests are handled.
+#[derive(Debug, Clone)]
+pub struct TenantSettings {
+    /// Peers whose forwarding headers are believed (`[splitter] trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[http]` of the tenant file.
+    pub http: HttpLimits,
+    /// `[log]` of the tenant file.
+    pub log: LogConfig,
+    /// `force_https` of the tenant file.
+    pub force_https: bool,
 }
 
 impl TenantProxy {
@@ -58,8 +71,8 @@ impl TenantProxy {
         tenant: String,
         hosts: Arc<ArcSwap<HostView>>,
         routes: RouteTable,
-        trusted_proxies: Vec<ipnet::IpNet>,
-        http: HttpLimits,
+        settings: TenantSettings,
+        access: Arc<AccessLog>,
         in_flight: tokio_util::task::TaskTracker,
     ) -> TenantProxy {
         TenantProxy {
@@ -68,8 +81,8 @@ impl TenantProxy {
             routes,
             pid: std::process::id(),
             requests: AtomicU64::new(0),
-            trusted_proxies,
-            http,
+            settings,
+            access,
             in_flight,
         }
     }
@@ -79,7 +92,15 @@ impl TenantProxy {
 #[derive(Debug)]
 pub struct RequestCtx {
     request_id: String,
+    /// The W3C trace this request belongs to (the client's, or a new one).
+    trace: tracing_context::TraceParent,
     started: Instant,
+    /// Wall-clock time the request started, for the access line.
+    started_at: std::time::SystemTime,
+    /// When the current upstream attempt started, and how long its response
+    /// header took.
+    upstream_started: Option<Instant>,
+    upstream_ms: Option<f64>,
     host: String,
     route: String,
     upstream: Option<Arc<Pool>>,
@@ -109,6 +130,16 @@ pub fn server_options(http: &HttpLimits) -> pingora::apps::HttpServerOptions {
     options
 }
 
+/// `https://HOST/PATH?QUERY` for this request (the port dropped: 443).
+fn https_location(session: &Session, host: &str) -> String {
+    let path = session
+        .req_header()
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str());
+    format!("https://{host}{path}")
+}
+
 impl TenantProxy {
     fn retries(&self, ctx: &RequestCtx) -> usize {
         ctx.upstream.as_ref().map_or(0, |u| u.config.retries)
@@ -129,7 +160,11 @@ impl ProxyHttp for TenantProxy {
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
         RequestCtx {
             request_id: format!("{:x}-{n:x}", self.pid),
+            trace: tracing_context::TraceParent::new_trace(),
             started: Instant::now(),
+            started_at: std::time::SystemTime::now(),
+            upstream_started: None,
+            upstream_ms: None,
             host: String::new(),
             route: String::new(),
             upstream: None,
@@ -147,9 +182,26 @@ impl ProxyHttp for TenantProxy {
         // Only where the connection is to be kept (not after the client's
         // `Connection: close`, nor once the process drains).
         if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(self.http.keepalive_timeout.as_secs()));
+            session.set_keepalive(Some(self.settings.http.keepalive_timeout.as_secs()));
         }
-        session.set_read_timeout(Some(self.http.client_body_timeout));
+        session.set_read_timeout(Some(self.settings.http.client_body_timeout));
+        let headers = &session.req_header().headers;
+        if self.settings.log.trust_request_id {
+            if let Some(id) = headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|id| tracing_context::is_request_id(id))
+            {
+                ctx.request_id = id.to_string();
+            }
+        }
+        if let Some(trace) = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(tracing_context::TraceParent::parse)
+        {
+            ctx.trace = trace;
+        }
         // HTTP/1.1 pipelining (RFC 9112 §9.3.2): requests that arrived behind
         // this one, or arrive while its response is written, are kept and
         // answered next, in order, instead of being dropped with the
@@ -163,7 +215,8 @@ impl ProxyHttp for TenantProxy {
                 .remove_header(&http::header::EXPECT);
             session.downstream_session.set_ignore_info_resp(true);
         }
-        if let Err(refusal) = crate::http_rules::check_request(session.req_header_mut(), &self.http)
+        if let Err(refusal) =
+            crate::http_rules::check_request(session.req_header_mut(), &self.settings.http)
         {
             session.set_keepalive(None);
             let body = json!({"error": refusal.message(), "tenant": self.tenant, "request_id": ctx.request_id});
@@ -198,11 +251,29 @@ impl ProxyHttp for TenantProxy {
             }
         }
         ctx.host = host;
+        if self.settings.force_https && !forwarding::is_tls(session) {
+            respond::redirect(session, 308, &https_location(session, &ctx.host)).await?;
+            return Ok(true);
+        }
         let path = session.req_header().uri.path().to_owned();
         match self.routes.find(&ctx.host, &path) {
             Some((prefix, Target::Echo)) => {
                 ctx.route = prefix.to_owned();
                 self.echo(session, ctx).await?;
+                Ok(true)
+            }
+            Some((prefix, Target::Redirect { to, status })) => {
+                ctx.route = prefix.to_owned();
+                let location = match to {
+                    RedirectTo::Https => https_location(session, &ctx.host),
+                    RedirectTo::Url(url) => url.clone(),
+                };
+                respond::redirect(session, *status, &location).await?;
+                Ok(true)
+            }
+            Some((prefix, Target::Status { status, body })) => {
+                ctx.route = prefix.to_owned();
+                respond::plain(session, *status, body.clone()).await?;
                 Ok(true)
             }
             Some((prefix, Target::Upstream(upstream))) => {
@@ -245,6 +316,7 @@ impl ProxyHttp for TenantProxy {
             Ok((lease, peer)) => {
                 ctx.tried.push(lease.server().addr.clone());
                 ctx.lease = Some(lease);
+                ctx.upstream_started = Some(Instant::now());
                 Ok(peer)
             }
             Err(why) => {
@@ -317,8 +389,19 @@ impl ProxyHttp for TenantProxy {
         }
         crate::http_rules::sanitize_response(upstream_response);
         ctx.response_started = true;
+        ctx.upstream_ms = ctx
+            .upstream_started
+            .map(|t| t.elapsed().as_secs_f64() * 1000.0);
+        // RFC 9110 §7.6.3: this hop is named on responses as on requests.
+        forwarding::add_via(upstream_response)?;
         if let Some(lease) = &ctx.lease {
-            lease.server().record_success();
+            // A 5xx is the server failing (passive health), though it is
+            // relayed as it is.
+            if upstream_response.status.is_server_error() {
+                self.note_failure(ctx);
+            } else {
+                lease.server().record_success();
+            }
         }
         Ok(())
     }
@@ -333,9 +416,10 @@ impl ProxyHttp for TenantProxy {
         forwarding::set_headers(
             session,
             upstream_request,
-            &self.trusted_proxies,
+            &self.settings.trusted_proxies,
             &ctx.request_id,
-        )
+        )?;
+        upstream_request.insert_header("traceparent", ctx.trace.to_string())
     }
 
     async fn fail_to_proxy(
@@ -456,23 +540,42 @@ impl ProxyHttp for TenantProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if !self.access.is_on() {
+            return;
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
-        info!(
-            target: "access",
-            tenant = %self.tenant,
-            request_id = %ctx.request_id,
-            client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
-            method = %req.method,
-            host = %ctx.host,
-            path = %req.uri.path(),
+        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let ssl = session.digest().and_then(|d| d.ssl_digest.as_deref());
+        let client = session.client_addr().and_then(|a| a.as_inet());
+        let trace_id = ctx.trace.trace_id();
+        let entry = crate::access_log::Entry {
+            time: crate::access_log::rfc3339(ctx.started_at),
+            tenant: &self.tenant,
+            host: &ctx.host,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            query: self.access.with_query.then(|| req.uri.query()).flatten(),
             status,
-            route = %ctx.route,
-            upstream = ctx.upstream.as_ref().map_or("", |u| u.config.name.as_str()),
-            server = %ctx.tried.last().map(|a| a.to_string()).unwrap_or_default(),
-            attempts = ctx.tried.len(),
-            duration_us = ctx.started.elapsed().as_micros() as u64,
-            error = e.map(|e| e.to_string()),
-        );
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            route: &ctx.route,
+            upstream: ctx.upstream.as_ref().map(|u| u.config.name.as_str()),
+            server: ctx.tried.last().map(|a| a.to_string()),
+            upstream_ms: ctx.upstream_ms,
+            retries: ctx.tried.len().saturating_sub(1),
+            client_ip: client.map(|a| a.ip().to_string()),
+            client_port: client.map(|a| a.port()),
+            tls_version: ssl.map(|d| d.version.replace('_', ".")),
+            tls_cipher: ssl.map(|d| d.cipher.as_ref()),
+            alpn: ssl.map(|_| if session.is_http2() { "h2" } else { "http/1.1" }),
+            user_agent: header("user-agent"),
+            referer: header("referer"),
+            request_id: &ctx.request_id,
+            trace_id: &trace_id,
+            error: e.map(|e| bounded(&e.to_string()).to_string()),
+        };
+        self.access.write(&entry);
     }
 }

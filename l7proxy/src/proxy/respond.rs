@@ -50,3 +50,29 @@ pub fn error_message(e: &Error) -> String {
     };
     format!("{side} error: {}", e.etype().as_str())
 }
+
+/// Writes a redirect to `location` (no body but a short text).
+pub async fn redirect(session: &mut Session, status: u16, location: &str) -> Result<()> {
+    let body = Bytes::from(format!("redirecting to {location}\n"));
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(http::header::LOCATION, location)?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Writes a `text/plain` response.
+pub async fn plain(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(2))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}

@@ -27,7 +27,10 @@ pub use host_file::{
     UnknownHost,
 };
 pub use source::{resolve_relative, ConfigError, ConfigErrors, Location};
-pub use tenant_file::{HttpLimits, RouteConfig, RouteTarget, TenantFile, TlsSource};
+pub use tenant_file::{
+    AccessTarget, HttpLimits, LogConfig, LogFormat, RedirectTo, RouteConfig, RouteTarget,
+    TenantFile, TlsSource,
+};
 pub use upstream::{
     parse_registration_ttl, DnsDiscovery, HashKey, HealthConfig, HealthKind, LbKind, PassiveHealth,
     RegistrationConfig, RegistrationListen, ServerAddr, ServerSpec, UpstreamConfig, UpstreamTls,
@@ -296,6 +299,51 @@ mod tests {
             file.registration.unwrap().listen,
             RegistrationListen::Unix("register.sock".into())
         );
+    }
+
+    #[test]
+    fn respond_routes_log_and_passive_steps_are_validated_and_located() {
+        let dir = Dir::new("site-keys");
+        let good = "force_https = true\n[log]\naccess = \"logs/access.log\"\nformat = \"text\"\n[[route]]\npath = \"/old\"\nrespond = \"redirect\"\nto = \"https\"\n[[route]]\npath = \"/gone\"\nrespond = \"status\"\nstatus = 410\nbody = \"gone\"\n[[route]]\nupstream = \"app\"\n[[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:1\"]\npassive = { failures = 2, steps = [\"1s\", \"5s\"] }\n";
+        let path = dir.write("tenants/a.toml", good);
+        let file = TenantFile::load(&path).unwrap();
+        assert!(file.force_https);
+        assert_eq!(
+            file.log.access,
+            AccessTarget::File("logs/access.log".into())
+        );
+        assert_eq!(file.log.format, LogFormat::Text);
+        assert_eq!(
+            file.routes[0].target,
+            RouteTarget::Redirect {
+                to: RedirectTo::Https,
+                status: 308
+            }
+        );
+        assert_eq!(
+            file.routes[1].target,
+            RouteTarget::Status {
+                status: 410,
+                body: "gone".into()
+            }
+        );
+        assert_eq!(
+            file.upstreams[0].passive.steps,
+            [Duration::from_secs(1), Duration::from_secs(5)]
+        );
+        let bad = "[log]\naccess = \"../elsewhere.log\"\nformat = \"xml\"\n[[route]]\npath = \"/a\"\nrespond = \"redirect\"\n[[route]]\npath = \"/b\"\nrespond = \"redirect\"\nto = \"https\"\nstatus = 200\n[[route]]\npath = \"/c\"\nrespond = \"status\"\nstatus = 999\n[[route]]\npath = \"/d\"\nrespond = \"echo\"\nto = \"x\"\n";
+        let path = dir.write("tenants/b.toml", bad);
+        let errors = TenantFile::load(&path).unwrap_err().to_string();
+        for expected in [
+            "b.toml:2:10: [log] access",
+            "b.toml:3:10: [log] format",
+            "b.toml:6:11: respond = \"redirect\" needs `to`",
+            "b.toml:11:10: redirect status 200",
+            "b.toml:15:10: status 999",
+            "b.toml:19:6: `to` belongs to",
+        ] {
+            assert!(errors.contains(expected), "{expected}\n{errors}");
+        }
     }
 
     #[test]

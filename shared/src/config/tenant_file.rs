@@ -21,6 +21,105 @@ struct RawTenantFile {
     route: Vec<RawRoute>,
     registration: Option<RawRegistration>,
     http: Option<RawHttp>,
+    log: Option<RawLog>,
+    #[serde(default)]
+    force_https: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    access: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    #[serde(default)]
+    query: bool,
+    #[serde(default)]
+    trust_request_id: bool,
+}
+
+/// Where access lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessTarget {
+    /// The process's standard error (collected by the splitter's supervisor,
+    /// journald, …).
+    Stderr,
+    /// A file in the tenant's runtime directory (a relative path inside it).
+    File(PathBuf),
+}
+
+/// How access lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// `key=value` pairs, the same fields.
+    Text,
+}
+
+/// `[log]`: the tenant's access log and request identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Where the lines go (default stderr).
+    pub access: AccessTarget,
+    /// JSON (default) or text.
+    pub format: LogFormat,
+    /// Whether the query string is logged (off by default: it can carry
+    /// secrets).
+    pub query: bool,
+    /// Keep a well-formed incoming `X-Request-Id` instead of making one (only
+    /// when every client is trusted to send unique ids, e.g. behind a proxy).
+    pub trust_request_id: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            access: AccessTarget::Stderr,
+            format: LogFormat::Json,
+            query: false,
+            trust_request_id: false,
+        }
+    }
+}
+
+fn validate_log(src: &mut Source, raw: &RawLog) -> LogConfig {
+    let mut log = LogConfig {
+        query: raw.query,
+        trust_request_id: raw.trust_request_id,
+        ..LogConfig::default()
+    };
+    if let Some(access) = &raw.access {
+        let text = access.get_ref();
+        if text == "stderr" {
+            log.access = AccessTarget::Stderr;
+        } else {
+            let path = Path::new(text);
+            let inside = !text.is_empty()
+                && path.is_relative()
+                && path
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if inside {
+                log.access = AccessTarget::File(path.to_path_buf());
+            } else {
+                src.error(
+                    access.span(),
+                    format!("[log] access = {text:?}: give \"stderr\" or a plain relative path (it is created in the tenant's runtime directory, runtime_dir/tenants/NAME)"),
+                );
+            }
+        }
+    }
+    if let Some(format) = &raw.format {
+        match format.get_ref().as_str() {
+            "json" => log.format = LogFormat::Json,
+            "text" => log.format = LogFormat::Text,
+            other => src.error(
+                format.span(),
+                format!("[log] format = {other:?}: use \"json\" or \"text\""),
+            ),
+        }
+    }
+    log
 }
 
 #[derive(Deserialize)]
@@ -80,7 +179,13 @@ struct RawRoute {
     host: Option<Spanned<String>>,
     upstream: Option<Spanned<String>>,
     respond: Option<Spanned<String>>,
+    to: Option<Spanned<String>>,
+    status: Option<Spanned<u16>>,
+    body: Option<Spanned<String>>,
 }
+
+/// Most bytes of a `respond = "status"` body.
+const MAX_STATUS_BODY: usize = 64 * 1024;
 
 /// Where the tenant's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +212,29 @@ pub enum RouteTarget {
     Upstream(usize),
     /// Answer with the built-in JSON echo of the request.
     Echo,
+    /// Answer with a redirect (`respond = "redirect"`).
+    Redirect {
+        /// Where to.
+        to: RedirectTo,
+        /// 301, 302, 303, 307 or 308 (default 308).
+        status: u16,
+    },
+    /// Answer with a fixed status and body (`respond = "status"`).
+    Status {
+        /// The status.
+        status: u16,
+        /// The body (`text/plain`).
+        body: String,
+    },
+}
+
+/// A redirect's target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectTo {
+    /// The same host and path (and query) over https.
+    Https,
+    /// This URL (`http://` or `https://`), the request's path not added.
+    Url(String),
 }
 
 /// One `[[route]]`.
@@ -135,6 +263,10 @@ pub struct TenantFile {
     pub registration: Option<RegistrationConfig>,
     /// `[http]`.
     pub http: HttpLimits,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `force_https = true`: every plaintext request gets a `308` to https.
+    pub force_https: bool,
     /// Problems that do not make the file invalid (`l7proxy --check` prints them).
     pub warnings: Vec<super::ConfigError>,
 }
@@ -243,17 +375,10 @@ impl TenantFile {
                         }
                     }
                 }
-                (None, Some(respond)) if respond.get_ref() == "echo" => RouteTarget::Echo,
-                (None, Some(respond)) => {
-                    src.error(
-                        respond.span(),
-                        format!(
-                            "respond = {:?} is unknown; the built-in responder is \"echo\"",
-                            respond.get_ref()
-                        ),
-                    );
-                    continue;
-                }
+                (None, Some(respond)) => match respond_target(src, r, respond) {
+                    Some(target) => target,
+                    None => continue,
+                },
                 _ => {
                     let span = r.path.as_ref().map_or(0..0, |p| p.span());
                     src.error(span, "a route needs exactly one of `upstream` or `respond`");
@@ -273,6 +398,10 @@ impl TenantFile {
             .http
             .as_ref()
             .map_or_else(HttpLimits::default, |r| validate_http(src, r));
+        let log = raw
+            .log
+            .as_ref()
+            .map_or_else(LogConfig::default, |r| validate_log(src, r));
         TenantFile {
             path: src.path.clone(),
             tls,
@@ -280,7 +409,114 @@ impl TenantFile {
             routes,
             registration,
             http,
+            log,
+            force_https: raw.force_https,
             warnings: src.take_warnings(),
+        }
+    }
+}
+
+/// The target of a `respond = …` route; `None` (with an error recorded) when
+/// it is not valid.
+fn respond_target(
+    src: &mut Source,
+    r: &RawRoute,
+    respond: &Spanned<String>,
+) -> Option<RouteTarget> {
+    let kind = respond.get_ref().as_str();
+    let stray = |src: &mut Source, field: &str, span: std::ops::Range<usize>| {
+        src.error(
+            span,
+            format!("`{field}` belongs to respond = \"redirect\" or \"status\", not {kind:?}"),
+        )
+    };
+    match kind {
+        "echo" => {
+            for (field, span) in [
+                ("to", r.to.as_ref().map(|v| v.span())),
+                ("status", r.status.as_ref().map(|v| v.span())),
+                ("body", r.body.as_ref().map(|v| v.span())),
+            ] {
+                if let Some(span) = span {
+                    stray(src, field, span);
+                }
+            }
+            Some(RouteTarget::Echo)
+        }
+        "redirect" => {
+            if let Some(body) = &r.body {
+                stray(src, "body", body.span());
+            }
+            let status = r.status.as_ref().map_or(308, |s| *s.get_ref());
+            if ![301, 302, 303, 307, 308].contains(&status) {
+                let span = r.status.as_ref().map_or(respond.span(), |s| s.span());
+                src.error(
+                    span,
+                    format!(
+                        "redirect status {status} is not a redirect: use 301, 302, 303, 307 or 308"
+                    ),
+                );
+            }
+            let Some(to) = &r.to else {
+                src.error(respond.span(), "respond = \"redirect\" needs `to`: \"https\" (same host and path) or an http(s) URL");
+                return None;
+            };
+            let text = to.get_ref();
+            let to = if text == "https" {
+                RedirectTo::Https
+            } else if (text.starts_with("https://") || text.starts_with("http://"))
+                && text.len() <= 2048
+                && text.bytes().all(|b| b.is_ascii_graphic())
+            {
+                RedirectTo::Url(text.clone())
+            } else {
+                src.error(
+                    to.span(),
+                    format!(
+                        "redirect to = {text:?}: give \"https\" or an http(s) URL without spaces"
+                    ),
+                );
+                return None;
+            };
+            Some(RouteTarget::Redirect { to, status })
+        }
+        "status" => {
+            if let Some(to) = &r.to {
+                stray(src, "to", to.span());
+            }
+            let Some(status) = &r.status else {
+                src.error(
+                    respond.span(),
+                    "respond = \"status\" needs `status` (200-599)",
+                );
+                return None;
+            };
+            if !(200..=599).contains(status.get_ref()) {
+                src.error(
+                    status.span(),
+                    format!("status {} must be between 200 and 599", status.get_ref()),
+                );
+                return None;
+            }
+            let body = r
+                .body
+                .as_ref()
+                .map_or_else(String::new, |b| b.get_ref().clone());
+            if body.len() > MAX_STATUS_BODY {
+                let span = r.body.as_ref().map_or(0..0, |b| b.span());
+                src.error(span, "a status body may be at most 64 KiB");
+            }
+            Some(RouteTarget::Status {
+                status: *status.get_ref(),
+                body,
+            })
+        }
+        other => {
+            src.error(
+                respond.span(),
+                format!("respond = {other:?} is unknown: use \"echo\", \"redirect\" or \"status\""),
+            );
+            None
         }
     }
 }

@@ -47,8 +47,16 @@ fn default_health_status() -> u16 {
 fn default_passive_failures() -> u32 {
     3
 }
-fn default_cooldown() -> Duration {
-    secs(10)
+/// Passive ejection steps: the first ejection lasts 100 ms, a server failing
+/// again right after its return is out for the next step, and so on (Tremor's
+/// `qos::backpressure` ladder); a success starts it over.
+fn default_passive_steps() -> Vec<Duration> {
+    vec![
+        Duration::from_millis(100),
+        Duration::from_millis(500),
+        secs(1),
+        secs(10),
+    ]
 }
 fn default_dns_interval() -> Duration {
     secs(5)
@@ -114,15 +122,19 @@ struct RawHealth {
 struct RawPassive {
     #[serde(default = "default_passive_failures")]
     failures: u32,
-    #[serde(default = "default_cooldown", with = "serde_duration")]
-    cooldown: Duration,
+    /// Older spelling of a single step.
+    #[serde(default, with = "serde_duration_opt")]
+    cooldown: Option<Duration>,
+    #[serde(default)]
+    steps: Option<Vec<String>>,
 }
 
 impl Default for RawPassive {
     fn default() -> Self {
         RawPassive {
             failures: default_passive_failures(),
-            cooldown: default_cooldown(),
+            cooldown: None,
+            steps: None,
         }
     }
 }
@@ -326,14 +338,18 @@ pub struct HealthConfig {
     pub fall: usize,
 }
 
-/// Passive health checking: real requests that fail take a server out.
+/// Passive health checking: real requests that fail take a server out, for
+/// longer each time it fails again right after coming back. A pool never has
+/// all its servers taken out this way (see the pool's panic mode), and a
+/// one-server pool never has its server taken out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassiveHealth {
-    /// Consecutive failed requests (connect errors, errors before a response)
-    /// that take the server out; 0 turns passive checking off.
+    /// Consecutive failed requests (connect errors, read timeouts, errors
+    /// before a response, 5xx responses) that take the server out; 0 turns
+    /// passive checking off.
     pub failures: u32,
-    /// How long the server then gets no requests.
-    pub cooldown: Duration,
+    /// How long each successive ejection lasts (the last step repeats).
+    pub steps: Vec<Duration>,
 }
 
 /// DNS discovery of a group's servers.
@@ -438,6 +454,48 @@ pub struct RegistrationConfig {
 
 /// The socket the registration API listens on when `listen` is not given.
 pub const DEFAULT_REGISTRATION_SOCKET: &str = "register.sock";
+
+fn passive_health(src: &mut Source, u: &RawUpstream) -> PassiveHealth {
+    let name = u.name.get_ref();
+    let steps = match (&u.passive.steps, u.passive.cooldown) {
+        (Some(_), Some(_)) => {
+            src.error(
+                u.name.span(),
+                format!("upstream {name:?}: passive sets both `steps` and `cooldown` (one step); keep `steps`"),
+            );
+            default_passive_steps()
+        }
+        (None, Some(cooldown)) => vec![cooldown],
+        (None, None) => default_passive_steps(),
+        (Some(list), None) => {
+            let mut steps = Vec::new();
+            for text in list {
+                match parse_duration(text) {
+                    Ok(step) if !step.is_zero() => steps.push(step),
+                    Ok(_) => src.error(
+                        u.name.span(),
+                        format!("upstream {name:?}: passive step {text:?} must be longer than 0"),
+                    ),
+                    Err(e) => src.error(
+                        u.name.span(),
+                        format!("upstream {name:?}: passive step {text:?}: {e}"),
+                    ),
+                }
+            }
+            if list.is_empty() {
+                src.error(
+                    u.name.span(),
+                    format!("upstream {name:?}: passive steps are empty; give at least one, or set failures = 0 to turn passive health off"),
+                );
+            }
+            steps
+        }
+    };
+    PassiveHealth {
+        failures: u.passive.failures,
+        steps,
+    }
+}
 
 pub(super) fn validate_upstream(
     src: &mut Source,
@@ -612,10 +670,7 @@ pub(super) fn validate_upstream(
         max_in_flight: u.max_in_flight.as_ref().map(|m| *m.get_ref()),
         queue_timeout: u.queue_timeout,
         health,
-        passive: PassiveHealth {
-            failures: u.passive.failures,
-            cooldown: u.passive.cooldown,
-        },
+        passive: passive_health(src, u),
         registration: u.registration,
         dns,
         tls,
