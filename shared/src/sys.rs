@@ -95,6 +95,24 @@ pub fn take_inherited_fd(env: &str) -> Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Takes ownership of descriptor `fd`, passed by the service manager (socket
+/// activation, `LISTEN_FDS`), and marks it close-on-exec. The caller takes each
+/// number once.
+pub fn take_passed_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
+    if fd <= 2 {
+        return Err(std::io::Error::other(
+            "descriptors 0-2 are never passed sockets",
+        ));
+    }
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    // SAFETY: the descriptor is open (fcntl succeeded) and was passed for this
+    // process to own; the caller takes each number once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Prepares `command` so the child inherits `fd` (under the same number),
 /// receives SIGTERM if the thread that spawned it dies (the splitter exiting),
 /// and can never gain privileges (`PR_SET_NO_NEW_PRIVS`: no setuid binaries,

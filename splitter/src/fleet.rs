@@ -166,6 +166,59 @@ impl Fleet {
     /// table is swapped atomically. An invalid file changes nothing.
     pub async fn reload(&self, config_path: &std::path::Path) -> Result<String, String> {
         let _operation = self.operations.lock().await;
+        crate::systemd::reloading();
+        let outcome = self.reload_now(config_path).await;
+        let status = self.ready_summary().await;
+        crate::systemd::notify(&format!("READY=1\nSTATUS={status}"));
+        outcome
+    }
+
+    /// Waits until every tenant has all its processes ready, at most `limit`;
+    /// returns the status line for systemd.
+    pub async fn wait_until_ready(&self, limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        let tenants: Vec<Arc<Tenant>> = {
+            let running = self.running.lock().await;
+            running.iter().map(|r| r.tenant.clone()).collect()
+        };
+        for tenant in tenants {
+            let mut became_ready = tenant.watch_ready();
+            while tenant.ready_count() < tenant.config().processes {
+                if tokio::time::timeout_at(deadline, became_ready.changed())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        self.ready_summary().await
+    }
+
+    /// "N tenants, M of P processes ready[; not ready: …]".
+    async fn ready_summary(&self) -> String {
+        let running = self.running.lock().await;
+        let (mut ready, mut wanted) = (0, 0);
+        let mut late = Vec::new();
+        for run in running.iter() {
+            let (have, want) = (run.tenant.ready_count(), run.tenant.config().processes);
+            ready += have.min(want);
+            wanted += want;
+            if have == 0 {
+                late.push(run.tenant.name().to_string());
+            }
+        }
+        let mut status = format!(
+            "serving {} tenants, {ready} of {wanted} processes ready",
+            running.len()
+        );
+        if !late.is_empty() {
+            status.push_str(&format!("; not ready: {}", late.join(", ")));
+        }
+        status
+    }
+
+    async fn reload_now(&self, config_path: &std::path::Path) -> Result<String, String> {
         let config = HostConfig::load_as(config_path, self.as_root)
             .map_err(|e| format!("reload refused, nothing changed:\n{e}"))?;
         // Tenant files are checked by the tenants' own users, never read here:

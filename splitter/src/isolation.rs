@@ -89,41 +89,74 @@ pub fn apply_cgroup_limits(tenant: &str, pid: u32, limits: &Limits) {
     if limits.memory.is_none() && limits.cpu.is_none() {
         return;
     }
-    match cgroup_root() {
-        Some(root) => {
-            if let Err(e) = join_cgroup(&root, tenant, pid, limits) {
+    match own_cgroup() {
+        Ok(base) => {
+            if let Err(e) = join_cgroup(base, tenant, pid, limits) {
                 warn!(
                     tenant,
                     pid,
-                    cgroup = %root.join(tenant).display(),
+                    cgroup = %base.join(format!("tenant-{tenant}")).display(),
                     error = %e,
-                    "memory/cpu limits not applied: cannot set up the tenant's cgroup (delegate a writable cgroup v2 subtree to the splitter)"
+                    "memory/cpu limits not applied: cannot set up the tenant's cgroup (under systemd: Delegate=yes in the unit)"
                 );
             }
         }
-        None => warn!(
+        Err(why) => warn!(
             tenant,
-            "memory/cpu limits not applied: no writable cgroup v2 hierarchy on this host (nofile still applies)"
+            "memory/cpu limits not applied: {why} (nofile still applies)"
         ),
     }
 }
 
-fn cgroup_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| {
-            p.join("cgroup.controllers").is_file()
-                && nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::W_OK).is_ok()
-        })
-        .map(|p| p.join("switchyard"))
+/// The splitter's own cgroup v2 directory, where tenant groups are made
+/// (under systemd: the service's cgroup, delegated with `Delegate=yes`), as it
+/// was when first asked (the helper moves itself into a leaf below it). Never
+/// the root of the hierarchy.
+fn own_cgroup() -> Result<&'static Path, &'static str> {
+    static OWN: std::sync::OnceLock<Result<PathBuf, &'static str>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| {
+        let mount = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.join("cgroup.controllers").is_file())
+            .ok_or("this host has no cgroup v2 hierarchy")?;
+        let listing = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|_| "cannot read /proc/self/cgroup")?;
+        let own = listing
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .ok_or("the splitter is in no cgroup v2 group")?;
+        let relative = own.trim().trim_start_matches('/');
+        if relative.is_empty() {
+            return Err("the splitter runs in the root cgroup; tenant groups are only made in a cgroup delegated to it (run it as a systemd service with Delegate=yes)");
+        }
+        let base = mount.join(relative);
+        nix::unistd::access(&base, nix::unistd::AccessFlags::W_OK)
+            .map_err(|_| "the splitter's cgroup is not writable (under systemd: Delegate=yes in the unit)")?;
+        Ok(base)
+    })
+    .as_ref()
+    .map(PathBuf::as_path)
+    .map_err(|why| *why)
 }
 
-fn join_cgroup(root: &Path, tenant: &str, pid: u32, limits: &Limits) -> io::Result<()> {
-    std::fs::create_dir_all(root)?;
-    // Delegate the controllers to our children.
-    let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu");
-    let group = root.join(tenant);
+fn join_cgroup(base: &Path, tenant: &str, pid: u32, limits: &Limits) -> io::Result<()> {
+    // cgroup v2 lets a group hand controllers to its children only when it
+    // has no processes of its own: the splitter's processes move to a leaf
+    // beside the tenants' groups (once; writing a pid already there is a
+    // no-op).
+    let supervisor = base.join("supervisor");
+    std::fs::create_dir_all(&supervisor)?;
+    std::fs::write(
+        supervisor.join("cgroup.procs"),
+        std::process::id().to_string(),
+    )?;
+    std::fs::write(
+        supervisor.join("cgroup.procs"),
+        nix::unistd::getppid().as_raw().to_string(),
+    )?;
+    std::fs::write(base.join("cgroup.subtree_control"), "+memory +cpu")?;
+    let group = base.join(format!("tenant-{tenant}"));
     std::fs::create_dir_all(&group)?;
     if let Some(memory) = limits.memory {
         std::fs::write(group.join("memory.max"), memory.to_string())?;

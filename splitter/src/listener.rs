@@ -61,6 +61,12 @@ pub fn bind(config: &ListenerConfig) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Dresses a listening socket systemd passed as [`bind`] dresses its own.
+pub fn prepare_passed(listener: &TcpListener) -> io::Result<()> {
+    switchyard_shared::sys::set_defer_accept(listener.as_fd(), DEFER_ACCEPT_SECONDS)?;
+    listener.set_nonblocking(true)
+}
+
 /// Accepts on `listener` until `stop` turns true.
 pub async fn accept_loop(
     front: Arc<Front>,

@@ -22,6 +22,7 @@ mod reject;
 mod routing;
 mod sandbox;
 mod server;
+mod systemd;
 mod tenant;
 mod tenant_metrics;
 
@@ -239,6 +240,18 @@ fn run(config: HostConfig) -> ExitCode {
             Err(e) => warn!(error = %e, "cannot switch to SCHED_BATCH; running under the normal policy (set sched_batch = false to silence this)"),
         }
     }
+    // Before the runtime starts threads: these read and clear environment
+    // variables, and the notification socket is connected while connecting
+    // is still allowed.
+    systemd::connect_notify_socket();
+    let watchdog = systemd::watchdog_interval();
+    let passed = match systemd::inherited_listeners() {
+        Ok(passed) => passed,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let threads = config.splitter.threads;
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -258,7 +271,7 @@ fn run(config: HostConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::serve(config)) {
+    match runtime.block_on(server::serve(config, passed, watchdog)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             error!("{message}");

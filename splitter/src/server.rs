@@ -9,7 +9,14 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 /// Serves `config` until asked to stop; returns why it could not start.
-pub async fn serve(config: HostConfig) -> Result<(), String> {
+/// `passed` are listening sockets systemd passed (socket activation), used for
+/// the `[[listen]]` entries with the same address; `watchdog` is how often to
+/// tell systemd the splitter is alive.
+pub async fn serve(
+    config: HostConfig,
+    mut passed: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+    watchdog: Option<std::time::Duration>,
+) -> Result<(), String> {
     let config_path = config.path.clone();
     let as_root = nix::unistd::geteuid().is_root();
     crate::helper::locate_l7proxy().map_err(|e| e.to_string())?;
@@ -23,6 +30,14 @@ pub async fn serve(config: HostConfig) -> Result<(), String> {
 
     let mut listeners = Vec::new();
     for listen in &config.listeners {
+        if let Some(at) = passed.iter().position(|(addr, _)| *addr == listen.addr) {
+            let (_, socket) = passed.swap_remove(at);
+            listener::prepare_passed(&socket)
+                .map_err(|e| format!("the socket systemd passed for {}: {e}", listen.addr))?;
+            info!(addr = %listen.addr, protocol = listen.protocol.as_str(), "listening (socket passed by systemd)");
+            listeners.push((socket, listen.protocol));
+            continue;
+        }
         let socket = listener::bind(listen).map_err(|e| {
             format!(
                 "cannot listen on {} ({}): {e}; is another server using the port?",
@@ -32,6 +47,15 @@ pub async fn serve(config: HostConfig) -> Result<(), String> {
         })?;
         info!(addr = %listen.addr, protocol = listen.protocol.as_str(), "listening");
         listeners.push((socket, listen.protocol));
+    }
+
+    if !passed.is_empty() {
+        let extra: Vec<String> = passed.iter().map(|(addr, _)| addr.to_string()).collect();
+        return Err(format!(
+            "systemd passed listening sockets for {} that no [[listen]] in {} names; add them to the host file or remove them from the socket unit",
+            extra.join(", "),
+            config_path.display()
+        ));
     }
 
     let control_path = control::socket_path(runtime_dir);
@@ -64,6 +88,18 @@ pub async fn serve(config: HostConfig) -> Result<(), String> {
         front.clone(),
     )));
     let admin = admin.map(|admin| tokio::spawn(admin::serve(admin, fleet.clone())));
+    if let Some(every) = watchdog {
+        tokio::spawn(crate::systemd::keep_watchdog_fed(every));
+    }
+    if crate::systemd::notifying() {
+        let fleet = fleet.clone();
+        tokio::spawn(async move {
+            // Ready once every tenant's processes are (or after a minute,
+            // with the status saying which are not).
+            let status = fleet.wait_until_ready(READY_WAIT).await;
+            crate::systemd::notify(&format!("READY=1\nSTATUS={status}"));
+        });
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_loops = Vec::new();
@@ -84,6 +120,9 @@ pub async fn serve(config: HostConfig) -> Result<(), String> {
     ));
 
     let reason = wait_for_stop(&fleet, &config_path, &stop_requested).await;
+    crate::systemd::notify(&format!(
+        "STOPPING=1\nSTATUS=stopping ({reason}): tenants drain"
+    ));
     info!(
         reason,
         "stopping: no new connections; tenants drain and finish in-flight requests"
@@ -103,6 +142,10 @@ pub async fn serve(config: HostConfig) -> Result<(), String> {
     info!("stopped");
     Ok(())
 }
+
+/// How long the splitter waits for its tenants before telling systemd it is
+/// ready anyway.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Waits for SIGTERM, SIGINT or `ctl stop`, reloading on SIGHUP meanwhile.
 async fn wait_for_stop(

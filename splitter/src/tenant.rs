@@ -366,6 +366,15 @@ impl Tenant {
         }
     }
 
+    /// Processes that take connections now.
+    pub fn ready_count(&self) -> usize {
+        self.state()
+            .procs
+            .iter()
+            .filter(|p| p.state == ProcState::Ready)
+            .count()
+    }
+
     /// Processes of `generation` that are ready.
     pub fn ready_in_generation(&self, generation: u64) -> usize {
         self.state()

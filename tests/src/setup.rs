@@ -66,6 +66,7 @@ pub struct SplitterBuilder {
     env: Vec<(String, String)>,
     nofile: Option<u64>,
     tls_port: Option<u16>,
+    passed_tls: Option<TcpListener>,
 }
 
 impl SplitterBuilder {
@@ -77,7 +78,17 @@ impl SplitterBuilder {
             env: Vec::new(),
             nofile: None,
             tls_port: None,
+            passed_tls: None,
         }
+    }
+
+    /// Passes `listener` as the TLS listener, the way systemd's socket
+    /// activation does (descriptor 3, `LISTEN_FDS=1`, `LISTEN_PID`,
+    /// `LISTEN_FDNAMES=https`); the host file names its address.
+    pub fn passed_tls_listener(mut self, listener: TcpListener) -> SplitterBuilder {
+        self.tls_port = Some(listener.local_addr().unwrap().port());
+        self.passed_tls = Some(listener);
+        self
     }
 
     /// The TLS listener's port (a free one by default), for tenant files that
@@ -157,15 +168,18 @@ impl SplitterBuilder {
             ));
         }
         let config = dir.write("host.toml", &host);
-        let mut command = match self.nofile {
-            Some(limit) => {
-                let mut prlimit = Command::new("prlimit");
-                prlimit
-                    .arg(format!("--nofile={limit}:{limit}"))
-                    .arg(bin("splitter"));
-                prlimit
-            }
-            None => Command::new(bin("splitter")),
+        let mut command = match (&self.passed_tls, self.nofile) {
+            (Some(listener), _) => passed_socket_command(listener),
+            (None, nofile) => match nofile {
+                Some(limit) => {
+                    let mut prlimit = Command::new("prlimit");
+                    prlimit
+                        .arg(format!("--nofile={limit}:{limit}"))
+                        .arg(bin("splitter"));
+                    prlimit
+                }
+                None => Command::new(bin("splitter")),
+            },
         };
         let child = command
             .arg("--config")
@@ -443,4 +457,24 @@ impl StandaloneTenant {
             .and_then(|u| u["servers"].as_array().cloned())
             .unwrap_or_default()
     }
+}
+
+/// `bash` running the splitter with `listener` as descriptor 3 and the socket
+/// activation variables set as systemd sets them (`LISTEN_PID` is the shell's
+/// pid, which `exec` keeps).
+fn passed_socket_command(listener: &TcpListener) -> Command {
+    use std::os::fd::AsRawFd;
+    let fd = listener.as_raw_fd();
+    // std opens sockets close-on-exec; the shell must inherit this one.
+    // SAFETY: F_SETFD on a descriptor this process owns changes only its flags.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    // bash: dash takes only single-digit descriptors in redirections.
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(format!(
+            "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=https; exec \"$0\" \"$@\" 3<&{fd} {fd}<&-"
+        ))
+        .arg(bin("splitter"));
+    command
 }
