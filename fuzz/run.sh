@@ -14,7 +14,7 @@ fi
 export RUSTC_BOOTSTRAP=1
 echo "==> building the fuzz targets"
 cargo fuzz build --sanitizer none
-for target in tls_peek http_peek host_normalize handoff_decode; do
+for target in tls_peek http_peek host_normalize handoff_decode proxy_header; do
     echo "==> fuzzing $target for ${seconds}s"
     # Work on a copy so the committed seed corpus stays small.
     work=$(mktemp -d)

@@ -38,8 +38,9 @@ impl HandedStream {
     /// Checks that it is a connected TCP socket, sets it non-blocking (the flag
     /// lives on the open file description shared with the splitter, so it is set
     /// explicitly rather than assumed) and `TCP_NODELAY`, and records its socket
-    /// digest so `getpeername` gives Pingora the real client address.
-    pub fn from_fd(fd: OwnedFd) -> io::Result<HandedStream> {
+    /// digest so `getpeername` gives Pingora the real client address, or
+    /// `client` when the splitter read it from a PROXY protocol header.
+    pub fn from_fd(fd: OwnedFd, client: Option<std::net::SocketAddr>) -> io::Result<HandedStream> {
         check_tcp_socket(&fd)?;
         let raw = fd.as_raw_fd();
         let std_stream = std::net::TcpStream::from(fd);
@@ -48,7 +49,15 @@ impl HandedStream {
         let mut l4 = L4Stream::from(tcp);
         l4.set_nodelay()
             .map_err(|e| io::Error::other(format!("TCP_NODELAY: {e}")))?;
-        l4.set_socket_digest(SocketDigest::from_raw_fd(raw));
+        let digest = SocketDigest::from_raw_fd(raw);
+        if let Some(client) = client {
+            let _ = digest
+                .peer_addr
+                .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(
+                    client,
+                )));
+        }
+        l4.set_socket_digest(digest);
         Ok(HandedStream {
             inner: BufStream::with_capacity(
                 DEFAULT_L4_READ_BUFFER_SIZE,

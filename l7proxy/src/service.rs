@@ -274,7 +274,7 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
     }
 
     fn serve(&self, fd: OwnedFd, meta: ConnMeta, shutdown: ShutdownWatch) {
-        let stream = match HandedStream::from_fd(fd) {
+        let stream = match HandedStream::from_fd(fd, meta.client_addr) {
             Ok(stream) => stream,
             Err(e) => {
                 warn!(tenant = %self.tenant, seq = meta.seq, error = %e, "unusable descriptor received; closed");

@@ -50,6 +50,7 @@ fn handoff_round_trip(c: &mut Criterion) {
         server_name: Some("alpha.localhost".into()),
         local_port: 443,
         accepted_at_us: 0,
+        client_addr: None,
     };
     c.bench_function("handoff_round_trip", |b| {
         b.iter(|| {

@@ -26,7 +26,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// The protocol version this build speaks. A peer speaking another one is refused.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// The environment variable through which a spawned l7proxy learns the number of
 /// its inherited handoff descriptor.
@@ -40,7 +40,8 @@ pub const HANDOFF_FD_ENV: &str = "SWITCHYARD_HANDOFF_FD";
 /// builds them so.
 pub const FAULT_DIE_ON_CONN_ENV: &str = "SWITCHYARD_FAULT_DIE_ON_CONN";
 
-/// Largest encoded message (a `Conn` with a 255-byte server name is 279 bytes).
+/// Largest encoded message (a `Conn` with a 255-byte server name and an IPv6
+/// client address is 298 bytes).
 pub const MAX_MESSAGE_LEN: usize = 512;
 
 pub use crate::config::Protocol;
@@ -86,6 +87,9 @@ pub struct ConnMeta {
     pub local_port: u16,
     /// When the splitter accepted it, microseconds since the Unix epoch.
     pub accepted_at_us: u64,
+    /// The client's address from a PROXY protocol header, when the listener
+    /// takes one (`None`: the socket's own peer is the client).
+    pub client_addr: Option<std::net::SocketAddr>,
 }
 
 /// Why a datagram could not be understood.
@@ -104,6 +108,8 @@ pub enum DecodeError {
     BadText,
     /// An unknown protocol byte in a `Conn`.
     UnknownProtocol(u8),
+    /// A client address family other than none, IPv4 or IPv6.
+    UnknownAddressFamily(u8),
 }
 
 impl std::fmt::Display for DecodeError {
@@ -118,6 +124,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::UnknownKind(kind) => write!(f, "unknown handoff message kind {kind}"),
             DecodeError::BadText => f.write_str("handoff message carries a name that is not UTF-8"),
             DecodeError::UnknownProtocol(p) => write!(f, "unknown connection protocol {p}"),
+            DecodeError::UnknownAddressFamily(a) => write!(f, "unknown client address family {a}"),
         }
     }
 }
@@ -147,6 +154,19 @@ impl Message {
                 out.extend_from_slice(&meta.local_port.to_le_bytes());
                 out.extend_from_slice(&meta.accepted_at_us.to_le_bytes());
                 put_text(out, meta.server_name.as_deref().unwrap_or(""));
+                match meta.client_addr {
+                    None => out.push(0),
+                    Some(std::net::SocketAddr::V4(addr)) => {
+                        out.push(4);
+                        out.extend_from_slice(&addr.ip().octets());
+                        out.extend_from_slice(&addr.port().to_le_bytes());
+                    }
+                    Some(std::net::SocketAddr::V6(addr)) => {
+                        out.push(6);
+                        out.extend_from_slice(&addr.ip().octets());
+                        out.extend_from_slice(&addr.port().to_le_bytes());
+                    }
+                }
             }
             Message::Drain => out.push(17),
             Message::HostsChanged => out.push(18),
@@ -183,12 +203,31 @@ impl Message {
                 let local_port = u16::from_le_bytes(r.array()?);
                 let accepted_at_us = u64::from_le_bytes(r.array()?);
                 let name = r.text()?;
+                let client_addr = match r.u8()? {
+                    0 => None,
+                    4 => {
+                        let ip = std::net::Ipv4Addr::from(r.array::<4>()?);
+                        Some(std::net::SocketAddr::new(
+                            ip.into(),
+                            u16::from_le_bytes(r.array()?),
+                        ))
+                    }
+                    6 => {
+                        let ip = std::net::Ipv6Addr::from(r.array::<16>()?);
+                        Some(std::net::SocketAddr::new(
+                            ip.into(),
+                            u16::from_le_bytes(r.array()?),
+                        ))
+                    }
+                    other => return Err(DecodeError::UnknownAddressFamily(other)),
+                };
                 Message::Conn(ConnMeta {
                     seq,
                     protocol,
                     server_name: (!name.is_empty()).then_some(name),
                     local_port,
                     accepted_at_us,
+                    client_addr,
                 })
             }
             17 => Message::Drain,
@@ -450,6 +489,7 @@ mod tests {
                 server_name: Some("alpha.localhost".into()),
                 local_port: 8443,
                 accepted_at_us: 1_700_000_000_000_000,
+                client_addr: Some("[2001:db8::7]:51000".parse().unwrap()),
             }),
             Message::Conn(ConnMeta {
                 seq: 8,
@@ -457,6 +497,7 @@ mod tests {
                 server_name: None,
                 local_port: 80,
                 accepted_at_us: 1,
+                client_addr: Some("203.0.113.7:4000".parse().unwrap()),
             }),
             Message::Drain,
             Message::HostsChanged,
@@ -511,6 +552,7 @@ mod tests {
             server_name: Some("beta.localhost".into()),
             local_port: 8080,
             accepted_at_us: now_us(),
+            client_addr: None,
         };
         send(
             splitter.as_fd(),

@@ -204,6 +204,9 @@ pub struct ClientConn {
     pub accepted: std::time::Instant,
     /// When its routing name became known.
     pub named: Option<std::time::Instant>,
+    /// The client's address from a PROXY protocol header, if the listener
+    /// takes one.
+    pub client_addr: Option<std::net::SocketAddr>,
 }
 
 impl ClientConn {
@@ -215,6 +218,7 @@ impl ClientConn {
             server_name: self.server_name.clone(),
             local_port: self.local_port,
             accepted_at_us: self.accepted_at_us,
+            client_addr: self.client_addr,
         }
     }
 }

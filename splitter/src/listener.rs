@@ -71,9 +71,11 @@ pub fn prepare_passed(listener: &TcpListener) -> io::Result<()> {
 pub async fn accept_loop(
     front: Arc<Front>,
     listener: TcpListener,
-    protocol: Protocol,
+    listen: ListenerConfig,
     mut stop: watch::Receiver<bool>,
 ) {
+    let protocol = listen.protocol;
+    let proxied = listen.proxy_protocol;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let label: Arc<str> = listener
         .local_addr()
@@ -101,7 +103,11 @@ pub async fn accept_loop(
         loop {
             let err = match switchyard_shared::sys::accept_with_peer(listener.get_ref().as_fd()) {
                 Ok((fd, peer)) => {
-                    accepted(&front, fd, peer.map(|p| p.ip()), protocol, port, &label);
+                    let peer = peer.map(|p| p.ip());
+                    match proxied {
+                        false => accepted(&front, fd, peer, protocol, port, &label),
+                        true => accepted_from_proxy(&front, fd, peer, protocol, port, &label),
+                    }
                     continue;
                 }
                 Err(err) => err,
@@ -136,6 +142,45 @@ pub async fn accept_loop(
     }
 }
 
+/// Handles a socket accepted on a `proxy_protocol` listener: only a trusted
+/// peer may speak, and its PROXY header is read (consumed) before the peek.
+/// Per-source limits do not apply here (the peer is a load balancer; the
+/// client is not known before the header).
+fn accepted_from_proxy(
+    front: &Arc<Front>,
+    fd: OwnedFd,
+    peer: Option<std::net::IpAddr>,
+    protocol: Protocol,
+    port: u16,
+    label: &Arc<str>,
+) {
+    if !peer.is_some_and(|ip| switchyard_shared::net::in_any(&front.settings.trusted_proxies, ip)) {
+        debug!(port, peer = ?peer, "PROXY header from a peer not in trusted_proxies; closed");
+        metrics::connection(label, "proxy_untrusted");
+        return;
+    }
+    let slot = match front.pending.try_acquire(None) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            metrics::connection(label, refusal.as_str());
+            return;
+        }
+    };
+    let conn = ClientConn {
+        fd,
+        protocol,
+        server_name: None,
+        local_port: port,
+        accepted_at_us: now_us(),
+        slot,
+        listener: label.clone(),
+        accepted: std::time::Instant::now(),
+        named: None,
+        client_addr: None,
+    };
+    tokio::spawn(wait_and_route(front.clone(), conn, true));
+}
+
 /// Handles a freshly accepted socket.
 fn accepted(
     front: &Arc<Front>,
@@ -167,18 +212,21 @@ fn accepted(
         listener: label.clone(),
         accepted: std::time::Instant::now(),
         named: None,
+        client_addr: None,
     };
     match peek_now(conn.fd.as_fd(), protocol, front.settings.max_peek_bytes) {
         Ok(Peeked::Name(name)) => route(front, conn, name),
         Ok(Peeked::NeedMore) => {
-            tokio::spawn(wait_and_route(front.clone(), conn));
+            tokio::spawn(wait_and_route(front.clone(), conn, false));
         }
         Ok(Peeked::Invalid(reject)) | Err(PeekFailure::Invalid(reject)) => refuse(conn, reject),
         Err(PeekFailure::Closed) => metrics::connection(label, "client_closed"),
     }
 }
 
-async fn wait_and_route(front: Arc<Front>, mut conn: ClientConn) {
+/// Peeks (after reading a PROXY header first, when `proxied`) within
+/// `peek_timeout`, then routes.
+async fn wait_and_route(front: Arc<Front>, mut conn: ClientConn, proxied: bool) {
     let socket = match switchyard_shared::sys::register(conn.fd) {
         Ok(socket) => socket,
         Err(e) => {
@@ -186,15 +234,25 @@ async fn wait_and_route(front: Arc<Front>, mut conn: ClientConn) {
             return;
         }
     };
-    let result = tokio::time::timeout(
-        front.settings.peek_timeout,
-        peek_until_named(&socket, conn.protocol, front.settings.max_peek_bytes),
-    )
+    let max = front.settings.max_peek_bytes;
+    let protocol = conn.protocol;
+    let result = tokio::time::timeout(front.settings.peek_timeout, async {
+        let client = match proxied {
+            true => splitter::peek::socket::take_proxy_header(&socket).await?,
+            false => None,
+        };
+        peek_until_named(&socket, protocol, max)
+            .await
+            .map(|name| (client, name))
+    })
     .await;
     // Deregister from our epoll before the socket goes anywhere else.
     conn.fd = socket.into_inner();
     match result {
-        Ok(Ok(name)) => route(&front, conn, name),
+        Ok(Ok((client, name))) => {
+            conn.client_addr = client;
+            route(&front, conn, name)
+        }
         Ok(Err(PeekFailure::Invalid(reject))) => refuse(conn, reject),
         Ok(Err(PeekFailure::Closed)) => metrics::connection(&conn.listener, "client_closed"),
         Err(_) => {

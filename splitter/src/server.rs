@@ -35,7 +35,7 @@ pub async fn serve(
             listener::prepare_passed(&socket)
                 .map_err(|e| format!("the socket systemd passed for {}: {e}", listen.addr))?;
             info!(addr = %listen.addr, protocol = listen.protocol.as_str(), "listening (socket passed by systemd)");
-            listeners.push((socket, listen.protocol));
+            listeners.push((socket, listen.clone()));
             continue;
         }
         let socket = listener::bind(listen).map_err(|e| {
@@ -45,8 +45,8 @@ pub async fn serve(
                 listen.protocol.as_str()
             )
         })?;
-        info!(addr = %listen.addr, protocol = listen.protocol.as_str(), "listening");
-        listeners.push((socket, listen.protocol));
+        info!(addr = %listen.addr, protocol = listen.protocol.as_str(), proxy_protocol = listen.proxy_protocol, "listening");
+        listeners.push((socket, listen.clone()));
     }
 
     if !passed.is_empty() {
@@ -103,11 +103,11 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_loops = Vec::new();
-    for (socket, protocol) in listeners {
+    for (socket, listen) in listeners {
         accept_loops.push(tokio::spawn(listener::accept_loop(
             front.clone(),
             socket,
-            protocol,
+            listen,
             stop_rx.clone(),
         )));
     }

@@ -67,6 +67,7 @@ pub struct SplitterBuilder {
     nofile: Option<u64>,
     tls_port: Option<u16>,
     passed_tls: Option<TcpListener>,
+    proxy_protocol: bool,
 }
 
 impl SplitterBuilder {
@@ -79,7 +80,15 @@ impl SplitterBuilder {
             nofile: None,
             tls_port: None,
             passed_tls: None,
+            proxy_protocol: false,
         }
+    }
+
+    /// Both listeners take a PROXY protocol header first (`proxy_protocol =
+    /// true`); give `trusted_proxies` with [`SplitterBuilder::splitter_lines`].
+    pub fn proxy_protocol(mut self) -> SplitterBuilder {
+        self.proxy_protocol = true;
+        self
     }
 
     /// Passes `listener` as the TLS listener, the way systemd's socket
@@ -121,6 +130,32 @@ impl SplitterBuilder {
     /// Writes the configuration, starts the splitter and waits until every
     /// tenant answers through it.
     pub fn start(self) -> Splitter {
+        let hosts: Vec<String> = self.tenants.iter().map(|t| t.hosts[0].clone()).collect();
+        let proxy_protocol = self.proxy_protocol;
+        let splitter = self.start_without_waiting();
+        for host in hosts {
+            // A concrete name for wildcard-only tenants.
+            let host = host.replace("*.", "www.");
+            wait_until(Duration::from_secs(20), || {
+                // The echo route answers on every tenant the kit generates
+                // (over plaintext, or with its redirect to https).
+                let answer = match proxy_protocol {
+                    true => TcpStream::connect(splitter.http).and_then(|mut stream| {
+                        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                        stream.write_all(b"PROXY TCP4 127.0.0.1 127.0.0.1 1 80\r\n")?;
+                        request(&mut stream, &host, "/echo", "Connection: close\r\n")
+                    }),
+                    false => http_get(splitter.http, &host, "/echo"),
+                };
+                matches!(answer, Ok(r) if r.status == 200 || r.status == 308)
+            });
+        }
+        splitter
+    }
+
+    /// Writes the configuration and starts the splitter, without waiting for
+    /// its tenants.
+    pub fn start_without_waiting(self) -> Splitter {
         let dir = TempDir::new("splitter");
         let tls: SocketAddr = format!("127.0.0.1:{}", self.tls_port.unwrap_or_else(free_port))
             .parse()
@@ -143,8 +178,9 @@ impl SplitterBuilder {
         }
         dir.write("token", TEST_TOKEN);
         let mut host = format!(
-            "[splitter]\nruntime_dir = \"run\"\n{default_peek}{defaults}{}\n[[listen]]\naddr = \"{tls}\"\nprotocol = \"tls\"\n[[listen]]\naddr = \"{http}\"\nprotocol = \"http\"\n",
-            self.splitter_extra
+            "[splitter]\nruntime_dir = \"run\"\n{default_peek}{defaults}{}\n[[listen]]\naddr = \"{tls}\"\nprotocol = \"tls\"\n{proxy}[[listen]]\naddr = \"{http}\"\nprotocol = \"http\"\n{proxy}",
+            self.splitter_extra,
+            proxy = if self.proxy_protocol { "proxy_protocol = true\n" } else { "" },
         );
         for t in &self.tenants {
             dir.write(
@@ -192,23 +228,13 @@ impl SplitterBuilder {
             )
             .spawn()
             .unwrap();
-        let splitter = Splitter {
+        Splitter {
             proc: Proc(child),
             tls,
             http,
             config,
             dir,
-        };
-        for t in &self.tenants {
-            // A concrete name for wildcard-only tenants.
-            let host = t.hosts[0].replace("*.", "www.");
-            wait_until(Duration::from_secs(20), || {
-                // The echo route answers on every tenant the kit generates
-                // (over plaintext, or with its redirect to https).
-                matches!(http_get(splitter.http, &host, "/echo"), Ok(r) if r.status == 200 || r.status == 308)
-            });
         }
-        splitter
     }
 }
 

@@ -17,6 +17,7 @@ fn conn(seq: u64) -> Message {
         server_name: Some("alpha.test".into()),
         local_port: 80,
         accepted_at_us: handoff::now_us(),
+        client_addr: None,
     })
 }
 

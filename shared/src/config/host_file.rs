@@ -88,6 +88,7 @@ struct RawSplitter {
 struct RawListen {
     addr: Spanned<String>,
     protocol: Spanned<String>,
+    proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +211,9 @@ pub struct ListenerConfig {
     pub addr: SocketAddr,
     /// What to peek at.
     pub protocol: Protocol,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header from a
+    /// peer in `[splitter] trusted_proxies`, giving the client's address.
+    pub proxy_protocol: bool,
 }
 
 /// Resource limits of a tenant's processes (`[tenant.limits]`).
@@ -419,7 +423,18 @@ impl HostConfig {
                         format!("listen addr {addr} appears twice"),
                     );
                 }
-                listeners.push(ListenerConfig { addr, protocol });
+                let proxy_protocol = listen.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+                if proxy_protocol && raw_splitter.trusted_proxies.is_empty() {
+                    src.error(
+                        listen.proxy_protocol.as_ref().map_or(0..0, |p| p.span()),
+                        format!("listen {addr}: proxy_protocol = true needs [splitter] trusted_proxies (the load balancers' addresses): a PROXY header is believed only from them"),
+                    );
+                }
+                listeners.push(ListenerConfig {
+                    addr,
+                    protocol,
+                    proxy_protocol,
+                });
             }
         }
         if raw.listen.is_empty() {

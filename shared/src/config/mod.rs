@@ -101,6 +101,19 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_needs_trusted_proxies() {
+        let dir = Dir::new("proxy-protocol");
+        let errors = errors_of(
+            &dir,
+            "[splitter]\nruntime_dir = \"run\"\n[[listen]]\naddr = \"127.0.0.1:8443\"\nprotocol = \"tls\"\nproxy_protocol = true\n",
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("host.toml:6:18: listen 127.0.0.1:8443: proxy_protocol = true needs [splitter] trusted_proxies")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_located() {
         let dir = Dir::new("unknown");
         let errors = errors_of(&dir, "[splitter]\nthreads = 1\npeek_timout = \"1s\"\n");

@@ -5,6 +5,7 @@
 //! fuzzed without sockets. [`socket`] does the peeking itself without spinning.
 
 pub mod http;
+pub mod proxy;
 pub mod socket;
 pub mod tls;
 
@@ -38,6 +39,8 @@ pub enum Reject {
     BadHost,
     /// More than `max_peek_bytes` without a complete ClientHello / header block.
     TooLarge,
+    /// A `proxy_protocol` listener's connection without a valid PROXY header.
+    BadProxyHeader,
 }
 
 impl Reject {
@@ -52,6 +55,7 @@ impl Reject {
             Reject::NotHttp => "not_http",
             Reject::BadHost => "bad_host",
             Reject::TooLarge => "too_large",
+            Reject::BadProxyHeader => "bad_proxy_header",
         }
     }
 

@@ -13,7 +13,7 @@
 //! The peek buffer is a per-thread scratch buffer, not a per-connection one: a
 //! waiting connection holds no buffer at all.
 
-use super::{http, tls, Peeked, Reject};
+use super::{http, proxy, tls, Peeked, Reject};
 use std::cell::RefCell;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use switchyard_shared::config::Protocol;
@@ -66,6 +66,49 @@ pub fn peek_now(fd: BorrowedFd<'_>, protocol: Protocol, max: usize) -> Result<Pe
             other => Ok(other),
         }
     })
+}
+
+/// Reads the PROXY protocol header at the start of the connection, exactly its
+/// bytes and no more (the client's own bytes stay for [`peek_until_named`]);
+/// returns the client address it carries (`None`: a `LOCAL` or `UNKNOWN`
+/// header, the peer's own address stands). Waits without spinning; the caller
+/// bounds the wait.
+pub async fn take_proxy_header(
+    socket: &AsyncFd<OwnedFd>,
+) -> Result<Option<std::net::SocketAddr>, PeekFailure> {
+    use nix::sys::socket::{recv, MsgFlags};
+    loop {
+        let mut guard = socket.readable().await.map_err(|_| PeekFailure::Closed)?;
+        let fd = socket.get_ref().as_raw_fd();
+        let mut buf = [0u8; proxy::V2_MAX];
+        let n = match recv(fd, &mut buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return Err(PeekFailure::Closed),
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
+                guard.clear_ready();
+                continue;
+            }
+            Err(_) => return Err(PeekFailure::Closed),
+        };
+        match proxy::parse(&buf[..n]) {
+            proxy::ProxyHeader::Complete { len, source } => {
+                // The header is in the socket buffer (just peeked): this read
+                // takes exactly it.
+                let mut header = [0u8; proxy::V2_MAX];
+                return match recv(fd, &mut header[..len], MsgFlags::MSG_DONTWAIT) {
+                    Ok(got) if got == len => Ok(source),
+                    _ => Err(PeekFailure::Closed),
+                };
+            }
+            proxy::ProxyHeader::Incomplete if guard.ready().is_read_closed() => {
+                return Err(PeekFailure::Closed)
+            }
+            proxy::ProxyHeader::Incomplete => guard.clear_ready(),
+            proxy::ProxyHeader::Invalid(_) => {
+                return Err(PeekFailure::Invalid(Reject::BadProxyHeader))
+            }
+        }
+    }
 }
 
 /// Waits, without spinning, until the connection says where it goes.
