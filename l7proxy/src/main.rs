@@ -17,6 +17,7 @@ mod pool;
 mod proxy;
 mod registration;
 mod routes;
+mod rules;
 mod service;
 mod shutdown;
 mod signals;

@@ -28,11 +28,16 @@ pub enum Target {
     },
 }
 
+/// One route: where its requests go and its own rules.
 #[derive(Debug)]
-struct Route {
+pub struct Route {
     host: Option<HostPattern>,
-    path: String,
-    target: Target,
+    /// Its path prefix.
+    pub path: String,
+    /// Where its requests go.
+    pub target: Target,
+    /// Its rate limit and header rules.
+    pub rules: Arc<crate::rules::RouteRules>,
 }
 
 /// Routes ordered so that the first match is the right one: longest path
@@ -50,6 +55,11 @@ impl RouteTable {
             .map(|r| Route {
                 host: r.host.clone(),
                 path: r.path.clone(),
+                rules: Arc::new(crate::rules::RouteRules::new(
+                    r.request_headers.clone(),
+                    r.response_headers.clone(),
+                    r.rate_limit.clone(),
+                )),
                 target: match &r.target {
                     RouteTarget::Upstream(index) => Target::Upstream(upstreams[*index].clone()),
                     RouteTarget::Echo => Target::Echo,
@@ -73,12 +83,11 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// The route for a normalised `host` and a request `path`, with its prefix.
-    pub fn find(&self, host: &str, path: &str) -> Option<(&str, &Target)> {
+    /// The route for a normalised `host` and a request `path`.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
         self.routes
             .iter()
             .find(|r| path.starts_with(&r.path) && r.host.as_ref().is_none_or(|h| h.matches(host)))
-            .map(|r| (r.path.as_str(), &r.target))
     }
 }
 
@@ -91,6 +100,9 @@ mod tests {
             host: host.map(|h| HostPattern::parse(h).unwrap()),
             path: path.into(),
             target: RouteTarget::Echo,
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+            rate_limit: None,
         }
     }
 
@@ -105,13 +117,13 @@ mod tests {
             ],
             &[],
         );
-        assert_eq!(table.find("b.com", "/api/v2/x").unwrap().0, "/api/v2");
-        assert_eq!(table.find("b.com", "/api/x").unwrap().0, "/api");
+        assert_eq!(table.find("b.com", "/api/v2/x").unwrap().path, "/api/v2");
+        assert_eq!(table.find("b.com", "/api/x").unwrap().path, "/api");
         assert_eq!(
             table.routes[1].host,
             Some(HostPattern::Exact("a.com".into()))
         );
-        assert_eq!(table.find("b.com", "/other").unwrap().0, "/");
+        assert_eq!(table.find("b.com", "/other").unwrap().path, "/");
         let empty = RouteTable::new(&[route(None, "/api")], &[]);
         assert!(empty.find("b.com", "/").is_none());
     }

@@ -266,3 +266,92 @@ fn routes_answer_redirects_and_fixed_statuses_and_force_https() {
     assert_eq!(plain.header("location"), Some("https://alpha.test/a/b?c=d"));
     assert_eq!(https_get(s.tls, "alpha.test", "/a").unwrap().status, 200);
 }
+
+#[test]
+fn header_rules_reach_the_upstream_and_the_client() {
+    let (upstream, _app) = echo_upstream();
+    let mut tenant = TenantSpec::proxy("alpha", &["alpha.test"], &[upstream]);
+    tenant.file = tenant.file.replace(
+        "retries = 1\n",
+        "retries = 1\nrequest_headers = { set = { \"X-Upstream\" = \"$upstream\" } }\nresponse_headers = { set = { \"X-Served-By\" = \"$upstream\" } }\n",
+    );
+    tenant.file.push_str(
+        "[[route]]\npath = \"/ruled\"\nupstream = \"app\"\nrequest_headers = { set = { \"X-Route\" = \"$host for $client_ip\" }, add = { \"X-Multi\" = \"two\" }, remove = [\"X-Drop-Me\"] }\nresponse_headers = { add = { \"X-Frame-Options\" = \"DENY\" } }\n",
+    );
+    let s = SplitterBuilder::new(vec![tenant]).start();
+    let mut stream = TcpStream::connect(s.http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let answer = request(
+        &mut stream,
+        "alpha.test",
+        "/ruled",
+        "X-Drop-Me: secret\r\nX-Multi: one\r\nConnection: close\r\n",
+    )
+    .unwrap();
+    assert_eq!(answer.status, 200);
+    let seen = answer.json();
+    let lines: Vec<&str> = seen["header_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert!(
+        lines.contains(&"x-route: alpha.test for 127.0.0.1"),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"x-upstream: app"), "{lines:?}");
+    assert!(
+        lines.contains(&"x-multi: one") && lines.contains(&"x-multi: two"),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("x-drop-me")),
+        "{lines:?}"
+    );
+    assert_eq!(answer.header("x-served-by"), Some("app"));
+    assert_eq!(answer.header("x-frame-options"), Some("DENY"));
+    // Another route of the same upstream gets the upstream's rules only.
+    let plain = http_get(s.http, "alpha.test", "/").unwrap();
+    assert_eq!(plain.header("x-served-by"), Some("app"));
+    assert_eq!(plain.header("x-frame-options"), None);
+}
+
+#[test]
+fn a_rate_limit_answers_429_at_the_right_count() {
+    let mut tenant = TenantSpec::echo("alpha", &["alpha.test"]);
+    tenant.file.push_str(
+        "[[route]]\npath = \"/limited\"\nrespond = \"echo\"\nrate_limit = { requests = 3, window = \"10s\" }\n[[route]]\npath = \"/per-user\"\nrespond = \"echo\"\nrate_limit = { per = \"header:X-User\", requests = 2, window = \"10s\" }\n",
+    );
+    let s = SplitterBuilder::new(vec![tenant]).start();
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| http_get(s.http, "alpha.test", "/limited").unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let refused = http_get(s.http, "alpha.test", "/limited").unwrap();
+    assert_eq!(refused.header("retry-after"), Some("10"));
+    assert_eq!(refused.json()["route"], "/limited");
+    // Other routes are not limited.
+    assert_eq!(http_get(s.http, "alpha.test", "/").unwrap().status, 200);
+    // Per header value: each user has its own count.
+    let as_user = |user: &str| {
+        let mut stream = TcpStream::connect(s.http).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        request(
+            &mut stream,
+            "alpha.test",
+            "/per-user",
+            &format!("X-User: {user}\r\nConnection: close\r\n"),
+        )
+        .unwrap()
+        .status
+    };
+    let ann: Vec<u16> = (0..3).map(|_| as_user("ann")).collect();
+    let bob: Vec<u16> = (0..2).map(|_| as_user("bob")).collect();
+    assert_eq!(ann, [200, 200, 429]);
+    assert_eq!(bob, [200, 200]);
+}

@@ -114,6 +114,8 @@ pub struct RequestCtx {
     unavailable: Option<Unavailable>,
     /// Whether the upstream's response header arrived (no retry after that).
     response_started: bool,
+    /// The matched route's rules (header rules, rate limit).
+    rules: Option<Arc<crate::rules::RouteRules>>,
     /// Counts this request as in flight until it is done.
     _in_flight: tokio_util::task::task_tracker::TaskTrackerToken,
 }
@@ -165,6 +167,7 @@ impl ProxyHttp for TenantProxy {
             started_at: std::time::SystemTime::now(),
             upstream_started: None,
             upstream_ms: None,
+            rules: None,
             host: String::new(),
             route: String::new(),
             upstream: None,
@@ -256,14 +259,33 @@ impl ProxyHttp for TenantProxy {
             return Ok(true);
         }
         let path = session.req_header().uri.path().to_owned();
-        match self.routes.find(&ctx.host, &path) {
-            Some((prefix, Target::Echo)) => {
-                ctx.route = prefix.to_owned();
+        let Some(route) = self.routes.find(&ctx.host, &path) else {
+            respond_json(session, 404, &json!({"error": "no route for this path", "path": path, "tenant": self.tenant, "request_id": ctx.request_id}), &[]).await?;
+            return Ok(true);
+        };
+        ctx.route = route.path.clone();
+        ctx.rules = Some(route.rules.clone());
+        let client = forwarding::client_ip(session)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        if let Some(wait) = route.rules.over_limit(session.req_header(), &client) {
+            let retry_after = wait.to_string();
+            let body = json!({"error": "too many requests: this route's rate limit is reached; retry later", "tenant": self.tenant, "route": route.path, "request_id": ctx.request_id});
+            respond_json(
+                session,
+                429,
+                &body,
+                &[("Retry-After", retry_after.as_str())],
+            )
+            .await?;
+            return Ok(true);
+        }
+        match &route.target {
+            Target::Echo => {
                 self.echo(session, ctx).await?;
                 Ok(true)
             }
-            Some((prefix, Target::Redirect { to, status })) => {
-                ctx.route = prefix.to_owned();
+            Target::Redirect { to, status } => {
                 let location = match to {
                     RedirectTo::Https => https_location(session, &ctx.host),
                     RedirectTo::Url(url) => url.clone(),
@@ -271,19 +293,13 @@ impl ProxyHttp for TenantProxy {
                 respond::redirect(session, *status, &location).await?;
                 Ok(true)
             }
-            Some((prefix, Target::Status { status, body })) => {
-                ctx.route = prefix.to_owned();
+            Target::Status { status, body } => {
                 respond::plain(session, *status, body.clone()).await?;
                 Ok(true)
             }
-            Some((prefix, Target::Upstream(upstream))) => {
-                ctx.route = prefix.to_owned();
+            Target::Upstream(upstream) => {
                 ctx.upstream = Some(upstream.clone());
                 Ok(false)
-            }
-            None => {
-                respond_json(session, 404, &json!({"error": "no route for this path", "path": path, "tenant": self.tenant, "request_id": ctx.request_id}), &[]).await?;
-                Ok(true)
             }
         }
     }
@@ -394,6 +410,26 @@ impl ProxyHttp for TenantProxy {
             .map(|t| t.elapsed().as_secs_f64() * 1000.0);
         // RFC 9110 §7.6.3: this hop is named on responses as on requests.
         forwarding::add_via(upstream_response)?;
+        // The upstream group's header rules, then the route's.
+        let client = forwarding::client_ip(session)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let vars = crate::rules::Vars {
+            host: &ctx.host,
+            client_ip: &client,
+            request_id: &ctx.request_id,
+            upstream: ctx.upstream.as_ref().map_or("", |u| u.config.name.as_str()),
+        };
+        if let Some(pool) = &ctx.upstream {
+            crate::rules::apply_to_response(
+                &pool.config.response_headers,
+                upstream_response,
+                &vars,
+            )?;
+        }
+        if let Some(rules) = &ctx.rules {
+            crate::rules::apply_to_response(&rules.response_headers, upstream_response, &vars)?;
+        }
         if let Some(lease) = &ctx.lease {
             // A 5xx is the server failing (passive health), though it is
             // relayed as it is.
@@ -419,7 +455,24 @@ impl ProxyHttp for TenantProxy {
             &self.settings.trusted_proxies,
             &ctx.request_id,
         )?;
-        upstream_request.insert_header("traceparent", ctx.trace.to_string())
+        upstream_request.insert_header("traceparent", ctx.trace.to_string())?;
+        // The route's header rules, then the upstream group's.
+        let client = forwarding::client_ip(session)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let vars = crate::rules::Vars {
+            host: &ctx.host,
+            client_ip: &client,
+            request_id: &ctx.request_id,
+            upstream: ctx.upstream.as_ref().map_or("", |u| u.config.name.as_str()),
+        };
+        if let Some(rules) = &ctx.rules {
+            crate::rules::apply_to_request(&rules.request_headers, upstream_request, &vars)?;
+        }
+        if let Some(pool) = &ctx.upstream {
+            crate::rules::apply_to_request(&pool.config.request_headers, upstream_request, &vars)?;
+        }
+        Ok(())
     }
 
     async fn fail_to_proxy(

@@ -18,6 +18,7 @@
 //! host operator's file, [`tenant_file`] a site's.
 
 mod host_file;
+mod rules;
 mod source;
 mod tenant_file;
 mod upstream;
@@ -26,6 +27,7 @@ pub use host_file::{
     AdminListen, HostConfig, Limits, ListenerConfig, Protocol, SplitterSettings, TenantConfig,
     UnknownHost,
 };
+pub use rules::{HeaderRules, HeaderTemplate, RateKey, RateLimit, TemplatePart};
 pub use source::{resolve_relative, ConfigError, ConfigErrors, Location};
 pub use tenant_file::{
     AccessTarget, HttpLimits, LogConfig, LogFormat, RedirectTo, RouteConfig, RouteTarget,
@@ -98,6 +100,21 @@ mod tests {
         assert_eq!(host.tenants[0].processes, 1);
         assert_eq!(tenants[0].tls, Some(TlsSource::SelfSigned));
         assert_eq!(tenants[0].routes[0].target, RouteTarget::Echo);
+    }
+
+    #[test]
+    fn header_rules_and_rate_limits_are_validated() {
+        let dir = Dir::new("rules");
+        let bad = "[[route]]\npath = \"/\"\nrespond = \"echo\"\nrequest_headers = { set = { \"Content-Length\" = \"5\", \"X-A\" = \"$nope\" } }\nrate_limit = { per = \"cookie:x\", requests = 1 }\n";
+        let path = dir.write("tenants/a.toml", bad);
+        let errors = TenantFile::load(&path).unwrap_err().to_string();
+        for expected in [
+            "a.toml:4:19: request_headers: Content-Length frames the message",
+            "a.toml:4:19: request_headers: x-a: unknown variable $nope",
+            "a.toml:5:14: rate_limit per = \"cookie:x\"",
+        ] {
+            assert!(errors.contains(expected), "{expected}\n{errors}");
+        }
     }
 
     #[test]

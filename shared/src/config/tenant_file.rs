@@ -1,5 +1,9 @@
 //! A tenant file: the site's TLS, upstream groups and routes.
 
+use super::rules::{
+    validate_header_rules, validate_rate_limit, HeaderRules, RateLimit, RawHeaderRules,
+    RawRateLimit,
+};
 use super::source::{Location, Source};
 use super::upstream::{
     validate_registration, validate_upstream, RawRegistration, RawUpstream, RegistrationConfig,
@@ -182,6 +186,9 @@ struct RawRoute {
     to: Option<Spanned<String>>,
     status: Option<Spanned<u16>>,
     body: Option<Spanned<String>>,
+    request_headers: Option<Spanned<RawHeaderRules>>,
+    response_headers: Option<Spanned<RawHeaderRules>>,
+    rate_limit: Option<Spanned<RawRateLimit>>,
 }
 
 /// Most bytes of a `respond = "status"` body.
@@ -246,6 +253,12 @@ pub struct RouteConfig {
     pub path: String,
     /// Where matching requests go.
     pub target: RouteTarget,
+    /// Changes to requests sent upstream.
+    pub request_headers: HeaderRules,
+    /// Changes to responses from upstream.
+    pub response_headers: HeaderRules,
+    /// At most this many requests per key and window (`429` beyond).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A validated tenant file.
@@ -385,7 +398,28 @@ impl TenantFile {
                     continue;
                 }
             };
-            routes.push(RouteConfig { host, path, target });
+            let request_headers = r
+                .request_headers
+                .as_ref()
+                .map(|raw| validate_header_rules(src, "request_headers", raw))
+                .unwrap_or_default();
+            let response_headers = r
+                .response_headers
+                .as_ref()
+                .map(|raw| validate_header_rules(src, "response_headers", raw))
+                .unwrap_or_default();
+            let rate_limit = r
+                .rate_limit
+                .as_ref()
+                .and_then(|raw| validate_rate_limit(src, raw));
+            routes.push(RouteConfig {
+                host,
+                path,
+                target,
+                request_headers,
+                response_headers,
+                rate_limit,
+            });
         }
         if raw.route.is_empty() {
             src.error(

@@ -2,6 +2,7 @@
 //! weights, selection, health checks, retries, backpressure, discovery and the
 //! connection to the servers.
 
+use super::rules::{validate_header_rules, HeaderRules, RawHeaderRules};
 use super::source::Source;
 use crate::units::{parse_duration, serde_duration, serde_duration_opt};
 use serde::Deserialize;
@@ -97,6 +98,8 @@ pub(super) struct RawUpstream {
     tls: Option<Spanned<RawUpstreamTls>>,
     #[serde(default)]
     h2: bool,
+    request_headers: Option<Spanned<RawHeaderRules>>,
+    response_headers: Option<Spanned<RawHeaderRules>>,
 }
 
 #[derive(Deserialize)]
@@ -419,6 +422,10 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
     /// Offer HTTP/2 to the servers (ALPN with TLS, prior knowledge without).
     pub h2: bool,
+    /// Changes to requests sent to this group (after the route's).
+    pub request_headers: HeaderRules,
+    /// Changes to responses from this group (before the route's).
+    pub response_headers: HeaderRules,
 }
 
 /// Where the registration API listens.
@@ -675,6 +682,16 @@ pub(super) fn validate_upstream(
         dns,
         tls,
         h2: u.h2,
+        request_headers: u
+            .request_headers
+            .as_ref()
+            .map(|raw| validate_header_rules(src, "request_headers", raw))
+            .unwrap_or_default(),
+        response_headers: u
+            .response_headers
+            .as_ref()
+            .map(|raw| validate_header_rules(src, "response_headers", raw))
+            .unwrap_or_default(),
     }
 }
 
