@@ -77,6 +77,7 @@ impl Encode for Decompressor {
 
 pub struct Compressor {
     compress: CompressorWriter<Vec<u8>>,
+    level: u32,
     total_in: usize,
     total_out: usize,
     duration: Duration,
@@ -87,6 +88,7 @@ impl Compressor {
         Compressor {
             // buf_size:4096 , lgwin:19 TODO: fine tune these
             compress: CompressorWriter::new(vec![], 4096, level, 19),
+            level,
             total_in: 0,
             total_out: 0,
             duration: Duration::new(0, 0),
@@ -110,9 +112,17 @@ impl Encode for Compressor {
             .or_err(COMPRESSION_ERROR, "while compress Brotli")?;
         // write to vec will never fail.
         if end {
-            self.compress
-                .flush()
-                .or_err(COMPRESSION_ERROR, "while compress Brotli")?;
+            // Finish the stream (its last meta-block), not only flush it: a
+            // flushed but unfinished stream lets a decoder stop short and
+            // report success with part of the body.
+            let finished = std::mem::replace(
+                &mut self.compress,
+                CompressorWriter::new(vec![], 4096, self.level, 19),
+            )
+            .into_inner();
+            self.total_out += finished.len();
+            self.duration += start.elapsed();
+            return Ok(finished.into());
         }
         self.total_out += self.compress.get_ref().len();
         self.duration += start.elapsed();
@@ -148,13 +158,28 @@ mod tests_stream {
     fn compress_brotli_data() {
         let mut compressor = Compressor::new(11);
         let compressed = compressor.encode(&b"adcdefgabcdefgh\n"[..], true).unwrap();
+        // A finished stream, which a strict decoder accepts whole.
+        let mut decoded = Vec::new();
+        brotli::BrotliDecompress(&mut &compressed[..], &mut decoded).unwrap();
+        assert_eq!(&decoded[..], b"adcdefgabcdefgh\n");
+    }
 
-        assert_eq!(
-            &compressed[..],
-            &[
-                0x85, 0x07, 0x00, 0xf8, 0x45, 0x07, 0x87, 0x3e, 0x10, 0xfb, 0x55, 0x92, 0xec, 0x12,
-                0x09, 0xcc, 0x38, 0xdd, 0x51, 0x1e,
-            ],
-        );
+    #[test]
+    fn a_stream_written_in_pieces_ends_finished() {
+        let mut compressor = Compressor::new(5);
+        let mut compressed = Vec::new();
+        let input = vec![b'x'; 20_000];
+        for (i, piece) in input.chunks(4096).enumerate() {
+            let last = (i + 1) * 4096 >= input.len();
+            compressed.extend_from_slice(&compressor.encode(piece, last).unwrap());
+        }
+        let mut decoded = Vec::new();
+        brotli::BrotliDecompress(&mut &compressed[..], &mut decoded).unwrap();
+        assert_eq!(decoded, input);
+        // Without the end, the same bytes are not a whole stream.
+        let mut unfinished = Compressor::new(5);
+        let partial = unfinished.encode(&input, false).unwrap();
+        let mut decoded = Vec::new();
+        assert!(brotli::BrotliDecompress(&mut &partial[..], &mut decoded).is_err());
     }
 }
