@@ -111,20 +111,13 @@ fn list_values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Headers that frame a message or belong to one hop; a look-alike spelled
-/// with underscores is dropped on the way upstream (as nginx does), since some
-/// servers read `Transfer_Encoding` as `Transfer-Encoding`.
-const FRAMING_AND_HOP: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-];
+/// Whether `name` (lower case) frames a message, belongs to one hop, or is
+/// `Host`: a look-alike spelled with underscores is dropped on the way
+/// upstream (as nginx does), since some servers read `Transfer_Encoding` as
+/// `Transfer-Encoding`.
+fn framing_hop_or_host(name: &str) -> bool {
+    name == "host" || switchyard_shared::config::FRAMING_AND_HOP.contains(&name)
+}
 
 /// Prepares a request for the upstream: underscore look-alikes of framing
 /// headers dropped, several `Cookie` fields (HTTP/2 sends one per cookie)
@@ -134,9 +127,7 @@ pub fn sanitize_upstream_request(req: &mut RequestHeader) {
         .headers
         .keys()
         .map(|name| name.as_str())
-        .filter(|name| {
-            name.contains('_') && FRAMING_AND_HOP.contains(&name.replace('_', "-").as_str())
-        })
+        .filter(|name| name.contains('_') && framing_hop_or_host(&name.replace('_', "-")))
         .map(str::to_owned)
         .collect();
     for name in lookalikes {

@@ -2,7 +2,7 @@
 
 use crate::pool::Pool;
 use std::sync::Arc;
-use switchyard_shared::config::{RedirectTo, RouteConfig, RouteTarget};
+use switchyard_shared::config::{Compression, RedirectTo, RouteConfig, RouteTarget};
 use switchyard_shared::host::HostPattern;
 
 /// Where a matched request goes.
@@ -38,6 +38,8 @@ pub struct Route {
     pub target: Target,
     /// Its rate limit and header rules.
     pub rules: Arc<crate::rules::RouteRules>,
+    /// Response compressions it offers.
+    pub compress: Vec<Compression>,
 }
 
 /// Routes ordered so that the first match is the right one: longest path
@@ -55,6 +57,7 @@ impl RouteTable {
             .map(|r| Route {
                 host: r.host.clone(),
                 path: r.path.clone(),
+                compress: r.compress.clone(),
                 rules: Arc::new(crate::rules::RouteRules::new(
                     r.request_headers.clone(),
                     r.response_headers.clone(),
@@ -103,6 +106,7 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
             rate_limit: None,
+            compress: Vec::new(),
         }
     }
 

@@ -210,6 +210,29 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
+    /// A connection just accepted on the listener `listener` (port `port`),
+    /// holding its place `slot`.
+    pub fn accepted(
+        fd: OwnedFd,
+        protocol: Protocol,
+        port: u16,
+        slot: PendingSlot,
+        listener: Arc<str>,
+    ) -> ClientConn {
+        ClientConn {
+            fd,
+            protocol,
+            server_name: None,
+            local_port: port,
+            accepted_at_us: switchyard_shared::handoff::now_us(),
+            slot,
+            listener,
+            accepted: std::time::Instant::now(),
+            named: None,
+            client_addr: None,
+        }
+    }
+
     /// The `Conn` message describing this connection, with sequence number `seq`.
     pub fn meta(&self, seq: u64) -> ConnMeta {
         ConnMeta {

@@ -18,7 +18,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_shared::config::{ListenerConfig, Protocol, SplitterSettings};
-use switchyard_shared::handoff::now_us;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -166,18 +165,7 @@ fn accepted_from_proxy(
             return;
         }
     };
-    let conn = ClientConn {
-        fd,
-        protocol,
-        server_name: None,
-        local_port: port,
-        accepted_at_us: now_us(),
-        slot,
-        listener: label.clone(),
-        accepted: std::time::Instant::now(),
-        named: None,
-        client_addr: None,
-    };
+    let conn = ClientConn::accepted(fd, protocol, port, slot, label.clone());
     tokio::spawn(wait_and_route(front.clone(), conn, true));
 }
 
@@ -202,18 +190,7 @@ fn accepted(
             return;
         }
     };
-    let conn = ClientConn {
-        fd,
-        protocol,
-        server_name: None,
-        local_port: port,
-        accepted_at_us: now_us(),
-        slot,
-        listener: label.clone(),
-        accepted: std::time::Instant::now(),
-        named: None,
-        client_addr: None,
-    };
+    let conn = ClientConn::accepted(fd, protocol, port, slot, label.clone());
     match peek_now(conn.fd.as_fd(), protocol, front.settings.max_peek_bytes) {
         Ok(Peeked::Name(name)) => route(front, conn, name),
         Ok(Peeked::NeedMore) => {

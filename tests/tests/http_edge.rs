@@ -820,3 +820,58 @@ fn a_kept_alive_request_with_two_host_headers_is_a_400() {
         "only the first reached the upstream"
     );
 }
+
+/// An upstream that sends `head_and_some` then, after a pause, either resets
+/// the connection (RST) or goes silent for `silence`.
+fn failing_midway(head_and_some: &'static [u8], reset: bool, silence: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(head_and_some);
+                std::thread::sleep(Duration::from_millis(200));
+                if reset {
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                } else {
+                    std::thread::sleep(silence);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_body_reset_or_stalled_midway_reaches_the_client_short() {
+    for (reset, what) in [(true, "reset"), (false, "read timeout")] {
+        let upstream = failing_midway(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n0123456789",
+            reset,
+            Duration::from_secs(6),
+        );
+        let mut tenant = TenantSpec::proxy("alpha", &["alpha.test"], &[upstream]);
+        tenant.file = tenant
+            .file
+            .replace("retries = 1\n", "retries = 1\nread_timeout = \"1s\"\n");
+        let s = SplitterBuilder::new(vec![tenant]).start();
+        let started = std::time::Instant::now();
+        let received = raw_exchange(s.http, "alpha.test");
+        let text = String::from_utf8_lossy(&received);
+        assert!(text.starts_with("HTTP/1.1 200"), "{what}: {text}");
+        assert_eq!(
+            body_of(&received),
+            b"0123456789",
+            "{what}: the real bytes only, then a close: {text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: closed after {:?}",
+            started.elapsed()
+        );
+    }
+}

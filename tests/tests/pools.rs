@@ -240,41 +240,49 @@ fn all_servers_down_gets_503_json_at_once() {
     assert!(took < Duration::from_millis(500), "took {took:?}");
 }
 
+/// Answers every request head on `stream` with `status()` and a JSON body
+/// naming `name`, until the client closes.
+fn answer_each_request(
+    mut stream: std::net::TcpStream,
+    name: &str,
+    status: impl Fn() -> &'static str,
+) {
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => seen.extend_from_slice(&buf[..k]),
+        }
+        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            seen.drain(..end + 4);
+            let body = format!("{{\"upstream\":\"{name}\"}}");
+            let answer = format!(
+                "HTTP/1.1 {}\r\nContent-Length: {}\r\n\r\n{body}",
+                status(),
+                body.len()
+            );
+            if stream.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// A server that resets its first `resets` connections (RST, as a crashing
 /// backend does), then answers every request `200` with its `name`.
 fn resetting_server(resets: usize, name: &'static str) -> SocketAddr {
-    use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for (n, stream) in listener.incoming().enumerate() {
-            let Ok(mut stream) = stream else { continue };
+            let Ok(stream) = stream else { continue };
             if n < resets {
                 let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                 drop(stream);
                 continue;
             }
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => seen.extend_from_slice(&buf[..k]),
-                    }
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        let body = format!("{{\"upstream\":\"{name}\"}}");
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if stream.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+            std::thread::spawn(move || answer_each_request(stream, name, || "200 OK"));
         }
     });
     addr
@@ -314,38 +322,20 @@ fn flaky_server(
     name: &'static str,
     failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> SocketAddr {
-    use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
+            let Ok(stream) = stream else { continue };
             let failing = failing.clone();
             std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => seen.extend_from_slice(&buf[..k]),
+                answer_each_request(stream, name, || {
+                    if failing.load(std::sync::atomic::Ordering::SeqCst) {
+                        "503 Service Unavailable"
+                    } else {
+                        "200 OK"
                     }
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        let status = if failing.load(std::sync::atomic::Ordering::SeqCst) {
-                            "503 Service Unavailable"
-                        } else {
-                            "200 OK"
-                        };
-                        let body = format!("{{\"upstream\":\"{name}\"}}");
-                        let answer = format!(
-                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if stream.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                }
+                })
             });
         }
     });

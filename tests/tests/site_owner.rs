@@ -355,3 +355,41 @@ fn a_rate_limit_answers_429_at_the_right_count() {
     assert_eq!(ann, [200, 200, 429]);
     assert_eq!(bob, [200, 200]);
 }
+
+#[test]
+fn a_route_compresses_responses_for_clients_that_accept_it() {
+    let (upstream, _app) = echo_upstream();
+    let mut tenant = TenantSpec::proxy("alpha", &["alpha.test"], &[upstream]);
+    tenant.file.push_str(
+        "[[route]]\npath = \"/packed\"\nupstream = \"app\"\ncompress = [\"zstd\", \"br\", \"gzip\"]\n",
+    );
+    let s = SplitterBuilder::new(vec![tenant]).start();
+    let fetch = |path: &str, encoding: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-v", "--compressed", "--max-time", "10"])
+            .args(["-H", "Host: alpha.test", "-H"])
+            .arg(format!("Accept-Encoding: {encoding}"))
+            .arg(format!("http://{}{path}", s.http))
+            .output()
+            .unwrap();
+        (
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).to_ascii_lowercase(),
+        )
+    };
+    for encoding in ["zstd", "br", "gzip"] {
+        let (body, trace) = fetch("/packed?size=20000", encoding);
+        assert!(
+            trace.contains(&format!("< content-encoding: {encoding}")),
+            "{encoding}: {trace}"
+        );
+        assert_eq!(body.len(), 20_000, "{encoding}: decoded by curl: {trace}");
+        assert!(body.iter().all(|b| *b == b'x'));
+    }
+    // A route without `compress`, and a client that accepts none: as sent.
+    let (body, trace) = fetch("/other?size=20000", "gzip");
+    assert!(!trace.contains("content-encoding"), "{trace}");
+    assert_eq!(body.len(), 20_000);
+    let (_, trace) = fetch("/packed?size=20000", "identity");
+    assert!(!trace.contains("content-encoding"), "{trace}");
+}

@@ -31,7 +31,7 @@ use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use switchyard_shared::config::{HttpLimits, LogConfig, RedirectTo, ServerAddr};
+use switchyard_shared::config::{Compression, HttpLimits, LogConfig, RedirectTo, ServerAddr};
 use switchyard_shared::host::normalize;
 
 /// One tenant's proxy logic.
@@ -132,6 +132,21 @@ pub fn server_options(http: &HttpLimits) -> pingora::apps::HttpServerOptions {
     options
 }
 
+impl RequestCtx {
+    /// The values header rules may name, for this request from `client_ip`.
+    fn vars<'a>(&'a self, client_ip: &'a str) -> crate::rules::Vars<'a> {
+        crate::rules::Vars {
+            host: &self.host,
+            client_ip,
+            request_id: &self.request_id,
+            upstream: self
+                .upstream
+                .as_ref()
+                .map_or("", |u| u.config.name.as_str()),
+        }
+    }
+}
+
 /// `https://HOST/PATH?QUERY` for this request (the port dropped: 443).
 fn https_location(session: &Session, host: &str) -> String {
     let path = session
@@ -178,6 +193,40 @@ impl ProxyHttp for TenantProxy {
             response_started: false,
             _in_flight: self.in_flight.token(),
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Pingora's response compression reads Accept-Encoding before
+        // `request_filter`, so a route's `compress` is looked up here.
+        let req = session.req_header();
+        let Some(host) = request_authority(req).and_then(normalize) else {
+            return Ok(());
+        };
+        let Some(route) = self.routes.find(&host, req.uri.path()) else {
+            return Ok(());
+        };
+        if route.compress.is_empty() {
+            return Ok(());
+        }
+        use pingora::protocols::http::compression::Algorithm;
+        if let Some(compression) = session
+            .downstream_modules_ctx
+            .get_mut::<pingora::modules::http::compression::ResponseCompression>(
+        ) {
+            for algorithm in &route.compress {
+                let (algorithm, level) = match algorithm {
+                    Compression::Zstd => (Algorithm::Zstd, 3),
+                    Compression::Brotli => (Algorithm::Brotli, 5),
+                    Compression::Gzip => (Algorithm::Gzip, 6),
+                };
+                compression.adjust_algorithm_level(algorithm, level);
+            }
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -414,12 +463,7 @@ impl ProxyHttp for TenantProxy {
         let client = forwarding::client_ip(session)
             .map(|ip| ip.to_string())
             .unwrap_or_default();
-        let vars = crate::rules::Vars {
-            host: &ctx.host,
-            client_ip: &client,
-            request_id: &ctx.request_id,
-            upstream: ctx.upstream.as_ref().map_or("", |u| u.config.name.as_str()),
-        };
+        let vars = ctx.vars(&client);
         if let Some(pool) = &ctx.upstream {
             crate::rules::apply_to_response(
                 &pool.config.response_headers,
@@ -460,12 +504,7 @@ impl ProxyHttp for TenantProxy {
         let client = forwarding::client_ip(session)
             .map(|ip| ip.to_string())
             .unwrap_or_default();
-        let vars = crate::rules::Vars {
-            host: &ctx.host,
-            client_ip: &client,
-            request_id: &ctx.request_id,
-            upstream: ctx.upstream.as_ref().map_or("", |u| u.config.name.as_str()),
-        };
+        let vars = ctx.vars(&client);
         if let Some(rules) = &ctx.rules {
             crate::rules::apply_to_request(&rules.request_headers, upstream_request, &vars)?;
         }
@@ -502,6 +541,15 @@ impl ProxyHttp for TenantProxy {
                     }
                     _ => 400,
                 },
+                // Writing the tenant's own answer to a client that went away.
+                ErrorSource::Internal | ErrorSource::Unset
+                    if matches!(
+                        e.etype(),
+                        ErrorType::WriteError | ErrorType::ConnectionClosed
+                    ) =>
+                {
+                    0
+                }
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
@@ -523,14 +571,17 @@ impl ProxyHttp for TenantProxy {
             // The response has started: any error text would become part of
             // it, and a cut-short body must never look complete. HTTP/1.1: the
             // connection closes short of its framing; HTTP/2: RST_STREAM
-            // (INTERNAL_ERROR); an upgraded tunnel is closed.
-            crate::metrics::count().responses_aborted.inc();
-            tracing::warn!(
-                tenant = %self.tenant,
-                request_id = %ctx.request_id,
-                upstream = upstream.as_deref().unwrap_or("-"),
-                "the upstream failed after the response started; the client's response is aborted, not completed"
-            );
+            // (INTERNAL_ERROR); an upgraded tunnel is closed. (A client that
+            // went away is not an aborted response.)
+            if code > 0 {
+                crate::metrics::count().responses_aborted.inc();
+                tracing::warn!(
+                    tenant = %self.tenant,
+                    request_id = %ctx.request_id,
+                    upstream = upstream.as_deref().unwrap_or("-"),
+                    "the upstream failed after the response started; the client's response is aborted, not completed"
+                );
+            }
             session.downstream_session.shutdown().await;
             return FailToProxy {
                 error_code: code,

@@ -27,11 +27,11 @@ pub use host_file::{
     AdminListen, HostConfig, Limits, ListenerConfig, Protocol, SplitterSettings, TenantConfig,
     UnknownHost,
 };
-pub use rules::{HeaderRules, HeaderTemplate, RateKey, RateLimit, TemplatePart};
+pub use rules::{HeaderRules, HeaderTemplate, RateKey, RateLimit, TemplatePart, FRAMING_AND_HOP};
 pub use source::{resolve_relative, ConfigError, ConfigErrors, Location};
 pub use tenant_file::{
-    AccessTarget, HttpLimits, LogConfig, LogFormat, RedirectTo, RouteConfig, RouteTarget,
-    TenantFile, TlsSource,
+    AccessTarget, Compression, HttpLimits, LogConfig, LogFormat, RedirectTo, RouteConfig,
+    RouteTarget, TenantFile, TlsSource,
 };
 pub use upstream::{
     parse_registration_ttl, DnsDiscovery, HashKey, HealthConfig, HealthKind, LbKind, PassiveHealth,

@@ -59,9 +59,10 @@ impl HeaderRules {
     }
 }
 
-/// Headers that frame a message or belong to one hop: a rule may not touch
-/// them (the proxy keeps framing one way only).
-const PROTECTED: &[&str] = &[
+/// Headers that frame a message or belong to one hop (lower case): a header
+/// rule may not touch them, and the tenant drops their underscore look-alikes
+/// (the proxy keeps framing one way only).
+pub const FRAMING_AND_HOP: &[&str] = &[
     "content-length",
     "transfer-encoding",
     "connection",
@@ -132,7 +133,7 @@ pub(super) fn validate_header_rules(
             );
             return None;
         }
-        if PROTECTED.contains(&lower.as_str()) {
+        if FRAMING_AND_HOP.contains(&lower.as_str()) {
             src.error(
                 span.clone(),
                 format!("{key}: {name} frames the message or belongs to one hop; a rule may not change it"),

@@ -189,6 +189,18 @@ struct RawRoute {
     request_headers: Option<Spanned<RawHeaderRules>>,
     response_headers: Option<Spanned<RawHeaderRules>>,
     rate_limit: Option<Spanned<RawRateLimit>>,
+    compress: Option<Spanned<Vec<String>>>,
+}
+
+/// A response compression a route may use (`compress = [...]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// `zstd`.
+    Zstd,
+    /// `br` (Brotli).
+    Brotli,
+    /// `gzip`.
+    Gzip,
 }
 
 /// Most bytes of a `respond = "status"` body.
@@ -259,6 +271,8 @@ pub struct RouteConfig {
     pub response_headers: HeaderRules,
     /// At most this many requests per key and window (`429` beyond).
     pub rate_limit: Option<RateLimit>,
+    /// Compressions offered to clients that accept them (upstream responses).
+    pub compress: Vec<Compression>,
 }
 
 /// A validated tenant file.
@@ -412,6 +426,22 @@ impl TenantFile {
                 .rate_limit
                 .as_ref()
                 .and_then(|raw| validate_rate_limit(src, raw));
+            let mut compress = Vec::new();
+            if let Some(list) = &r.compress {
+                for name in list.get_ref() {
+                    match name.as_str() {
+                        "zstd" => compress.push(Compression::Zstd),
+                        "br" => compress.push(Compression::Brotli),
+                        "gzip" => compress.push(Compression::Gzip),
+                        other => src.error(
+                            list.span(),
+                            format!(
+                                "compress: {other:?} is unknown; use \"zstd\", \"br\" or \"gzip\""
+                            ),
+                        ),
+                    }
+                }
+            }
             routes.push(RouteConfig {
                 host,
                 path,
@@ -419,6 +449,7 @@ impl TenantFile {
                 request_headers,
                 response_headers,
                 rate_limit,
+                compress,
             });
         }
         if raw.route.is_empty() {
