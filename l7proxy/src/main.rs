@@ -124,6 +124,13 @@ fn run(cli: Cli) -> Result<(), String> {
             for warning in &checked.warnings {
                 println!("{warning}");
             }
+            let store = tls::CertStore::new(
+                &entry.name,
+                source.clone(),
+                entry.hosts.clone(),
+                checked.loaded,
+            );
+            tls::server_config(&store, &file.tls_policy).map_err(|errors| errors.join("\n"))?;
         }
         for warning in &file.warnings {
             println!("{warning}");
@@ -291,6 +298,9 @@ fn run(cli: Cli) -> Result<(), String> {
                         entry.name
                     )
                 })?;
+                if file.tls_policy != Default::default() {
+                    tracing::warn!(tenant = %entry.name, "[tls] min_version, cipher_suites and groups apply to connections handed by the splitter; a standalone --listen uses Pingora's defaults");
+                }
                 service.add_tls_with_settings(&addr, None, tls::settings(cert));
             } else {
                 service.add_tcp(&addr);
@@ -317,7 +327,15 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let mut app = pingora::proxy::http_proxy(&conf, logic);
             app.server_options = Some(proxy::server_options(&file.http));
-            let acceptor = certificate.as_ref().map(|cert| tls::settings(cert).build());
+            let acceptor = match &certificate {
+                Some(cert) => Some(pingora::listeners::tls::Acceptor::from_server_config(
+                    Arc::new(
+                        tls::server_config(cert, &file.tls_policy)
+                            .map_err(|errors| errors.join("\n"))?,
+                    ),
+                )),
+                None => None,
+            };
             let service = service::HandoffService::new(
                 &entry.name,
                 socket,

@@ -19,7 +19,7 @@ use rustls::sign::CertifiedKey;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use switchyard_shared::config::{Location, TlsSource};
+use switchyard_shared::config::{Location, TlsPolicy, TlsSource, TlsVersion};
 use switchyard_shared::host::HostPattern;
 use tracing::{info, warn};
 
@@ -349,6 +349,93 @@ struct CurrentCertificate(Arc<CertStore>);
 impl ResolvesServerCert for CurrentCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.current.load().key.clone())
+    }
+}
+
+/// The rustls server configuration of `policy` serving `store`'s pair, with
+/// ALPN h2 then http/1.1; `Err` names what the policy gets wrong, located in
+/// the tenant file.
+pub fn server_config(
+    store: &Arc<CertStore>,
+    policy: &TlsPolicy,
+) -> Result<rustls::ServerConfig, Vec<String>> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let mut errors = Vec::new();
+    if !policy.cipher_suites.is_empty() {
+        let known: Vec<String> = provider
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        let mut chosen = Vec::new();
+        for name in &policy.cipher_suites {
+            match provider
+                .cipher_suites
+                .iter()
+                .find(|s| format!("{:?}", s.suite()).eq_ignore_ascii_case(name))
+            {
+                Some(suite) => chosen.push(*suite),
+                None => errors.push(located(
+                    &policy.cipher_suites_at,
+                    format!(
+                        "[tls] cipher_suites: {name:?} is not a suite this build offers ({})",
+                        known.join(", ")
+                    ),
+                )),
+            }
+        }
+        provider.cipher_suites = chosen;
+    }
+    if !policy.groups.is_empty() {
+        let known: Vec<String> = provider
+            .kx_groups
+            .iter()
+            .map(|g| format!("{:?}", g.name()))
+            .collect();
+        let mut chosen = Vec::new();
+        for name in &policy.groups {
+            match provider
+                .kx_groups
+                .iter()
+                .find(|g| format!("{:?}", g.name()).eq_ignore_ascii_case(name))
+            {
+                Some(group) => chosen.push(*group),
+                None => errors.push(located(
+                    &policy.groups_at,
+                    format!(
+                        "[tls] groups: {name:?} is not a key-exchange group this build offers ({})",
+                        known.join(", ")
+                    ),
+                )),
+            }
+        }
+        provider.kx_groups = chosen;
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match policy.min_version {
+        TlsVersion::V12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V13 => &[&rustls::version::TLS13],
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| {
+            vec![located(
+                &policy.cipher_suites_at.clone().or(policy.groups_at.clone()),
+                format!("[tls] the cipher suites and groups leave no way to speak the versions allowed: {e}"),
+            )]
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(CurrentCertificate(store.clone())));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn located(at: &Option<Location>, message: String) -> String {
+    match at {
+        Some(at) => at.error(message).to_string(),
+        None => message,
     }
 }
 

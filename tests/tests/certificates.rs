@@ -260,3 +260,65 @@ fn the_certificate_expiry_is_a_metric() {
     // 2040-01-01 is more than ten years away.
     assert!(seconds > 10.0 * 365.0 * 86_400.0, "{seconds}");
 }
+
+/// `curl -k` over TLS to alpha.test on `s` with `args`: (exit code, stderr).
+fn curl_tls(s: &Splitter, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "-v",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            "--resolve",
+        ])
+        .arg(format!("alpha.test:{}:127.0.0.1", s.tls.port()))
+        .args(args)
+        .arg(format!("https://alpha.test:{}/", s.tls.port()))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_tls_policy_limits_versions_suites_and_groups() {
+    let mut tenant = TenantSpec::echo("alpha", &["alpha.test"]);
+    tenant.file = tenant.file.replace(
+        "self_signed = true\n",
+        "self_signed = true\nmin_version = \"1.3\"\ncipher_suites = [\"TLS13_CHACHA20_POLY1305_SHA256\"]\ngroups = [\"secp384r1\"]\n",
+    );
+    let s = SplitterBuilder::new(vec![tenant]).start();
+    let (code, stderr) = curl_tls(&s, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("TLSv1.3 / TLS_CHACHA20_POLY1305_SHA256"),
+        "{stderr}"
+    );
+    // TLS 1.2 only: refused.
+    let (code, stderr) = curl_tls(&s, &["--tls-max", "1.2"]);
+    assert_ne!(code, Some(0), "{stderr}");
+    // Only a group the policy leaves out: refused.
+    let (code, stderr) = curl_tls(&s, &["--curves", "X25519"]);
+    assert_ne!(code, Some(0), "{stderr}");
+
+    // check names an unknown suite where it is written.
+    let dir = TempDir::new("tls-policy");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(dir.0.join("tenants")).unwrap();
+    let host = host_file_for(
+        &dir,
+        "[tls]\nself_signed = true\ncipher_suites = [\"TLS_RSA_WITH_RC4_128_MD5\"]\n[[route]]\npath = \"/\"\nrespond = \"echo\"\n",
+    );
+    let (code, _, stderr) = splitter_check(&host);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "alpha.toml:3:17: [tls] cipher_suites: \"TLS_RSA_WITH_RC4_128_MD5\" is not a suite"
+        ),
+        "{stderr}"
+    );
+}

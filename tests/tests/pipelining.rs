@@ -38,6 +38,7 @@ fn get(host: &str, path: &str) -> String {
 }
 
 fn path_answered(response: &Response) -> String {
+    assert_eq!(response.status, 200, "{response:?}");
     response.json()["path"]
         .as_str()
         .unwrap_or_default()
@@ -148,6 +149,7 @@ fn a_request_body_is_never_taken_for_the_next_request() {
         get("alpha.test", "/next")
     );
     let answers = pipelined(plain(s.http), &requests, 2);
+    assert_eq!(answers[0].status, 200, "{:?}", answers[0]);
     assert_eq!(answers[0].json()["method"], "POST");
     assert_eq!(path_answered(&answers[0]), "/form");
     assert_eq!(path_answered(&answers[1]), "/next");

@@ -31,7 +31,7 @@ pub use rules::{HeaderRules, HeaderTemplate, RateKey, RateLimit, TemplatePart, F
 pub use source::{resolve_relative, ConfigError, ConfigErrors, Location};
 pub use tenant_file::{
     AccessTarget, Compression, HttpLimits, LogConfig, LogFormat, RedirectTo, RouteConfig,
-    RouteTarget, TenantFile, TlsSource,
+    RouteTarget, TenantFile, TlsPolicy, TlsSource, TlsVersion,
 };
 pub use upstream::{
     parse_registration_ttl, DnsDiscovery, HashKey, HealthConfig, HealthKind, LbKind, PassiveHealth,

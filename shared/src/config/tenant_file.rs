@@ -174,6 +174,37 @@ struct RawTls {
     key: Option<Spanned<String>>,
     #[serde(default)]
     self_signed: bool,
+    min_version: Option<Spanned<String>>,
+    cipher_suites: Option<Spanned<Vec<String>>>,
+    groups: Option<Spanned<Vec<String>>>,
+}
+
+/// The oldest TLS version a tenant accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    V12,
+    /// TLS 1.3 only.
+    V13,
+}
+
+/// `[tls]` policy: versions, cipher suites and key-exchange groups. Names are
+/// checked against the TLS library by the tenant's own process (`check`), at
+/// the locations kept here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// The oldest version accepted.
+    pub min_version: TlsVersion,
+    /// Cipher suites by their IANA names (`TLS13_AES_128_GCM_SHA256`, …);
+    /// empty: the library's defaults.
+    pub cipher_suites: Vec<String>,
+    /// Where `cipher_suites` is written.
+    pub cipher_suites_at: Option<Location>,
+    /// Key-exchange groups (`X25519`, `secp256r1`, …); empty: the defaults.
+    pub groups: Vec<String>,
+    /// Where `groups` is written.
+    pub groups_at: Option<Location>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +313,8 @@ pub struct TenantFile {
     pub path: PathBuf,
     /// `[tls]`, when the tenant serves TLS.
     pub tls: Option<TlsSource>,
+    /// `[tls]` versions, cipher suites and groups.
+    pub tls_policy: TlsPolicy,
     /// `[[upstream]]`, in file order.
     pub upstreams: Vec<UpstreamConfig>,
     /// `[[route]]`, in file order.
@@ -308,6 +341,27 @@ impl TenantFile {
     }
 
     fn validate(src: &mut Source, raw: RawTenantFile) -> TenantFile {
+        let mut tls_policy = TlsPolicy::default();
+        if let Some(raw_tls) = &raw.tls {
+            if let Some(version) = &raw_tls.min_version {
+                match version.get_ref().as_str() {
+                    "1.2" => tls_policy.min_version = TlsVersion::V12,
+                    "1.3" => tls_policy.min_version = TlsVersion::V13,
+                    other => src.error(
+                        version.span(),
+                        format!("[tls] min_version = {other:?}: use \"1.2\" or \"1.3\""),
+                    ),
+                }
+            }
+            if let Some(suites) = &raw_tls.cipher_suites {
+                tls_policy.cipher_suites = suites.get_ref().clone();
+                tls_policy.cipher_suites_at = Some(src.locate(suites.span()));
+            }
+            if let Some(groups) = &raw_tls.groups {
+                tls_policy.groups = groups.get_ref().clone();
+                tls_policy.groups_at = Some(src.locate(groups.span()));
+            }
+        }
         let tls = raw
             .tls
             .as_ref()
@@ -475,6 +529,7 @@ impl TenantFile {
             registration,
             http,
             log,
+            tls_policy,
             force_https: raw.force_https,
             warnings: src.take_warnings(),
         }

@@ -132,7 +132,7 @@ async fn connection(
     let mut buf = Vec::with_capacity(8192);
     loop {
         // Read until a complete header block is buffered.
-        let (head_len, response, close, body_len, delay, upgrade) = loop {
+        let (head_len, response, close, body_len, delay, upgrade, chunked) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut request = httparse::Request::new(&mut headers);
             match request.parse(&buf) {
@@ -140,6 +140,7 @@ async fn connection(
                     let mut body_len = 0usize;
                     let mut close = request.version == Some(0);
                     let mut upgrade = false;
+                    let mut chunked = false;
                     let path = request.path.unwrap_or("");
                     let delay = path
                         .split_once("delay_ms=")
@@ -166,6 +167,11 @@ async fn connection(
                         }
                         if h.name.eq_ignore_ascii_case("upgrade") {
                             upgrade = true;
+                        }
+                        if h.name.eq_ignore_ascii_case("transfer-encoding")
+                            && value.to_ascii_lowercase().contains("chunked")
+                        {
+                            chunked = true;
                         }
                         header_map.insert(
                             h.name.to_ascii_lowercase(),
@@ -194,7 +200,7 @@ async fn connection(
                     };
                     if upgrade {
                         let response = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
-                        break (len, response, false, body_len, delay, true);
+                        break (len, response, false, body_len, delay, true, chunked);
                     }
                     let mut response = format!(
                         "HTTP/1.1 {status} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
@@ -219,7 +225,7 @@ async fn connection(
                         response.splice(at..at, echo.into_bytes());
                     }
                     response.extend_from_slice(&body);
-                    break (len, response, close, body_len, delay, false);
+                    break (len, response, close, body_len, delay, false, chunked);
                 }
                 Ok(httparse::Status::Partial) => {}
                 Err(_) => {
@@ -238,16 +244,24 @@ async fn connection(
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        // Discard the request body (Content-Length only; chunked is not needed here).
-        while buf.len() < head_len + body_len {
-            let mut chunk = [0u8; 8192];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
+        // Discard the request body (Content-Length, or chunked), so that the
+        // next request on the connection starts where it should.
+        if chunked {
+            buf.drain(..head_len);
+            if !skip_chunked_body(&mut stream, &mut buf).await? {
                 return Ok(());
             }
-            buf.extend_from_slice(&chunk[..n]);
+        } else {
+            while buf.len() < head_len + body_len {
+                let mut chunk = [0u8; 8192];
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..head_len + body_len);
         }
-        buf.drain(..head_len + body_len);
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
@@ -313,5 +327,49 @@ async fn keep_registered(url: String, upstream: String, addr: String, ttl: Strin
             Duration::from_millis(200)
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Removes one chunked body (and its trailer section) from the front of
+/// `buf`, reading more as needed; false when the client closed first.
+async fn skip_chunked_body(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
+    async fn more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<bool> {
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await?;
+        buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+    loop {
+        let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+            if !more(stream, buf).await? {
+                return Ok(false);
+            }
+            continue;
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).to_string();
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+        if size == 0 {
+            // The trailer section ends with an empty line.
+            loop {
+                if let Some(end) = buf[line_end..].windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..line_end + end + 4);
+                    return Ok(true);
+                }
+                if buf.len() >= line_end + 4 && &buf[line_end..line_end + 4] == b"\r\n\r\n" {
+                    buf.drain(..line_end + 4);
+                    return Ok(true);
+                }
+                if !more(stream, buf).await? {
+                    return Ok(false);
+                }
+            }
+        }
+        while buf.len() < line_end + 2 + size + 2 {
+            if !more(stream, buf).await? {
+                return Ok(false);
+            }
+        }
+        buf.drain(..line_end + 2 + size + 2);
     }
 }
