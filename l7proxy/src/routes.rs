@@ -47,6 +47,8 @@ pub struct Route {
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Whether any route compresses (requests skip the lookup otherwise).
+    compresses: bool,
 }
 
 impl RouteTable {
@@ -83,7 +85,13 @@ impl RouteTable {
                 .cmp(&a.path.len())
                 .then(b.host.is_some().cmp(&a.host.is_some()))
         });
-        RouteTable { routes }
+        let compresses = routes.iter().any(|r| !r.compress.is_empty());
+        RouteTable { routes, compresses }
+    }
+
+    /// Whether any route has `compress`.
+    pub fn compresses(&self) -> bool {
+        self.compresses
     }
 
     /// The route for a normalised `host` and a request `path`.

@@ -362,54 +362,26 @@ pub fn server_config(
     let mut provider = rustls::crypto::ring::default_provider();
     let mut errors = Vec::new();
     if !policy.cipher_suites.is_empty() {
-        let known: Vec<String> = provider
-            .cipher_suites
-            .iter()
-            .map(|s| format!("{:?}", s.suite()))
-            .collect();
-        let mut chosen = Vec::new();
-        for name in &policy.cipher_suites {
-            match provider
-                .cipher_suites
-                .iter()
-                .find(|s| format!("{:?}", s.suite()).eq_ignore_ascii_case(name))
-            {
-                Some(suite) => chosen.push(*suite),
-                None => errors.push(located(
-                    &policy.cipher_suites_at,
-                    format!(
-                        "[tls] cipher_suites: {name:?} is not a suite this build offers ({})",
-                        known.join(", ")
-                    ),
-                )),
-            }
-        }
-        provider.cipher_suites = chosen;
+        provider.cipher_suites = chosen(
+            &provider.cipher_suites,
+            &policy.cipher_suites,
+            |suite| format!("{:?}", suite.suite()),
+            &policy.cipher_suites_at,
+            "[tls] cipher_suites",
+            "a suite",
+            &mut errors,
+        );
     }
     if !policy.groups.is_empty() {
-        let known: Vec<String> = provider
-            .kx_groups
-            .iter()
-            .map(|g| format!("{:?}", g.name()))
-            .collect();
-        let mut chosen = Vec::new();
-        for name in &policy.groups {
-            match provider
-                .kx_groups
-                .iter()
-                .find(|g| format!("{:?}", g.name()).eq_ignore_ascii_case(name))
-            {
-                Some(group) => chosen.push(*group),
-                None => errors.push(located(
-                    &policy.groups_at,
-                    format!(
-                        "[tls] groups: {name:?} is not a key-exchange group this build offers ({})",
-                        known.join(", ")
-                    ),
-                )),
-            }
-        }
-        provider.kx_groups = chosen;
+        provider.kx_groups = chosen(
+            &provider.kx_groups,
+            &policy.groups,
+            |group| format!("{:?}", group.name()),
+            &policy.groups_at,
+            "[tls] groups",
+            "a key-exchange group",
+            &mut errors,
+        );
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -430,6 +402,36 @@ pub fn server_config(
         .with_cert_resolver(Arc::new(CurrentCertificate(store.clone())));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The entries of `offered` named in `wanted` (case-insensitive), in the
+/// order wanted; an unknown name is an error (in `errors`) listing the known.
+fn chosen<T: Copy>(
+    offered: &[T],
+    wanted: &[String],
+    name: impl Fn(&T) -> String,
+    at: &Option<Location>,
+    key: &str,
+    what: &str,
+    errors: &mut Vec<String>,
+) -> Vec<T> {
+    let mut picked = Vec::new();
+    for want in wanted {
+        match offered.iter().find(|o| name(o).eq_ignore_ascii_case(want)) {
+            Some(found) => picked.push(*found),
+            None => {
+                let known: Vec<String> = offered.iter().map(&name).collect();
+                errors.push(located(
+                    at,
+                    format!(
+                        "{key}: {want:?} is not {what} this build offers ({})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    picked
 }
 
 fn located(at: &Option<Location>, message: String) -> String {

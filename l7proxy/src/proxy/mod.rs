@@ -201,7 +201,11 @@ impl ProxyHttp for TenantProxy {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Pingora's response compression reads Accept-Encoding before
-        // `request_filter`, so a route's `compress` is looked up here.
+        // `request_filter`, so a route's `compress` is looked up here (only
+        // when some route has it: this runs for every request).
+        if !self.routes.compresses() {
+            return Ok(());
+        }
         let req = session.req_header();
         let Some(host) = request_authority(req).and_then(normalize) else {
             return Ok(());
