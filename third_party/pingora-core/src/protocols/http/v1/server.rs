@@ -83,6 +83,9 @@ pub struct HeaderTimeout {
     pub limit: Duration,
     /// Incremented each time a request header misses `limit`.
     pub expired: Arc<AtomicU64>,
+    /// Incremented each time a kept-alive connection is closed because no
+    /// request began within the keep-alive timeout.
+    pub idle_expired: Arc<AtomicU64>,
 }
 
 /// The HTTP 1.x server session
@@ -267,6 +270,11 @@ impl HttpSession {
                     Ok(res) => res,
                     Err(e) => {
                         debug!("keepalive timeout {d:?} reached, {e}");
+                        if already_read == 0 {
+                            if let Some(h) = &self.header_timeout {
+                                h.idle_expired.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                         return Ok(None);
                     }
                 },
@@ -1989,6 +1997,28 @@ mod tests_stream {
         assert_eq!(err.etype(), &ReadTimedout);
         // Read the request the mock still holds, so it is satisfied when dropped.
         http_stream.set_header_timeout(None, false);
+        http_stream.read_request().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_keepalive_close_is_counted() {
+        init_log();
+        let mock_io = Builder::new()
+            .wait(Duration::from_millis(600))
+            .read(b"GET / HTTP/1.1\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let counters = HeaderTimeout {
+            limit: Duration::from_secs(10),
+            ..Default::default()
+        };
+        http_stream.set_header_timeout(Some(counters.clone()), false);
+        http_stream.keepalive_timeout = KeepaliveStatus::Timeout(Duration::from_millis(200));
+        assert!(http_stream.read_request().await.unwrap().is_none());
+        assert_eq!(counters.idle_expired.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.expired.load(Ordering::Relaxed), 0);
+        // Read what the mock still holds, so it is satisfied when dropped.
+        http_stream.keepalive_timeout = KeepaliveStatus::Off;
         http_stream.read_request().await.unwrap();
     }
 
