@@ -60,7 +60,7 @@ pub static COUNT: LazyLock<Counters> = LazyLock::new(|| {
     timeouts: IntCounterVec::new(
         Opts::new(
             "switchyard_tenant_timeouts_total",
-            "Requests ended by a timeout: client_header (connection closed), client_body (408), upstream (504, or an aborted response)",
+            "Requests ended by a timeout: client_header (connection closed), client_body (408), upstream (504, or an aborted response); keepalive counts kept-alive connections closed idle",
         ),
         &["kind"],
     )
@@ -81,6 +81,10 @@ pub fn count() -> &'static Counters {
 /// Request headers that missed `[http] client_header_timeout`: counted inside
 /// Pingora's HTTP/1 session (third_party/PATCHES.md, patch 2), read at scrape.
 pub static CLIENT_HEADER_TIMEOUTS: LazyLock<Arc<AtomicU64>> = LazyLock::new(Arc::default);
+
+/// Kept-alive connections closed idle at `[http] keepalive_timeout`: counted
+/// inside Pingora's HTTP/1 session (third_party/PATCHES.md, patch 4).
+pub static KEEPALIVE_IDLE_CLOSES: LazyLock<Arc<AtomicU64>> = LazyLock::new(Arc::default);
 
 /// Everything the tenant's `/metrics` shows, labelled with its name.
 pub struct TenantMetrics {
@@ -140,6 +144,9 @@ impl Collector for TimeoutCollector {
         let header = COUNT.timeouts.with_label_values(&["client_header"]);
         header.reset();
         header.inc_by(CLIENT_HEADER_TIMEOUTS.load(Ordering::Relaxed));
+        let idle = COUNT.timeouts.with_label_values(&["keepalive"]);
+        idle.reset();
+        idle.inc_by(KEEPALIVE_IDLE_CLOSES.load(Ordering::Relaxed));
         // Both other kinds appear from the first scrape on.
         COUNT.timeouts.with_label_values(&["client_body"]);
         COUNT.timeouts.with_label_values(&["upstream"]);

@@ -449,6 +449,12 @@ impl StandaloneTenant {
             dir,
         };
         wait_until(Duration::from_secs(20), || TcpStream::connect(addr).is_ok());
+        if file.contains("{registration}") {
+            // The registration API is a service of its own: ready a moment later.
+            wait_until(Duration::from_secs(20), || {
+                TcpStream::connect(registration).is_ok()
+            });
+        }
         tenant
     }
 

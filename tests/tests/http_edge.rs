@@ -676,7 +676,7 @@ fn a_client_dribbling_its_header_is_closed_at_client_header_timeout() {
 #[test]
 fn client_header_timeouts_are_counted() {
     let tenant = StandaloneTenant::start(
-        "[http]\nclient_header_timeout = \"1s\"\n[[upstream]]\nname = \"app\"\nregistration = true\n[[route]]\npath = \"/\"\nrespond = \"echo\"\n[registration]\nlisten = \"{registration}\"\n",
+        "[http]\nclient_header_timeout = \"1s\"\nkeepalive_timeout = \"1s\"\n[[upstream]]\nname = \"app\"\nregistration = true\n[[route]]\npath = \"/\"\nrespond = \"echo\"\n[registration]\nlisten = \"{registration}\"\n",
     );
     let mut stream = TcpStream::connect(tenant.addr).unwrap();
     stream
@@ -696,6 +696,32 @@ fn client_header_timeouts_are_counted() {
     let text = String::from_utf8(metrics.body).unwrap();
     assert!(
         text.contains("switchyard_tenant_timeouts_total{kind=\"client_header\",tenant=\"t\"} 1"),
+        "{text}"
+    );
+    // One request on a kept-alive connection, then idle past keepalive_timeout.
+    let stream = TcpStream::connect(tenant.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    reader
+        .get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response_from(&mut reader).unwrap().status, 200);
+    let idle = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    assert!(
+        idle.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        idle.elapsed()
+    );
+    let metrics = http_get_authorized(tenant.registration, "localhost", "/metrics").unwrap();
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.contains("switchyard_tenant_timeouts_total{kind=\"keepalive\",tenant=\"t\"} 1"),
         "{text}"
     );
 }

@@ -128,6 +128,7 @@ pub fn server_options(http: &HttpLimits) -> pingora::apps::HttpServerOptions {
     options.h1_header_timeout = Some(pingora::protocols::http::v1::server::HeaderTimeout {
         limit: http.client_header_timeout,
         expired: crate::metrics::CLIENT_HEADER_TIMEOUTS.clone(),
+        idle_expired: crate::metrics::KEEPALIVE_IDLE_CLOSES.clone(),
     });
     options
 }
