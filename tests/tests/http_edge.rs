@@ -673,6 +673,18 @@ fn a_client_dribbling_its_header_is_closed_at_client_header_timeout() {
     assert_eq!(exchange(&mut tls, &slow_head, b"").status, 200);
 }
 
+/// Asserts the tenant's metrics count one timeout of `kind`.
+fn assert_counted_once(tenant: &StandaloneTenant, kind: &str) {
+    let metrics = http_get_authorized(tenant.registration, "localhost", "/metrics").unwrap();
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.contains(&format!(
+            "switchyard_tenant_timeouts_total{{kind=\"{kind}\",tenant=\"t\"}} 1"
+        )),
+        "{text}"
+    );
+}
+
 #[test]
 fn client_header_timeouts_are_counted() {
     let tenant = StandaloneTenant::start(
@@ -692,12 +704,7 @@ fn client_header_timeouts_are_counted() {
         "{:?}",
         started.elapsed()
     );
-    let metrics = http_get_authorized(tenant.registration, "localhost", "/metrics").unwrap();
-    let text = String::from_utf8(metrics.body).unwrap();
-    assert!(
-        text.contains("switchyard_tenant_timeouts_total{kind=\"client_header\",tenant=\"t\"} 1"),
-        "{text}"
-    );
+    assert_counted_once(&tenant, "client_header");
     // One request on a kept-alive connection, then idle past keepalive_timeout.
     let stream = TcpStream::connect(tenant.addr).unwrap();
     stream
@@ -718,12 +725,7 @@ fn client_header_timeouts_are_counted() {
         "{:?}",
         idle.elapsed()
     );
-    let metrics = http_get_authorized(tenant.registration, "localhost", "/metrics").unwrap();
-    let text = String::from_utf8(metrics.body).unwrap();
-    assert!(
-        text.contains("switchyard_tenant_timeouts_total{kind=\"keepalive\",tenant=\"t\"} 1"),
-        "{text}"
-    );
+    assert_counted_once(&tenant, "keepalive");
 }
 
 #[test]
