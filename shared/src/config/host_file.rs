@@ -15,72 +15,58 @@ use toml::Spanned;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHostFile {
-    splitter: Option<RawSplitter>,
+    #[serde(default)]
+    splitter: RawSplitter,
     #[serde(default)]
     listen: Vec<RawListen>,
     #[serde(default)]
     tenant: Vec<RawTenant>,
 }
 
-fn default_threads() -> usize {
-    1
-}
-fn default_peek_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_hold_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_max_peek_bytes() -> usize {
-    16384
-}
-fn default_max_pending() -> usize {
-    10000
-}
-fn default_sched_batch() -> bool {
-    true
-}
-fn default_max_pending_per_ip() -> usize {
-    256
-}
-fn default_max_conn_rate_per_ip() -> u32 {
-    500
-}
-fn default_max_unacked() -> usize {
-    256
-}
-fn default_max_held() -> usize {
-    1000
-}
-
+/// `[splitter]` as written; a missing key takes its value from
+/// [`RawSplitter::default`].
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawSplitter {
     runtime_dir: Option<Spanned<String>>,
-    #[serde(default = "default_threads")]
     threads: usize,
-    #[serde(default = "default_peek_timeout", with = "serde_duration")]
+    #[serde(with = "serde_duration")]
     peek_timeout: Duration,
-    #[serde(default = "default_max_peek_bytes")]
     max_peek_bytes: usize,
-    #[serde(default = "default_hold_timeout", with = "serde_duration")]
+    #[serde(with = "serde_duration")]
     hold_timeout: Duration,
-    #[serde(default = "default_max_pending")]
     max_pending: usize,
     unknown_host: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<String>>,
-    #[serde(default = "default_sched_batch")]
     sched_batch: bool,
     user: Option<Spanned<String>>,
-    #[serde(default = "default_max_pending_per_ip")]
     max_pending_per_ip: usize,
-    #[serde(default = "default_max_conn_rate_per_ip")]
     max_conn_rate_per_ip: u32,
-    #[serde(default = "default_max_unacked")]
     max_unacked: usize,
-    #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
+}
+
+impl Default for RawSplitter {
+    fn default() -> Self {
+        RawSplitter {
+            runtime_dir: None,
+            threads: 1,
+            peek_timeout: Duration::from_secs(10),
+            max_peek_bytes: 16384,
+            hold_timeout: Duration::from_secs(5),
+            max_pending: 10000,
+            unknown_host: None,
+            admin: None,
+            admin_token_file: None,
+            sched_batch: true,
+            user: None,
+            max_pending_per_ip: 256,
+            max_conn_rate_per_ip: 500,
+            max_unacked: 256,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -97,19 +83,12 @@ struct RawTenant {
     name: Spanned<String>,
     hosts: Spanned<Vec<Spanned<String>>>,
     config: Spanned<String>,
-    #[serde(default = "default_one")]
-    processes: Spanned<usize>,
-    #[serde(default = "default_one")]
-    threads: Spanned<usize>,
+    processes: Option<Spanned<usize>>,
+    threads: Option<Spanned<usize>>,
     user: Option<Spanned<String>>,
     group: Option<String>,
     limits: Option<RawLimits>,
-    #[serde(default = "default_max_held")]
-    max_held: usize,
-}
-
-fn default_one() -> Spanned<usize> {
-    Spanned::new(0..0, 1)
+    max_held: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +229,11 @@ pub struct TenantConfig {
     pub max_held: usize,
 }
 
+impl TenantConfig {
+    /// `max_held` when the entry does not set it.
+    pub const DEFAULT_MAX_HELD: usize = 1000;
+}
+
 /// A validated host file.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -324,23 +308,7 @@ impl HostConfig {
     }
 
     fn validate(src: &mut Source, raw: RawHostFile, root: bool) -> HostConfig {
-        let raw_splitter = raw.splitter.unwrap_or(RawSplitter {
-            runtime_dir: None,
-            threads: default_threads(),
-            peek_timeout: default_peek_timeout(),
-            max_peek_bytes: default_max_peek_bytes(),
-            hold_timeout: default_hold_timeout(),
-            max_pending: default_max_pending(),
-            unknown_host: None,
-            admin: None,
-            admin_token_file: None,
-            sched_batch: default_sched_batch(),
-            user: None,
-            max_pending_per_ip: default_max_pending_per_ip(),
-            max_conn_rate_per_ip: default_max_conn_rate_per_ip(),
-            max_unacked: default_max_unacked(),
-            trusted_proxies: Vec::new(),
-        });
+        let raw_splitter = raw.splitter;
         let runtime_dir = match &raw_splitter.runtime_dir {
             Some(dir) => src.resolve(dir.get_ref()),
             None => PathBuf::from("/run/switchyard"),
@@ -487,7 +455,7 @@ impl HostConfig {
                 }
             }
             for (field, value) in [("processes", &t.processes), ("threads", &t.threads)] {
-                if *value.get_ref() == 0 || *value.get_ref() > 64 {
+                if let Some(value) = value.as_ref().filter(|v| !(1..=64).contains(v.get_ref())) {
                     src.error(
                         value.span(),
                         format!("tenant {name:?}: {field} must be between 1 and 64"),
@@ -531,7 +499,8 @@ impl HostConfig {
                 ),
                 None => {}
             }
-            if t.max_held == 0 {
+            let max_held = t.max_held.unwrap_or(TenantConfig::DEFAULT_MAX_HELD);
+            if max_held == 0 {
                 src.error(
                     t.name.span(),
                     format!("tenant {name:?}: max_held must be at least 1"),
@@ -541,12 +510,12 @@ impl HostConfig {
                 name,
                 hosts,
                 config,
-                processes: *t.processes.get_ref(),
-                threads: *t.threads.get_ref(),
+                processes: t.processes.as_ref().map_or(1, |p| *p.get_ref()),
+                threads: t.threads.as_ref().map_or(1, |p| *p.get_ref()),
                 user: t.user.as_ref().map(|u| u.get_ref().clone()),
                 group: t.group.clone(),
                 limits,
-                max_held: t.max_held,
+                max_held,
             });
         }
 

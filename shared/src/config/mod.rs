@@ -221,6 +221,34 @@ mod tests {
     }
 
     #[test]
+    fn missing_required_keys_are_located_at_their_tables() {
+        let dir = Dir::new("required");
+        dir.write(
+            "tenants/a.toml",
+            "[[upstream]]\nservers = [\"127.0.0.1:1\"]\n\n[[upstream]]\nname = \"b\"\nservers = [\"127.0.0.1:2\"]\nhealth = { path = \"/\" }\ndiscovery = { port = 80 }\n[[route]]\nupstream = \"b\"\n",
+        );
+        let errors = errors_of(
+            &dir,
+            &host_file(
+                "[[tenant]]\nname = \"a\"\nhosts = [\"a.com\"]\nconfig = \"tenants/a.toml\"\n",
+            ),
+        );
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].contains("a.toml:1:1: an [[upstream]] needs a name"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("a.toml:7:10: health needs kind = \"tcp\" or \"http\""),
+            "{errors:?}"
+        );
+        assert!(
+            errors[2].contains("a.toml:8:13: discovery.dns needs a name to resolve"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn missing_tenant_file_and_unknown_host_tenant() {
         let dir = Dir::new("missing");
         let errors = errors_of(

@@ -20,7 +20,7 @@ use toml::Spanned;
 struct RawTenantFile {
     tls: Option<RawTls>,
     #[serde(default)]
-    upstream: Vec<RawUpstream>,
+    upstream: Vec<Spanned<RawUpstream>>,
     #[serde(default)]
     route: Vec<RawRoute>,
     registration: Option<RawRegistration>,

@@ -8,134 +8,125 @@ use crate::units::{parse_duration, serde_duration, serde_duration_opt};
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-fn default_connect_timeout() -> Duration {
-    secs(1)
-}
-fn default_io_timeout() -> Duration {
-    secs(30)
-}
-fn default_idle_timeout() -> Duration {
-    secs(60)
-}
-fn default_queue_timeout() -> Duration {
-    secs(1)
-}
-fn default_retries() -> usize {
-    2
-}
-fn default_health_interval() -> Duration {
-    secs(2)
-}
-fn default_health_timeout() -> Duration {
-    secs(1)
-}
-fn default_rise() -> usize {
-    2
-}
-fn default_fall() -> usize {
-    3
-}
-fn default_health_status() -> u16 {
-    200
-}
-fn default_passive_failures() -> u32 {
-    3
-}
 /// Passive ejection steps: the first ejection lasts 100 ms, a server failing
 /// again right after its return is out for the next step, and so on (Tremor's
 /// `qos::backpressure` ladder); a success starts it over.
-fn default_passive_steps() -> Vec<Duration> {
-    vec![
-        Duration::from_millis(100),
-        Duration::from_millis(500),
-        secs(1),
-        secs(10),
-    ]
-}
-fn default_dns_interval() -> Duration {
-    secs(5)
-}
-fn default_true() -> bool {
-    true
-}
+const DEFAULT_PASSIVE_STEPS: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(10),
+];
 
+/// One `[[upstream]]` table as written; a missing key takes its value from
+/// [`RawUpstream::default`].
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawUpstream {
-    name: Spanned<String>,
-    #[serde(default)]
+    name: Option<Spanned<String>>,
     servers: Vec<Spanned<String>>,
     lb: Option<Spanned<String>>,
     hash_key: Option<Spanned<String>>,
-    #[serde(default = "default_connect_timeout", with = "serde_duration")]
+    #[serde(with = "serde_duration")]
     connect_timeout: Duration,
-    #[serde(default = "default_io_timeout", with = "serde_duration")]
+    #[serde(with = "serde_duration")]
     read_timeout: Duration,
-    #[serde(default, with = "serde_duration_opt")]
+    #[serde(with = "serde_duration_opt")]
     response_header_timeout: Option<Duration>,
-    #[serde(default = "default_io_timeout", with = "serde_duration")]
+    #[serde(with = "serde_duration")]
     write_timeout: Duration,
-    #[serde(default = "default_idle_timeout", with = "serde_duration")]
+    #[serde(with = "serde_duration")]
     idle_timeout: Duration,
-    #[serde(default = "default_retries")]
     retries: usize,
     max_in_flight: Option<Spanned<usize>>,
-    #[serde(default = "default_queue_timeout", with = "serde_duration")]
+    #[serde(with = "serde_duration")]
     queue_timeout: Duration,
     health: Option<Spanned<RawHealth>>,
-    #[serde(default)]
     passive: RawPassive,
-    #[serde(default)]
     registration: bool,
     discovery: Option<Spanned<RawDiscovery>>,
     tls: Option<Spanned<RawUpstreamTls>>,
-    #[serde(default)]
     h2: bool,
     request_headers: Option<Spanned<RawHeaderRules>>,
     response_headers: Option<Spanned<RawHeaderRules>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHealth {
-    kind: Spanned<String>,
-    path: Option<String>,
-    host: Option<String>,
-    #[serde(default = "default_health_status")]
-    status: u16,
-    #[serde(default = "default_health_interval", with = "serde_duration")]
-    interval: Duration,
-    #[serde(default = "default_health_timeout", with = "serde_duration")]
-    timeout: Duration,
-    #[serde(default = "default_rise")]
-    rise: usize,
-    #[serde(default = "default_fall")]
-    fall: usize,
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            name: None,
+            servers: Vec::new(),
+            lb: None,
+            hash_key: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(30),
+            response_header_timeout: None,
+            write_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            retries: 2,
+            max_in_flight: None,
+            queue_timeout: Duration::from_secs(1),
+            health: None,
+            passive: RawPassive::default(),
+            registration: false,
+            discovery: None,
+            tls: None,
+            h2: false,
+            request_headers: None,
+            response_headers: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
+struct RawHealth {
+    kind: Option<Spanned<String>>,
+    path: Option<String>,
+    host: Option<String>,
+    status: u16,
+    #[serde(with = "serde_duration")]
+    interval: Duration,
+    #[serde(with = "serde_duration")]
+    timeout: Duration,
+    rise: usize,
+    fall: usize,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            kind: None,
+            path: None,
+            host: None,
+            status: 200,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct RawPassive {
-    #[serde(default = "default_passive_failures")]
     failures: u32,
     /// Older spelling of a single step.
-    #[serde(default, with = "serde_duration_opt")]
+    #[serde(with = "serde_duration_opt")]
     cooldown: Option<Duration>,
-    #[serde(default)]
     steps: Option<Vec<String>>,
 }
 
 impl Default for RawPassive {
     fn default() -> Self {
         RawPassive {
-            failures: default_passive_failures(),
+            failures: 3,
             cooldown: None,
             steps: None,
         }
@@ -143,31 +134,49 @@ impl Default for RawPassive {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawDiscovery {
-    dns: Spanned<String>,
+    dns: Option<Spanned<String>>,
     port: Option<u16>,
-    #[serde(default = "default_dns_interval", with = "serde_duration")]
+    #[serde(with = "serde_duration")]
     interval: Duration,
     resolver: Option<Spanned<String>>,
 }
 
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        RawDiscovery {
+            dns: None,
+            port: None,
+            interval: Duration::from_secs(5),
+            resolver: None,
+        }
+    }
+}
+
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawUpstreamTls {
     sni: Option<String>,
-    #[serde(default = "default_true")]
     verify: bool,
     ca: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+impl Default for RawUpstreamTls {
+    fn default() -> Self {
+        RawUpstreamTls {
+            sni: None,
+            verify: true,
+            ca: None,
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawRegistration {
     listen: Option<Spanned<String>>,
-    #[serde(default)]
     allow_users: Vec<Spanned<String>>,
-    #[serde(default)]
     allow_groups: Vec<Spanned<String>>,
     token_file: Option<Spanned<String>>,
     allow_addrs: Option<Vec<Spanned<String>>>,
@@ -462,36 +471,37 @@ pub struct RegistrationConfig {
 /// The socket the registration API listens on when `listen` is not given.
 pub const DEFAULT_REGISTRATION_SOCKET: &str = "register.sock";
 
-fn passive_health(src: &mut Source, u: &RawUpstream) -> PassiveHealth {
-    let name = u.name.get_ref();
+type Span = Range<usize>;
+
+fn passive_health(src: &mut Source, u: &RawUpstream, name: &str, at: Span) -> PassiveHealth {
     let steps = match (&u.passive.steps, u.passive.cooldown) {
         (Some(_), Some(_)) => {
             src.error(
-                u.name.span(),
+                at.clone(),
                 format!("upstream {name:?}: passive sets both `steps` and `cooldown` (one step); keep `steps`"),
             );
-            default_passive_steps()
+            DEFAULT_PASSIVE_STEPS.to_vec()
         }
         (None, Some(cooldown)) => vec![cooldown],
-        (None, None) => default_passive_steps(),
+        (None, None) => DEFAULT_PASSIVE_STEPS.to_vec(),
         (Some(list), None) => {
             let mut steps = Vec::new();
             for text in list {
                 match parse_duration(text) {
                     Ok(step) if !step.is_zero() => steps.push(step),
                     Ok(_) => src.error(
-                        u.name.span(),
+                        at.clone(),
                         format!("upstream {name:?}: passive step {text:?} must be longer than 0"),
                     ),
                     Err(e) => src.error(
-                        u.name.span(),
+                        at.clone(),
                         format!("upstream {name:?}: passive step {text:?}: {e}"),
                     ),
                 }
             }
             if list.is_empty() {
                 src.error(
-                    u.name.span(),
+                    at.clone(),
                     format!("upstream {name:?}: passive steps are empty; give at least one, or set failures = 0 to turn passive health off"),
                 );
             }
@@ -506,15 +516,22 @@ fn passive_health(src: &mut Source, u: &RawUpstream) -> PassiveHealth {
 
 pub(super) fn validate_upstream(
     src: &mut Source,
-    u: &RawUpstream,
+    table: &Spanned<RawUpstream>,
     others: &[UpstreamConfig],
 ) -> UpstreamConfig {
-    let name = u.name.get_ref().clone();
+    let u = table.get_ref();
+    let (name, at) = match &u.name {
+        Some(name) => (name.get_ref().clone(), name.span()),
+        None => {
+            src.error(
+                table.span(),
+                "an [[upstream]] needs a name: add name = \"NAME\" (routes refer to it)",
+            );
+            (String::new(), table.span())
+        }
+    };
     if others.iter().any(|other| other.name == name) {
-        src.error(
-            u.name.span(),
-            format!("upstream name {name:?} is used twice"),
-        );
+        src.error(at.clone(), format!("upstream name {name:?} is used twice"));
     }
     let lb = match u.lb.as_ref().map(|l| (l.get_ref().as_str(), l.span())) {
         None | Some(("round_robin", _)) => LbKind::RoundRobin,
@@ -558,8 +575,10 @@ pub(super) fn validate_upstream(
     }
     let dns = u.discovery.as_ref().map(|d| {
         let raw = d.get_ref();
-        if raw.dns.get_ref().trim().is_empty() {
-            src.error(raw.dns.span(), "discovery.dns needs a name to resolve");
+        let dns_name = raw.dns.as_ref().map_or("", |n| n.get_ref().trim());
+        if dns_name.is_empty() {
+            let at = raw.dns.as_ref().map_or(d.span(), |n| n.span());
+            src.error(at, "discovery.dns needs a name to resolve");
         }
         let resolver = raw.resolver.as_ref().and_then(|r| {
             let text = r.get_ref();
@@ -579,7 +598,7 @@ pub(super) fn validate_upstream(
             }
         });
         DnsDiscovery {
-            name: raw.dns.get_ref().trim().to_string(),
+            name: dns_name.to_string(),
             port: raw.port,
             interval: raw.interval.max(Duration::from_millis(100)),
             resolver,
@@ -587,13 +606,17 @@ pub(super) fn validate_upstream(
     });
     if u.servers.is_empty() && !u.registration && dns.is_none() {
         src.error(
-            u.name.span(),
+            at.clone(),
             format!("upstream {name:?} has no servers; list at least one in `servers`, or set `registration = true` or `discovery = {{ dns = \"NAME\" }}`"),
         );
     }
     let health = u.health.as_ref().and_then(|h| {
         let raw = h.get_ref();
-        let kind = match raw.kind.get_ref().as_str() {
+        let Some(kind) = &raw.kind else {
+            src.error(h.span(), "health needs kind = \"tcp\" or \"http\"");
+            return None;
+        };
+        let kind = match kind.get_ref().as_str() {
             "tcp" => HealthKind::Tcp,
             "http" => {
                 let path = raw.path.clone().unwrap_or_else(|| "/".to_string());
@@ -614,7 +637,7 @@ pub(super) fn validate_upstream(
             }
             other => {
                 src.error(
-                    raw.kind.span(),
+                    kind.span(),
                     format!("health kind {other:?} is unknown; use \"tcp\" or \"http\""),
                 );
                 return None;
@@ -663,6 +686,7 @@ pub(super) fn validate_upstream(
             ca,
         }
     });
+    let passive = passive_health(src, u, &name, at);
     UpstreamConfig {
         name,
         servers,
@@ -677,7 +701,7 @@ pub(super) fn validate_upstream(
         max_in_flight: u.max_in_flight.as_ref().map(|m| *m.get_ref()),
         queue_timeout: u.queue_timeout,
         health,
-        passive: passive_health(src, u),
+        passive,
         registration: u.registration,
         dns,
         tls,
