@@ -1,5 +1,7 @@
-//! Small HTTP/1.1 clients over plain sockets (exact bytes, no hidden retries),
-//! and curl for Unix sockets and another user.
+//! HTTP clients for the tests: a real one (`ureq`) for the happy paths, small
+//! HTTP/1.1 readers and writers over plain sockets where the exact bytes matter
+//! (kept-alive and pipelined connections, hostile input), and curl for Unix
+//! sockets and another user.
 
 use super::*;
 
@@ -111,11 +113,51 @@ pub fn read_response_from<R: BufRead>(reader: &mut R) -> io::Result<Response> {
     })
 }
 
-/// Connects to `addr` over plaintext and sends one request.
+/// `GET path` from `addr` over plaintext with `Host: host`, by a real HTTP
+/// client (a new connection, no retries). Any status is an `Ok` response.
 pub fn http_get(addr: SocketAddr, host: &str, path: &str) -> io::Result<Response> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    request(&mut stream, host, path, "")
+    call(client_request("GET", addr, path).set("Host", host), None)
+}
+
+/// A request to `addr` by `ureq`, on a connection of its own, with a 10 s
+/// timeout; redirects are answers, not followed.
+fn client_request(method: &str, addr: SocketAddr, path: &str) -> ureq::Request {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .max_idle_connections(0)
+        .redirects(0)
+        .user_agent("switchyard-tests")
+        .build()
+        .request(method, &format!("http://{addr}{path}"))
+}
+
+/// Sends `request` (with `body`, if any) and reads the whole response; error
+/// statuses are responses too.
+fn call(request: ureq::Request, body: Option<&str>) -> io::Result<Response> {
+    let sent = match body {
+        Some(body) => request.send_string(body),
+        None => request.call(),
+    };
+    let response = match sent {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(ureq::Error::Transport(e)) => return Err(io::Error::other(e.to_string())),
+    };
+    let status = response.status();
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for name in response.headers_names() {
+        if headers.iter().any(|(seen, _)| *seen == name) {
+            continue;
+        }
+        let values: Vec<String> = response.all(&name).into_iter().map(String::from).collect();
+        headers.extend(values.into_iter().map(|value| (name.clone(), value)));
+    }
+    let mut body = Vec::new();
+    response.into_reader().read_to_end(&mut body)?;
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Reads the value of a metric line starting with `prefix` from the admin endpoint.
@@ -128,30 +170,22 @@ pub fn metric(admin: SocketAddr, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Sends `POST path` with a JSON body to `addr` and reads the response.
+/// Sends `POST path` with a JSON body and the test token to `addr` (the
+/// registration API on TCP) and reads the response.
 pub fn post_json(addr: SocketAddr, path: &str, body: &str) -> io::Result<Response> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let message = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(message.as_bytes())?;
-    stream.flush()?;
-    read_response(&mut stream)
+    let request = client_request("POST", addr, path)
+        .set("Authorization", &format!("Bearer {TEST_TOKEN}"))
+        .set("Content-Type", "application/json");
+    call(request, Some(body))
 }
 
 /// `GET path` with `Authorization: Bearer TEST_TOKEN` (registration API and
 /// admin endpoints on TCP).
 pub fn http_get_authorized(addr: SocketAddr, host: &str, path: &str) -> io::Result<Response> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    request(
-        &mut stream,
-        host,
-        path,
-        &format!("Authorization: Bearer {TEST_TOKEN}\r\nConnection: close\r\n"),
-    )
+    let request = client_request("GET", addr, path)
+        .set("Host", host)
+        .set("Authorization", &format!("Bearer {TEST_TOKEN}"));
+    call(request, None)
 }
 
 /// GETs (or, with `body`, POSTs) `url` over the Unix socket `socket` with curl
