@@ -170,7 +170,11 @@ fn run(cli: Cli) -> Result<(), String> {
     let upstreams = setup.block_on(async {
         let mut built = Vec::new();
         for config in &file.upstreams {
-            built.push(pool::Pool::build(&entry.name, config.clone(), registry.clone()).await?);
+            built.push(
+                pool::Pool::build(&entry.name, config.clone(), registry.clone())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
         }
         Ok::<_, String>(built)
     })?;
@@ -311,7 +315,8 @@ fn run(cli: Cli) -> Result<(), String> {
         None => {
             let socket = match std::env::var_os(HANDOFF_FD_ENV) {
                 // Spawned by the splitter: the socket is inherited.
-                Some(_) => switchyard_shared::sys::take_inherited_fd(HANDOFF_FD_ENV)?,
+                Some(_) => switchyard_shared::sys::take_inherited_fd(HANDOFF_FD_ENV)
+                    .map_err(|e| e.to_string())?,
                 // Started by hand (e.g. a systemd unit per site): join the pool.
                 None => {
                     let path = tenant_dir.join(switchyard_shared::handoff::HANDOFF_SOCKET_NAME);

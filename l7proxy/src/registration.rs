@@ -218,7 +218,8 @@ impl RegistrationApi {
     }
 
     fn server_addr(&self, text: &str) -> Result<ServerAddr, Refusal> {
-        let addr = ServerAddr::parse(text).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
+        let addr =
+            ServerAddr::parse(text).map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
         match &addr {
             ServerAddr::Tcp(sa) if sa.port() == 0 || sa.ip().is_unspecified() || sa.ip().is_multicast() => Err(refuse(
                 StatusCode::BAD_REQUEST,
@@ -256,9 +257,8 @@ impl RegistrationApi {
         let pool = self.pool(&req.upstream)?;
         let addr = self.server_addr(&req.addr)?;
         let ttl = match &req.ttl {
-            Some(text) => {
-                parse_registration_ttl(text).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?
-            }
+            Some(text) => parse_registration_ttl(text)
+                .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?,
             None => DEFAULT_TTL,
         };
         let weight = req.weight.unwrap_or(1);

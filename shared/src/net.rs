@@ -5,15 +5,41 @@ use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 
+/// Why an address rule was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrRuleError {
+    /// Neither a CIDR block nor an address.
+    #[error("{0:?} is not a CIDR block (e.g. \"10.0.0.0/8\", \"::1/128\") or an IP address")]
+    NotCidr(String),
+    /// A port outside 1-65535.
+    #[error("{rule:?}: port {port:?} is not 1-65535")]
+    BadPort {
+        /// The whole rule.
+        rule: String,
+        /// The port written.
+        port: String,
+    },
+    /// A range whose low end is above its high end.
+    #[error("{rule:?}: the port range {low}-{high} is empty")]
+    EmptyRange {
+        /// The whole rule.
+        rule: String,
+        /// The range's first port.
+        low: u16,
+        /// The range's last port.
+        high: u16,
+    },
+}
+
 /// Parses `"10.0.0.0/8"`, `"::1/128"` or a bare address (a /32 or /128 block).
-pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+pub fn parse_cidr(text: &str) -> Result<IpNet, AddrRuleError> {
     let text = text.trim();
     if let Ok(net) = text.parse::<IpNet>() {
         return Ok(net.trunc());
     }
-    text.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
-        format!("{text:?} is not a CIDR block (e.g. \"10.0.0.0/8\", \"::1/128\") or an IP address")
-    })
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| AddrRuleError::NotCidr(text.to_string()))
 }
 
 /// Whether `ip` lies in one of `nets` (IPv4-mapped IPv6 addresses count as IPv4).
@@ -41,7 +67,7 @@ pub struct AddrRule {
 
 impl AddrRule {
     /// Parses `"127.0.0.0/8"`, `"10.1.0.0/16:8000-8999"`, `"::1/128:443"`.
-    pub fn parse(text: &str) -> Result<AddrRule, String> {
+    pub fn parse(text: &str) -> Result<AddrRule, AddrRuleError> {
         let text = text.trim();
         let (net_text, ports) = match text.split_once('/') {
             Some((ip, rest)) => match rest.split_once(':') {
@@ -60,11 +86,18 @@ impl AddrRule {
                         .parse::<u16>()
                         .ok()
                         .filter(|p| *p > 0)
-                        .ok_or_else(|| format!("{text:?}: port {s:?} is not 1-65535"))
+                        .ok_or_else(|| AddrRuleError::BadPort {
+                            rule: text.to_string(),
+                            port: s.to_string(),
+                        })
                 };
                 let (low, high) = (parse(low)?, parse(high)?);
                 if low > high {
-                    return Err(format!("{text:?}: the port range {low}-{high} is empty"));
+                    return Err(AddrRuleError::EmptyRange {
+                        rule: text.to_string(),
+                        low,
+                        high,
+                    });
                 }
                 low..=high
             }

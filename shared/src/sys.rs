@@ -75,20 +75,54 @@ pub fn register<T: AsRawFd>(io: T) -> io::Result<AsyncFd<T>> {
     Ok(unsafe { AsyncFd::register(io) }?)
 }
 
+/// Why an inherited descriptor could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum InheritedFdError {
+    /// The variable is missing (the process was not started by its parent).
+    #[error("{0} is not set")]
+    NotSet(String),
+    /// The variable does not hold a descriptor number above 2.
+    #[error("{env}={value:?} is not a descriptor number above 2")]
+    NotANumber {
+        /// The variable.
+        env: String,
+        /// Its value.
+        value: String,
+    },
+    /// The number names no open descriptor.
+    #[error("descriptor {fd} from {env} is not open ({source})")]
+    NotOpen {
+        /// The variable.
+        env: String,
+        /// The number it held.
+        fd: RawFd,
+        /// What fcntl said.
+        source: nix::Error,
+    },
+}
+
 /// Takes ownership of a descriptor inherited from the parent, named by the
 /// environment variable `env`, and marks it close-on-exec.
-pub fn take_inherited_fd(env: &str) -> Result<OwnedFd, String> {
-    let value = std::env::var(env).map_err(|_| format!("{env} is not set"))?;
-    let fd: RawFd = value
-        .parse()
-        .ok()
-        .filter(|fd| *fd > 2)
-        .ok_or_else(|| format!("{env}={value:?} is not a descriptor number above 2"))?;
+pub fn take_inherited_fd(env: &str) -> Result<OwnedFd, InheritedFdError> {
+    let value = std::env::var(env).map_err(|_| InheritedFdError::NotSet(env.to_string()))?;
+    let fd: RawFd =
+        value
+            .parse()
+            .ok()
+            .filter(|fd| *fd > 2)
+            .ok_or_else(|| InheritedFdError::NotANumber {
+                env: env.to_string(),
+                value: value.clone(),
+            })?;
     nix::fcntl::fcntl(
         fd,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
-    .map_err(|e| format!("descriptor {fd} from {env} is not open ({e})"))?;
+    .map_err(|source| InheritedFdError::NotOpen {
+        env: env.to_string(),
+        fd,
+        source,
+    })?;
     // SAFETY: the descriptor is open (fcntl succeeded) and the parent passed it
     // for this process to own; the variable is removed so nothing takes it twice.
     std::env::remove_var(env);

@@ -2,22 +2,45 @@
 //! listener): read from a file the operator or tenant controls, compared in
 //! constant time.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The shortest token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// Why a token file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The file could not be read (missing, not a regular file, too large).
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        /// The token file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token is too short to resist guessing.
+    #[error("{}: the token must be at least {MIN_TOKEN_LEN} characters", path.display())]
+    TooShort {
+        /// The token file.
+        path: PathBuf,
+    },
+}
+
 /// Reads the token in `path` (a regular file of bounded size; surrounding
 /// white space dropped), refusing one shorter than [`MIN_TOKEN_LEN`].
-pub fn read_token(path: &Path) -> Result<String, String> {
-    let text = crate::files::read_regular_text(path, crate::files::MAX_PEM_BYTES)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn read_token(path: &Path) -> Result<String, TokenError> {
+    let text =
+        crate::files::read_regular_text(path, crate::files::MAX_PEM_BYTES).map_err(|source| {
+            TokenError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     let token = text.trim();
     if token.len() < MIN_TOKEN_LEN {
-        return Err(format!(
-            "{}: the token must be at least {MIN_TOKEN_LEN} characters",
-            path.display()
-        ));
+        return Err(TokenError::TooShort {
+            path: path.to_path_buf(),
+        });
     }
     Ok(token.to_string())
 }
@@ -67,11 +90,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let short = dir.join("short");
         std::fs::write(&short, "too-short\n").unwrap();
-        assert!(read_token(&short).unwrap_err().contains("at least 16"));
+        let refused = read_token(&short).unwrap_err();
+        assert!(matches!(refused, TokenError::TooShort { .. }), "{refused}");
+        assert!(refused.to_string().contains("at least 16"), "{refused}");
         let good = dir.join("good");
         std::fs::write(&good, "  0123456789abcdef\n").unwrap();
         assert_eq!(read_token(&good).unwrap(), "0123456789abcdef");
-        assert!(read_token(Path::new("/dev/zero")).is_err());
+        assert!(matches!(
+            read_token(Path::new("/dev/zero")),
+            Err(TokenError::Unreadable { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

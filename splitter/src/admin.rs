@@ -8,6 +8,7 @@
 //! with the token of `admin_token_file` (`401` otherwise).
 
 use crate::fleet::Fleet;
+use crate::start_error::StartError;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ pub enum Admin {
 }
 
 /// Binds the admin endpoint (`unix:` paths relative to `runtime_dir`).
-pub async fn bind(listen: &AdminListen, runtime_dir: &Path) -> Result<Admin, String> {
+pub async fn bind(listen: &AdminListen, runtime_dir: &Path) -> Result<Admin, StartError> {
     match listen {
         AdminListen::Unix(path) => {
             let path = runtime_dir.join(path);
@@ -37,17 +38,18 @@ pub async fn bind(listen: &AdminListen, runtime_dir: &Path) -> Result<Admin, Str
             let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
             let listener = UnixListener::bind(&path);
             nix::sys::stat::umask(old);
-            let listener = listener
-                .map_err(|e| format!("cannot bind the admin socket {}: {e}", path.display()))?;
+            let listener = listener.map_err(StartError::io(format!(
+                "bind the admin socket {}",
+                path.display()
+            )))?;
             info!(path = %path.display(), "admin endpoint (mode 0600): GET /metrics, GET /status");
             Ok(Admin::Unix(listener))
         }
         AdminListen::Tcp { addr, token_file } => {
-            let token = switchyard_shared::token::read_token(token_file)
-                .map_err(|e| format!("admin_token_file: {e}"))?;
+            let token = switchyard_shared::token::read_token(token_file)?;
             let listener = TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("cannot bind the admin address {addr}: {e}"))?;
+                .map_err(StartError::io(format!("bind the admin address {addr}")))?;
             info!(addr = %addr, "admin endpoint (bearer token required): GET /metrics, GET /status");
             Ok(Admin::Tcp(listener, token))
         }

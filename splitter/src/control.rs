@@ -7,6 +7,7 @@
 //! (`{"ok": bool, "message": "…", "status": {…}}`).
 
 use crate::fleet::Fleet;
+use crate::start_error::StartError;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -24,20 +25,20 @@ pub fn socket_path(runtime_dir: &Path) -> PathBuf {
 }
 
 /// Binds the control socket, refusing to take it from a splitter still running.
-pub fn bind(path: &Path) -> Result<UnixListener, String> {
+pub fn bind(path: &Path) -> Result<UnixListener, StartError> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another splitter is running with this runtime_dir (its control socket {} answers); stop it first",
-                path.display()
-            ));
+            return Err(StartError::AlreadyRunning(path.to_path_buf()));
         }
         let _ = std::fs::remove_file(path);
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict control socket {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(StartError::io(format!(
+        "bind control socket {}",
+        path.display()
+    )))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+        StartError::io(format!("restrict control socket {}", path.display())),
+    )?;
     Ok(listener)
 }
 
@@ -87,8 +88,8 @@ async fn answer(line: &str, fleet: &Fleet, config_path: &Path, stop: &Notify) ->
                 status: Some(fleet.status().await),
             }
         }
-        CtlRequest::Restart { tenant } => fleet.restart(tenant).await,
-        CtlRequest::Reload => fleet.reload(config_path).await,
+        CtlRequest::Restart { tenant } => fleet.restart(tenant).await.map_err(|e| e.to_string()),
+        CtlRequest::Reload => fleet.reload(config_path).await.map_err(|e| e.to_string()),
         CtlRequest::Stop => {
             stop.notify_one();
             Ok("stopping: tenants drain, then the splitter exits".to_string())
@@ -115,38 +116,68 @@ fn refused(message: String) -> CtlReply {
     }
 }
 
+/// Why `splitter ctl` got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// Nothing listens on the control socket.
+    #[error("the splitter is not running, or not with this config: cannot connect to {} ({source}). Start it with `splitter --config FILE`", path.display())]
+    NotRunning {
+        /// The control socket.
+        path: PathBuf,
+        /// Why the connection failed.
+        source: std::io::Error,
+    },
+    /// The request could not be sent.
+    #[error("cannot send to {}: {source}", path.display())]
+    Send {
+        /// The control socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No answer arrived in time.
+    #[error("no answer from the splitter within {timeout:?}: {source}")]
+    NoAnswer {
+        /// How long `ctl` waited.
+        timeout: Duration,
+        /// Why the read ended.
+        source: std::io::Error,
+    },
+    /// The answer is not a control reply (a splitter of another version?).
+    #[error("unreadable answer from the splitter ({source}): {line}")]
+    Unreadable {
+        /// The line received.
+        line: String,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+}
+
 /// Sends one request to the splitter whose runtime directory is `runtime_dir`
 /// (the client side of `splitter ctl`).
 pub fn request(
     runtime_dir: &Path,
     request: &CtlRequest,
     timeout: Duration,
-) -> Result<CtlReply, String> {
+) -> Result<CtlReply, CtlError> {
     let path = socket_path(runtime_dir);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
-        format!(
-            "the splitter is not running, or not with this config: cannot connect to {} ({e}). Start it with `splitter --config FILE`",
-            path.display()
-        )
-    })?;
-    stream
+    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(source) => return Err(CtlError::NotRunning { path, source }),
+    };
+    let mut message = serde_json::to_string(request).expect("a CtlRequest always serialises");
+    message.push('\n');
+    let sent = stream
         .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(
-            format!(
-                "{}\n",
-                serde_json::to_string(request).map_err(|e| e.to_string())?
-            )
-            .as_bytes(),
-        )
-        .map_err(|e| format!("cannot send to {}: {e}", path.display()))?;
+        .and_then(|()| stream.write_all(message.as_bytes()));
+    if let Err(source) = sent {
+        return Err(CtlError::Send { path, source });
+    }
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
-        .map_err(|e| format!("no answer from the splitter within {timeout:?}: {e}"))?;
-    serde_json::from_str(&line)
-        .map_err(|e| format!("unreadable answer from the splitter ({e}): {line}"))
+        .map_err(|source| CtlError::NoAnswer { timeout, source })?;
+    serde_json::from_str(&line).map_err(|source| CtlError::Unreadable { line, source })
 }
 
 /// `splitter ctl`: sends `request`, prints the answer (the status as JSON when

@@ -14,7 +14,9 @@ use crate::tenant::{Origin, Tenant};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard_shared::config::{HostConfig, ListenerConfig, SplitterSettings, TenantConfig};
+use switchyard_shared::config::{
+    ConfigErrors, HostConfig, ListenerConfig, SplitterSettings, TenantConfig,
+};
 use switchyard_shared::control::{FleetStatus, ProcessStatus, TenantStatus};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
@@ -106,12 +108,12 @@ impl Fleet {
 
     /// Rolling restart of `name`: new processes first, then the old ones drain.
     /// A tenant file changed on disk is picked up; an invalid one is refused.
-    pub async fn restart(&self, name: &str) -> Result<String, String> {
+    pub async fn restart(&self, name: &str) -> Result<String, FleetError> {
         let _operation = self.operations.lock().await;
         self.restart_now(name).await
     }
 
-    async fn restart_now(&self, name: &str) -> Result<String, String> {
+    async fn restart_now(&self, name: &str) -> Result<String, FleetError> {
         let (tenant, old_id) = {
             let running = self.running.lock().await;
             let run = running
@@ -121,12 +123,13 @@ impl Fleet {
             (run.tenant.clone(), run.generation.id)
         };
         let config = tenant.config();
-        self.helper.check(name).await.map_err(|e| match e {
-            HelperError::Refused(problems) => {
-                format!("tenant {name} not restarted: its file is invalid:\n{problems}")
-            }
-            other => format!("tenant {name} not restarted: its file could not be checked: {other}"),
-        })?;
+        self.helper
+            .check(name)
+            .await
+            .map_err(|source| FleetError::NotRestarted {
+                tenant: name.to_string(),
+                source,
+            })?;
         let mut became_ready = tenant.watch_ready();
         let new = Generation::start(&tenant, &self.helper, old_id + 1);
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -135,9 +138,10 @@ impl Fleet {
             if waited.is_err() {
                 let id = new.id;
                 new.retire().await;
-                return Err(format!(
-                    "tenant {name}: the new processes (generation {id}) were not ready within {READY_TIMEOUT:?}; the old ones keep serving (see the tenant's log lines)"
-                ));
+                return Err(FleetError::NotReady {
+                    tenant: name.to_string(),
+                    generation: id,
+                });
             }
         }
         tenant.retire_other_generations(new.id);
@@ -164,7 +168,7 @@ impl Fleet {
     /// Re-reads the host file: new tenants are spawned, removed ones drained,
     /// changed ones updated (hosts) or restarted (anything else), and the routing
     /// table is swapped atomically. An invalid file changes nothing.
-    pub async fn reload(&self, config_path: &std::path::Path) -> Result<String, String> {
+    pub async fn reload(&self, config_path: &std::path::Path) -> Result<String, FleetError> {
         let _operation = self.operations.lock().await;
         crate::systemd::reloading();
         let outcome = self.reload_now(config_path).await;
@@ -218,9 +222,9 @@ impl Fleet {
         status
     }
 
-    async fn reload_now(&self, config_path: &std::path::Path) -> Result<String, String> {
-        let config = HostConfig::load_as(config_path, self.as_root)
-            .map_err(|e| format!("reload refused, nothing changed:\n{e}"))?;
+    async fn reload_now(&self, config_path: &std::path::Path) -> Result<String, FleetError> {
+        let config =
+            HostConfig::load_as(config_path, self.as_root).map_err(FleetError::InvalidHostFile)?;
         // Tenant files are checked by the tenants' own users, never read here:
         // every added or changed tenant, before anything changes.
         let to_check: Vec<String> = {
@@ -239,15 +243,12 @@ impl Fleet {
             }
         }
         if !problems.is_empty() {
-            return Err(format!(
-                "reload refused, nothing changed:\n{}",
-                problems.join("\n")
-            ));
+            return Err(FleetError::InvalidTenantFiles(problems.join("\n")));
         }
         self.helper
             .reload()
             .await
-            .map_err(|e| format!("reload refused, nothing changed: {e}"))?;
+            .map_err(FleetError::HelperRefusedReload)?;
         let mut running = self.running.lock().await;
         let mut notes = Vec::new();
         if config.listeners != self.listeners {
@@ -320,7 +321,7 @@ impl Fleet {
         }
         for name in to_restart {
             if let Err(e) = self.restart_now(&name).await {
-                notes.push(e);
+                notes.push(e.to_string());
             }
         }
         if notes.is_empty() {
@@ -428,8 +429,55 @@ fn start_tenant(config: TenantConfig, helper: &Arc<Helper>, host: &HostConfig) -
     }
 }
 
-fn unknown_tenant(name: &str, running: &[Running]) -> String {
-    let known: Vec<&str> = running.iter().map(|r| r.tenant.name()).collect();
+fn unknown_tenant(name: &str, running: &[Running]) -> FleetError {
     warn!(tenant = name, "control: unknown tenant");
-    format!("no tenant named {name:?} (tenants: {})", known.join(", "))
+    FleetError::UnknownTenant {
+        name: name.to_string(),
+        known: running
+            .iter()
+            .map(|r| r.tenant.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Why a restart or reload was refused or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// No running tenant has this name.
+    #[error("no tenant named {name:?} (tenants: {known})")]
+    UnknownTenant {
+        /// The name asked for.
+        name: String,
+        /// The running tenants' names, comma-separated.
+        known: String,
+    },
+    /// The tenant's file is invalid or could not be checked; nothing changed.
+    #[error("tenant {tenant} not restarted: {}", match source {
+        HelperError::Refused(problems) => format!("its file is invalid:\n{problems}"),
+        other => format!("its file could not be checked: {other}"),
+    })]
+    NotRestarted {
+        /// The tenant.
+        tenant: String,
+        /// What the check said.
+        source: HelperError,
+    },
+    /// The new processes did not become ready; the old ones keep serving.
+    #[error("tenant {tenant}: the new processes (generation {generation}) were not ready within {READY_TIMEOUT:?}; the old ones keep serving (see the tenant's log lines)")]
+    NotReady {
+        /// The tenant.
+        tenant: String,
+        /// The generation that was started and stopped again.
+        generation: u64,
+    },
+    /// The host file is invalid; nothing changed.
+    #[error("reload refused, nothing changed:\n{0}")]
+    InvalidHostFile(ConfigErrors),
+    /// Added or changed tenants' files are invalid; nothing changed.
+    #[error("reload refused, nothing changed:\n{0}")]
+    InvalidTenantFiles(String),
+    /// The helper could not re-read the host file; nothing changed.
+    #[error("reload refused, nothing changed: {0}")]
+    HelperRefusedReload(HelperError),
 }

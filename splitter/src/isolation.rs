@@ -3,6 +3,7 @@
 //! cgroup v2 child group where the host allows), and a splitter that gives up
 //! the privileges it no longer needs once its sockets are bound.
 
+use crate::start_error::StartError;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -221,39 +222,42 @@ pub fn drop_privileges() {
 /// supplementary groups (which empties its capability sets), and in every
 /// case sets `no_new_privs`. Call after every privileged socket is bound and
 /// the helper is started.
-pub fn become_front(user: Option<&str>) -> Result<(), String> {
+pub fn become_front(user: Option<&str>) -> Result<(), StartError> {
     use nix::unistd::{getegid, geteuid, getgid, getuid, setgid, setgroups, setuid, User};
     if geteuid().is_root() {
-        let name = user.ok_or(
-            "the splitter runs as root but [splitter] user is not set; set it to an unprivileged user",
-        )?;
+        let name = user.ok_or_else(|| {
+            StartError::FrontUser(
+                "not set, and the splitter runs as root; set it to an unprivileged user".into(),
+            )
+        })?;
         let user = User::from_name(name)
-            .map_err(|e| format!("[splitter] user {name:?}: {e}"))?
-            .ok_or_else(|| format!("[splitter] user {name:?} does not exist"))?;
+            .map_err(|e| StartError::FrontUser(format!("{name:?}: {e}")))?
+            .ok_or_else(|| StartError::FrontUser(format!("{name:?} does not exist")))?;
         if user.uid.is_root() {
-            return Err(format!(
-                "[splitter] user {name:?} is uid 0; name an unprivileged user"
-            ));
+            return Err(StartError::FrontUser(format!(
+                "{name:?} is uid 0; name an unprivileged user"
+            )));
         }
         for cap in caps::all() {
             if caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) {
                 caps::drop(None, caps::CapSet::Bounding, cap)
-                    .map_err(|e| format!("cannot clear the capability bounding set: {e}"))?;
+                    .map_err(StartError::privileges("clear the capability bounding set"))?;
             }
         }
         caps::clear(None, caps::CapSet::Inheritable)
-            .map_err(|e| format!("cannot clear inheritable capabilities: {e}"))?;
-        setgroups(&[]).map_err(|e| format!("cannot drop supplementary groups: {e}"))?;
-        setgid(user.gid).map_err(|e| format!("cannot switch to group {}: {e}", user.gid))?;
-        setuid(user.uid).map_err(|e| format!("cannot switch to user {name:?}: {e}"))?;
+            .map_err(StartError::privileges("clear inheritable capabilities"))?;
+        setgroups(&[]).map_err(StartError::privileges("drop supplementary groups"))?;
+        setgid(user.gid).map_err(StartError::privileges(format!(
+            "switch to group {}",
+            user.gid
+        )))?;
+        setuid(user.uid).map_err(StartError::privileges(format!("switch to user {name:?}")))?;
         if getuid().is_root()
             || geteuid().is_root()
             || getgid() != user.gid
             || getegid() != user.gid
         {
-            return Err(
-                "the front is still privileged after switching users; refusing to serve".into(),
-            );
+            return Err(StartError::StillPrivileged);
         }
         info!(user = name, uid = user.uid.as_raw(), "the network-facing front runs unprivileged; the helper keeps the rights to start tenants");
     } else if let Some(name) = user {
@@ -269,7 +273,7 @@ pub fn become_front(user: Option<&str>) -> Result<(), String> {
         }
     }
     switchyard_shared::sys::forbid_new_privileges()
-        .map_err(|e| format!("cannot set no_new_privs: {e}"))?;
+        .map_err(StartError::privileges("set no_new_privs"))?;
     Ok(())
 }
 
@@ -298,19 +302,25 @@ pub fn descriptor_budget(config: &switchyard_shared::config::HostConfig) -> u64 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and refuses to start when
 /// the [`descriptor_budget`] does not fit, so that no tenant and no client can
 /// make the splitter run out of descriptors.
-pub fn fit_descriptor_budget(config: &switchyard_shared::config::HostConfig) -> Result<(), String> {
+pub fn fit_descriptor_budget(
+    config: &switchyard_shared::config::HostConfig,
+) -> Result<(), StartError> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.to_string())?;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(StartError::privileges("read the open-file limit"))?;
     if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-            .map_err(|e| format!("cannot raise the open-file limit to {hard}: {e}"))?;
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(StartError::privileges(format!(
+            "raise the open-file limit to {hard}"
+        )))?;
     }
     let budget = descriptor_budget(config);
     if budget > hard {
-        return Err(format!(
-            "the configuration needs up to {budget} descriptors (max_pending {} + per tenant process max_unacked {} + 1, doubled during rolling restarts, + reserve {RESERVED_FDS}) but the open-file limit is {hard}: lower max_pending or max_unacked, or raise the limit (LimitNOFILE= in the unit, `ulimit -n`)",
-            config.splitter.max_pending, config.splitter.max_unacked
-        ));
+        return Err(StartError::DescriptorBudget {
+            budget,
+            limit: hard,
+            max_pending: config.splitter.max_pending,
+            max_unacked: config.splitter.max_unacked,
+        });
     }
     info!(
         budget,

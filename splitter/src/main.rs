@@ -22,6 +22,7 @@ mod reject;
 mod routing;
 mod sandbox;
 mod server;
+mod start_error;
 mod systemd;
 mod tenant;
 mod tenant_metrics;

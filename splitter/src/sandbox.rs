@@ -13,6 +13,8 @@
 //! bad input, `ctl status`, reload, restart and stop, plus what the runtime and
 //! the allocator may call on other paths (threads, timers, memory).
 
+use crate::start_error::StartError;
+
 /// The system calls the front may make.
 #[cfg(target_arch = "x86_64")]
 const ALLOWED: &[i64] = &[
@@ -93,14 +95,16 @@ const ALLOWED: &[i64] = &[
 /// Installs the allow-list on every thread of the front. From then on a call
 /// outside [`ALLOWED`] fails with `EPERM`.
 #[cfg(target_arch = "x86_64")]
-pub fn restrict_system_calls() -> Result<(), String> {
+pub fn restrict_system_calls() -> Result<(), StartError> {
     let program = program()?;
-    seccompiler::apply_filter_all_threads(&program)
-        .map_err(|e| format!("cannot install the system-call filter: {e}"))
+    seccompiler::apply_filter_all_threads(&program).map_err(|e| StartError::Seccomp {
+        what: "install",
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
-fn program() -> Result<seccompiler::BpfProgram, String> {
+fn program() -> Result<seccompiler::BpfProgram, StartError> {
     use seccompiler::{SeccompAction, SeccompFilter, TargetArch};
     let rules: std::collections::BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
         ALLOWED.iter().map(|call| (*call, Vec::new())).collect();
@@ -110,16 +114,22 @@ fn program() -> Result<seccompiler::BpfProgram, String> {
         SeccompAction::Allow,
         TargetArch::x86_64,
     )
-    .map_err(|e| format!("cannot build the system-call filter: {e}"))?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| {
-        format!("cannot compile the system-call filter: {e}")
-    })
+    .map_err(|e| StartError::Seccomp {
+        what: "build",
+        detail: e.to_string(),
+    })?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| StartError::Seccomp {
+            what: "compile",
+            detail: e.to_string(),
+        })
 }
 
 /// Elsewhere the allow-list is not written yet: the front runs without it, and
 /// says so.
 #[cfg(not(target_arch = "x86_64"))]
-pub fn restrict_system_calls() -> Result<(), String> {
+pub fn restrict_system_calls() -> Result<(), StartError> {
     tracing::warn!(
         arch = std::env::consts::ARCH,
         "no system-call allow-list for this architecture; the front runs without one"

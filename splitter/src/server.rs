@@ -2,6 +2,7 @@
 //! the unprivileged front, start the tenants, serve until SIGTERM, SIGINT or
 //! `ctl stop`, reload on SIGHUP, then drain.
 
+use crate::start_error::StartError;
 use crate::{admin, conn, control, fleet, helper, isolation, listener, routing, sandbox};
 use std::sync::Arc;
 use switchyard_shared::config::HostConfig;
@@ -16,34 +17,36 @@ pub async fn serve(
     config: HostConfig,
     mut passed: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
     watchdog: Option<std::time::Duration>,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let config_path = config.path.clone();
     let as_root = nix::unistd::geteuid().is_root();
-    crate::helper::locate_l7proxy().map_err(|e| e.to_string())?;
+    crate::helper::locate_l7proxy().map_err(StartError::io("find the l7proxy program"))?;
     for warning in &config.warnings {
         warn!("{warning}");
     }
     let runtime_dir = &config.splitter.runtime_dir;
-    std::fs::create_dir_all(runtime_dir)
-        .map_err(|e| format!("cannot create runtime_dir {}: {e}", runtime_dir.display()))?;
+    std::fs::create_dir_all(runtime_dir).map_err(StartError::io(format!(
+        "create runtime_dir {}",
+        runtime_dir.display()
+    )))?;
     isolation::fit_descriptor_budget(&config)?;
 
     let mut listeners = Vec::new();
     for listen in &config.listeners {
         if let Some(at) = passed.iter().position(|(addr, _)| *addr == listen.addr) {
             let (_, socket) = passed.swap_remove(at);
-            listener::prepare_passed(&socket)
-                .map_err(|e| format!("the socket systemd passed for {}: {e}", listen.addr))?;
+            listener::prepare_passed(&socket).map_err(StartError::io(format!(
+                "use the socket systemd passed for {}",
+                listen.addr
+            )))?;
             info!(addr = %listen.addr, protocol = listen.protocol.as_str(), "listening (socket passed by systemd)");
             listeners.push((socket, listen.clone()));
             continue;
         }
-        let socket = listener::bind(listen).map_err(|e| {
-            format!(
-                "cannot listen on {} ({}): {e}; is another server using the port?",
-                listen.addr,
-                listen.protocol.as_str()
-            )
+        let socket = listener::bind(listen).map_err(|source| StartError::Listen {
+            addr: listen.addr,
+            protocol: listen.protocol.as_str(),
+            source,
         })?;
         info!(addr = %listen.addr, protocol = listen.protocol.as_str(), proxy_protocol = listen.proxy_protocol, "listening");
         listeners.push((socket, listen.clone()));
@@ -51,11 +54,10 @@ pub async fn serve(
 
     if !passed.is_empty() {
         let extra: Vec<String> = passed.iter().map(|(addr, _)| addr.to_string()).collect();
-        return Err(format!(
-            "systemd passed listening sockets for {} that no [[listen]] in {} names; add them to the host file or remove them from the socket unit",
-            extra.join(", "),
-            config_path.display()
-        ));
+        return Err(StartError::UnclaimedPassedSockets {
+            addrs: extra.join(", "),
+            host_file: config_path.clone(),
+        });
     }
 
     let control_path = control::socket_path(runtime_dir);
@@ -66,16 +68,14 @@ pub async fn serve(
     };
     // The helper keeps the privileges this process has now; the front gives
     // them up before it reads a byte from the network.
-    let (helper_child, helper_socket) = helper::start(&config_path)
-        .map_err(|e| format!("cannot start the privileged helper: {e}"))?;
-    let helper =
-        helper::Helper::new(helper_socket, helper_child.id()).map_err(|e| e.to_string())?;
+    let (helper_child, helper_socket) =
+        helper::start(&config_path).map_err(StartError::io("start the privileged helper"))?;
+    let helper = helper::Helper::new(helper_socket, helper_child.id())
+        .map_err(StartError::io("watch the privileged helper's socket"))?;
     tokio::spawn(helper.clone().read_events());
     isolation::become_front(config.splitter.user.as_deref())?;
     // A host file the front cannot read would make every reload fail.
-    HostConfig::load_as(&config_path, as_root).map_err(|e| {
-        format!("after dropping privileges the front cannot read the host file ({e}); make it readable by [splitter] user")
-    })?;
+    HostConfig::load_as(&config_path, as_root).map_err(StartError::HostFileHidden)?;
     sandbox::restrict_system_calls()?;
 
     let front = Arc::new(listener::Front {

@@ -3,6 +3,7 @@
 //! interval — how a site spanning several machines follows Consul or a
 //! Kubernetes headless service.
 
+use super::error::PoolError;
 use arc_swap::ArcSwap;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
@@ -29,7 +30,7 @@ fn answered_empty(e: &ResolveError) -> bool {
 
 impl DnsSource {
     /// A source for `config`, asking its resolver or the system's.
-    pub fn new(config: DnsDiscovery) -> Result<DnsSource, String> {
+    pub fn new(config: DnsDiscovery) -> Result<DnsSource, PoolError> {
         let mut opts = ResolverOpts::default();
         // Every resolution goes to the server: the interval is the cache.
         opts.cache_size = 0;
@@ -42,9 +43,8 @@ impl DnsSource {
                 rc.add_name_server(NameServerConfig::new(server, Protocol::Tcp));
                 TokioResolver::builder_with_config(rc, TokioConnectionProvider::default())
             }
-            None => TokioResolver::builder_tokio().map_err(|e| {
-                format!("cannot read the system's DNS configuration ({e}); set discovery.resolver")
-            })?,
+            None => TokioResolver::builder_tokio()
+                .map_err(|e| PoolError::SystemResolver(e.to_string()))?,
         };
         Ok(DnsSource {
             config,
@@ -60,7 +60,7 @@ impl DnsSource {
 
     /// Resolves the name again; `Ok(true)` when the set of servers changed.
     /// On an error the previous servers are kept.
-    pub async fn refresh(&self) -> Result<bool, String> {
+    pub async fn refresh(&self) -> Result<bool, PoolError> {
         let servers = self.resolve().await?;
         let old: BTreeSet<_> = self
             .current()
@@ -75,7 +75,7 @@ impl DnsSource {
         Ok(true)
     }
 
-    async fn resolve(&self) -> Result<Vec<ServerSpec>, String> {
+    async fn resolve(&self) -> Result<Vec<ServerSpec>, PoolError> {
         let name = self.config.name.as_str();
         match self.resolver.srv_lookup(name).await {
             Ok(srv) => {
@@ -89,7 +89,11 @@ impl DnsSource {
                         .resolver
                         .lookup_ip(target.as_str())
                         .await
-                        .map_err(|e| format!("SRV target {target} of {name}: {e}"))?;
+                        .map_err(|e| PoolError::Lookup {
+                            kind: "SRV target",
+                            name: format!("{target} (of {name})"),
+                            detail: e.to_string(),
+                        })?;
                     for ip in ips.iter() {
                         servers.push(ServerSpec {
                             addr: ServerAddr::Tcp(SocketAddr::new(ip, record.port())),
@@ -112,10 +116,18 @@ impl DnsSource {
                         })
                         .collect()),
                     Err(e) if answered_empty(&e) => Ok(Vec::new()),
-                    Err(e) => Err(format!("A/AAAA lookup of {name}: {e}")),
+                    Err(e) => Err(PoolError::Lookup {
+                        kind: "A/AAAA",
+                        name: name.to_string(),
+                        detail: e.to_string(),
+                    }),
                 }
             }
-            Err(e) => Err(format!("SRV lookup of {name}: {e}")),
+            Err(e) => Err(PoolError::Lookup {
+                kind: "SRV",
+                name: name.to_string(),
+                detail: e.to_string(),
+            }),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! with Pingora's TCP and HTTP checks, and a log line whenever a server's
 //! health flips.
 
+use super::error::PoolError;
 use super::peer::PeerTemplate;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
@@ -33,7 +34,7 @@ pub fn build(
     upstream: &str,
     config: &HealthConfig,
     peers: &PeerTemplate,
-) -> Result<Box<dyn HealthCheck + Send + Sync>, String> {
+) -> Result<Box<dyn HealthCheck + Send + Sync>, PoolError> {
     let logger = Box::new(HealthLogger {
         tenant: tenant.to_string(),
         upstream: upstream.to_string(),
@@ -54,12 +55,21 @@ pub fn build(
         HealthKind::Http { path, host, status } => {
             let host_header = host.clone().unwrap_or_else(|| upstream.to_string());
             let mut check = HttpHealthCheck::new(&host_header, peers.tls_sni().is_some());
-            let mut req = RequestHeader::build("GET", path.as_bytes(), None)
-                .map_err(|e| format!("health path {path:?}: {e}"))?;
+            let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| {
+                PoolError::HealthRequest {
+                    field: "path",
+                    value: path.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
             req.insert_header("Host", host_header.as_str())
-                .map_err(|e| format!("health host {host_header:?}: {e}"))?;
+                .map_err(|e| PoolError::HealthRequest {
+                    field: "host",
+                    value: host_header.clone(),
+                    detail: e.to_string(),
+                })?;
             req.insert_header("User-Agent", "switchyard-health-check")
-                .map_err(|e| e.to_string())?;
+                .expect("a constant, valid header");
             check.req = req;
             check.peer_template = peers.health_peer(config.timeout);
             check.consecutive_success = config.rise;

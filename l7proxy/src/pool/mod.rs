@@ -10,6 +10,7 @@
 
 mod discovery;
 mod dns;
+mod error;
 pub mod hash_key;
 mod health;
 mod peer;
@@ -17,6 +18,7 @@ pub mod registry;
 pub mod server;
 mod upkeep;
 
+pub use error::PoolError;
 pub use upkeep::PoolUpkeep;
 
 use discovery::PoolDiscovery;
@@ -124,13 +126,13 @@ impl Pool {
         tenant: &str,
         config: UpstreamConfig,
         registry: Option<Arc<Registry>>,
-    ) -> Result<Arc<Pool>, String> {
-        let what = format!("upstream {}", config.name);
+    ) -> Result<Arc<Pool>, PoolError> {
+        let name = config.name.clone();
         let registry = registry.filter(|_| config.registration);
-        let peers = PeerTemplate::new(&config).map_err(|e| format!("{what}: {e}"))?;
+        let peers = PeerTemplate::new(&config).map_err(PoolError::of(&name))?;
         let dns = match &config.dns {
             Some(d) => Some(Arc::new(
-                DnsSource::new(d.clone()).map_err(|e| format!("{what}: {e}"))?,
+                DnsSource::new(d.clone()).map_err(PoolError::of(&name))?,
             )),
             None => None,
         };
@@ -145,7 +147,7 @@ impl Pool {
         if let Some(health) = &config.health {
             backends.set_health_check(
                 health::build(tenant, &config.name, health, &peers)
-                    .map_err(|e| format!("{what}: {e}"))?,
+                    .map_err(PoolError::of(&name))?,
             );
         }
         let balancer = match config.lb {
@@ -180,14 +182,16 @@ impl Pool {
     }
 
     /// Runs discovery; true when the membership changed.
-    pub async fn update(&self) -> Result<bool, String> {
+    pub async fn update(&self) -> Result<bool, PoolError> {
         let before = self.backends().get_backend();
         let result = match &self.balancer {
             Balancer::RoundRobin(lb) | Balancer::LeastConn(lb) => lb.update().await,
             Balancer::Random(lb) => lb.update().await,
             Balancer::Consistent(lb) => lb.update().await,
         };
-        result.map_err(|e| format!("upstream {}: discovery failed: {e}", self.config.name))?;
+        result
+            .map_err(|e| PoolError::Discovery(e.to_string()))
+            .map_err(PoolError::of(&self.config.name))?;
         Ok(!Arc::ptr_eq(&before, &self.backends().get_backend()))
     }
 

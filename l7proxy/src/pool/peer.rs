@@ -2,6 +2,7 @@
 //! TLS (SNI, verification, CA) and HTTP/2, as a Pingora `HttpPeer` template.
 
 use super::discovery::socket_addr;
+use super::error::PoolError;
 use super::server::Lease;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
@@ -19,7 +20,7 @@ pub struct PeerTemplate {
 
 impl PeerTemplate {
     /// The template of `config`'s group.
-    pub fn new(config: &UpstreamConfig) -> Result<PeerTemplate, String> {
+    pub fn new(config: &UpstreamConfig) -> Result<PeerTemplate, PoolError> {
         let (tls, sni) = match &config.tls {
             Some(tls) => (true, tls.sni.clone().unwrap_or_default()),
             None => (false, String::new()),
@@ -38,24 +39,26 @@ impl PeerTemplate {
             options.verify_cert = settings.verify;
             options.verify_hostname = settings.verify;
             if let Some(path) = &settings.ca {
+                let ca_problem = |problem: String| PoolError::CaFile {
+                    path: path.clone(),
+                    problem,
+                };
                 let pem = switchyard_shared::files::read_regular(
                     path,
                     switchyard_shared::files::MAX_PEM_BYTES,
                 )
-                .map_err(|e| format!("{}: cannot read CA certificates: {e}", path.display()))?;
+                .map_err(|e| ca_problem(format!("cannot read CA certificates: {e}")))?;
                 let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
                     .collect::<Result<_, _>>()
-                    .map_err(|e| format!("{}: cannot read CA certificates: {e}", path.display()))?;
+                    .map_err(|e| ca_problem(format!("cannot read CA certificates: {e}")))?;
                 if certs.is_empty() {
-                    return Err(format!(
-                        "{}: no CA certificate in the file (PEM expected)",
-                        path.display()
+                    return Err(ca_problem(
+                        "no CA certificate in the file (PEM expected)".into(),
                     ));
                 }
                 for cert in &certs {
-                    x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
-                        format!("{}: a CA certificate does not parse: {e}", path.display())
-                    })?;
+                    x509_parser::parse_x509_certificate(cert.as_ref())
+                        .map_err(|e| ca_problem(format!("a CA certificate does not parse: {e}")))?;
                 }
                 let wrapped: Vec<WrappedX509> = certs
                     .into_iter()

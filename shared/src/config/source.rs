@@ -123,13 +123,13 @@ impl Source {
         }
     }
 
-    pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(super) fn error(&mut self, span: Range<usize>, message: impl std::fmt::Display) {
         let (line, column) = self.location(span.start);
         self.errors.push(ConfigError {
             file: self.path.clone(),
             line,
             column,
-            message: message.into(),
+            message: message.to_string(),
         });
     }
 

@@ -200,20 +200,40 @@ impl fmt::Display for ServerAddr {
     }
 }
 
+/// Why a server (`"ADDR [weight=N]"`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerError {
+    /// `unix:` without a path.
+    #[error("a unix server needs a path, e.g. \"unix:/run/app.sock\"")]
+    EmptyUnixPath,
+    /// Neither `IP:port` nor `unix:PATH`.
+    #[error("server {0:?} is not IP:port or unix:PATH (host names are not resolved here; use discovery = {{ dns = \"NAME\" }})")]
+    NotAnAddress(String),
+    /// A weight outside 1..=[`MAX_WEIGHT`].
+    #[error("server {0:?}: weight must be a whole number from 1 to {MAX_WEIGHT}")]
+    BadWeight(String),
+    /// An option other than `weight=N`.
+    #[error("server {server:?}: unknown option {option:?}; the only option is weight=N")]
+    UnknownOption {
+        /// The whole server entry.
+        server: String,
+        /// The option written.
+        option: String,
+    },
+}
+
 impl ServerAddr {
     /// Parses `IP:port` or `unix:PATH`; host names are refused (use DNS discovery).
-    pub fn parse(text: &str) -> Result<ServerAddr, String> {
+    pub fn parse(text: &str) -> Result<ServerAddr, ServerError> {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err("a unix server needs a path, e.g. \"unix:/run/app.sock\"".into());
+                return Err(ServerError::EmptyUnixPath);
             }
             return Ok(ServerAddr::Unix(PathBuf::from(path)));
         }
-        text.parse::<SocketAddr>().map(ServerAddr::Tcp).map_err(|_| {
-            format!(
-                "server {text:?} is not IP:port or unix:PATH (host names are not resolved here; use discovery = {{ dns = \"NAME\" }})"
-            )
-        })
+        text.parse::<SocketAddr>()
+            .map(ServerAddr::Tcp)
+            .map_err(|_| ServerError::NotAnAddress(text.to_string()))
     }
 }
 
@@ -231,22 +251,19 @@ pub const MAX_WEIGHT: usize = 1000;
 
 impl ServerSpec {
     /// Parses `"ADDR"` or `"ADDR weight=N"`.
-    pub fn parse(text: &str) -> Result<ServerSpec, String> {
+    pub fn parse(text: &str) -> Result<ServerSpec, ServerError> {
         let mut words = text.split_whitespace();
         let addr = ServerAddr::parse(words.next().unwrap_or(""))?;
         let mut weight = 1;
         for word in words {
             match word.strip_prefix("weight=").map(str::parse::<usize>) {
                 Some(Ok(w)) if (1..=MAX_WEIGHT).contains(&w) => weight = w,
-                Some(_) => {
-                    return Err(format!(
-                        "server {text:?}: weight must be a whole number from 1 to {MAX_WEIGHT}"
-                    ))
-                }
+                Some(_) => return Err(ServerError::BadWeight(text.to_string())),
                 None => {
-                    return Err(format!(
-                        "server {text:?}: unknown option {word:?}; the only option is weight=N"
-                    ))
+                    return Err(ServerError::UnknownOption {
+                        server: text.to_string(),
+                        option: word.to_string(),
+                    })
                 }
             }
         }
@@ -828,11 +845,22 @@ pub(super) fn validate_registration(
 pub const REGISTRATION_TTL: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);
 
+/// Why a registration's `ttl` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TtlError {
+    /// Not a duration.
+    #[error(transparent)]
+    Duration(#[from] crate::units::DurationError),
+    /// Outside [`REGISTRATION_TTL`].
+    #[error("ttl {0:?} is out of range; use 1s to 1h")]
+    OutOfRange(String),
+}
+
 /// Parses the `ttl` of a registration request (`"10s"`), within [`REGISTRATION_TTL`].
-pub fn parse_registration_ttl(text: &str) -> Result<Duration, String> {
+pub fn parse_registration_ttl(text: &str) -> Result<Duration, TtlError> {
     let ttl = parse_duration(text)?;
     if !REGISTRATION_TTL.contains(&ttl) {
-        return Err(format!("ttl {text:?} is out of range; use 1s to 1h"));
+        return Err(TtlError::OutOfRange(text.to_string()));
     }
     Ok(ttl)
 }

@@ -7,6 +7,7 @@
 
 use super::proto::{self, Envelope, Event, Reply, Request, StopSignal};
 use crate::isolation;
+use crate::start_error::StartError;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -55,22 +56,23 @@ struct Helper {
 }
 
 /// Runs the helper until the front closes its socket; then stops every child.
-pub fn run(host_file: PathBuf) -> Result<(), String> {
+pub fn run(host_file: PathBuf) -> Result<(), StartError> {
     let socket = switchyard_shared::sys::take_inherited_fd(proto::HELPER_FD_ENV)?;
-    let config = HostConfig::load(&host_file).map_err(|e| e.to_string())?;
-    let l7proxy = super::locate_l7proxy().map_err(|e| e.to_string())?;
+    let config = HostConfig::load(&host_file)?;
+    let l7proxy = super::locate_l7proxy().map_err(StartError::io("find the l7proxy program"))?;
     isolation::drop_privileges();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(StartError::io("start the helper's runtime"))?;
     runtime.block_on(async move {
         let (exited_tx, exited) = mpsc::unbounded_channel();
         let mut helper = Helper {
             host_file,
             l7proxy,
             config,
-            socket: switchyard_shared::sys::register(socket).map_err(|e| e.to_string())?,
+            socket: switchyard_shared::sys::register(socket)
+                .map_err(StartError::io("watch the socket to the front"))?,
             children: HashMap::new(),
             exited,
             exited_tx,

@@ -46,7 +46,7 @@ fn options() -> Result<Options, String> {
             "--upstream" => upstream = args.next().ok_or("--upstream needs a name")?,
             "--ttl" => {
                 ttl = args.next().ok_or("--ttl needs a duration")?;
-                switchyard_shared::units::parse_duration(&ttl)?;
+                switchyard_shared::units::parse_duration(&ttl).map_err(|e| e.to_string())?;
             }
             "--body-size" => {
                 body_size = Some(
