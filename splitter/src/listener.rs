@@ -117,23 +117,23 @@ pub async fn accept_loop(
                     break;
                 }
                 Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
-                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                errno => {
+                    let out_of_resources = matches!(
+                        errno,
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    );
                     if last_resource_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        warn!(port, error = %err, "accept is out of resources; backing off (raise `ulimit -n` or lower max_pending)");
+                        if out_of_resources {
+                            warn!(port, error = %err, "accept is out of resources; backing off (raise `ulimit -n` or lower max_pending)");
+                        } else {
+                            warn!(port, error = %err, "accept failed; retrying");
+                        }
                         last_resource_log = Some(Instant::now());
                     }
                     // Leave the readiness set: the backlog is still there.
                     drop(guard);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    break;
-                }
-                _ => {
-                    if last_resource_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        warn!(port, error = %err, "accept failed; retrying");
-                        last_resource_log = Some(Instant::now());
-                    }
-                    drop(guard);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let backoff = if out_of_resources { 50 } else { 10 };
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
                     break;
                 }
             }
