@@ -10,7 +10,7 @@
 //! | `Ready` (2) | l7proxy → splitter | — |
 //! | `Ack` (3) | l7proxy → splitter | `up_to_seq` `u64`: every `Conn` with `seq ≤ up_to_seq` is owned by the l7proxy |
 //! | `Draining` (4) | l7proxy → splitter | — |
-//! | `Conn` (16) | splitter → l7proxy | seq `u64`, protocol `u8`, local port `u16`, accepted-at µs since the epoch `u64`, server name (`u8` length + bytes, empty when none); exactly one fd in `SCM_RIGHTS` |
+//! | `Conn` (16) | splitter → l7proxy | seq `u64`, protocol `u8`, local port `u16`, accepted-at µs since the epoch `u64`, server name (`u8` length + bytes, empty when none), client address (`u8` family 0/4/6, then the address and a `u16` port: what a PROXY header gave); exactly one fd in `SCM_RIGHTS` |
 //! | `Drain` (17) | splitter → l7proxy | — |
 //! | `HostsChanged` (18) | splitter → l7proxy | — (re-read the tenants' names from the host file, and changed certificate files) |
 //!
