@@ -313,6 +313,7 @@ fn run(cli: Cli) -> Result<(), String> {
             server.add_service(service);
         }
         None => {
+            let spawned = std::env::var_os(HANDOFF_FD_ENV).is_some();
             let socket = match std::env::var_os(HANDOFF_FD_ENV) {
                 // Spawned by the splitter: the socket is inherited.
                 Some(_) => switchyard_shared::sys::take_inherited_fd(HANDOFF_FD_ENV)
@@ -349,7 +350,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 entry.threads,
                 stop.clone(),
             )
-            .reload_hosts_from(cli.config.clone(), hosts, certificate.clone());
+            .reload_hosts_from(cli.config.clone(), hosts, certificate.clone())
+            .rejoin_when_orphaned(service::Rejoin {
+                path: tenant_dir.join(switchyard_shared::handoff::HANDOFF_SOCKET_NAME),
+                timeout: host.splitter.orphan_timeout,
+                spawned,
+            });
             server.add_service(service);
         }
     }

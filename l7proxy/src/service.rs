@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_shared::config::HostConfig;
 use switchyard_shared::handoff::{self, ConnMeta, Message, Protocol};
+use tokio::io::unix::AsyncFd;
 use tracing::{debug, error, info, warn};
 
 /// How long a client may take to complete its TLS handshake (as Pingora's listener).
@@ -32,6 +33,29 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// While draining, how long active connections get to finish their current
 /// request before idle keep-alive connections are closed.
 pub const IDLE_CLOSE_AFTER: Duration = Duration::from_secs(1);
+
+/// How often an orphaned process tries to reach a splitter again.
+const REJOIN_EVERY: Duration = Duration::from_millis(100);
+
+/// Where and how long a process whose splitter went away looks for a new one.
+#[derive(Debug, Clone)]
+pub struct Rejoin {
+    /// The tenant's `handoff.sock`.
+    pub path: PathBuf,
+    /// `[splitter] orphan_timeout` (zero: do not wait).
+    pub timeout: Duration,
+    /// Whether a splitter spawned this process (it then asks to be adopted,
+    /// `Rejoin`); a hand-started one says `Hello` again.
+    pub spawned: bool,
+}
+
+/// How one handoff socket's service ended.
+enum Ended {
+    /// The process is stopping (SIGTERM, or the splitter's `Drain`).
+    Shutdown,
+    /// The splitter went away without a `Drain`.
+    Lost(&'static str),
+}
 
 /// Receives handed-off connections and serves them with `app`.
 pub struct HandoffService<A> {
@@ -43,6 +67,7 @@ pub struct HandoffService<A> {
     threads: usize,
     host_reload: Option<(PathBuf, Arc<ArcSwap<HostView>>)>,
     certificate: Option<Arc<crate::tls::CertStore>>,
+    rejoin: Option<Rejoin>,
     stop: Stop,
 }
 
@@ -67,8 +92,16 @@ impl<A> HandoffService<A> {
             threads,
             host_reload: None,
             certificate: None,
+            rejoin: None,
             stop,
         }
+    }
+
+    /// When the splitter goes away without a `Drain`, keep serving and look
+    /// for a splitter on `rejoin.path` for up to `rejoin.timeout`.
+    pub fn rejoin_when_orphaned(mut self, rejoin: Rejoin) -> Self {
+        self.rejoin = Some(rejoin);
+        self
     }
 
     /// On `HostsChanged` (the splitter reloaded the host file), re-read the
@@ -83,6 +116,12 @@ impl<A> HandoffService<A> {
         self.certificate = certificate;
         self
     }
+}
+
+/// Sends `first` (`Hello` or `Rejoin`) and `Ready`.
+fn greet(socket: &AsyncFd<OwnedFd>, first: &Message) -> io::Result<()> {
+    handoff::send(socket.get_ref().as_fd(), first, None)?;
+    handoff::send(socket.get_ref().as_fd(), &Message::Ready, None)
 }
 
 fn reload_hosts(tenant: &str, host_file: &std::path::Path, view: &ArcSwap<HostView>) {
@@ -125,7 +164,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
             error!(tenant = %self.tenant, "handoff service started twice");
             return;
         };
-        let socket = match switchyard_shared::sys::register(socket) {
+        let mut socket = match switchyard_shared::sys::register(socket) {
             Ok(socket) => socket,
             Err(e) => {
                 error!(tenant = %self.tenant, error = %e, "cannot register the handoff socket");
@@ -137,9 +176,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
             tenant: self.tenant.clone(),
             pid: std::process::id(),
         };
-        if let Err(e) = handoff::send(socket.get_ref().as_fd(), &hello, None)
-            .and_then(|()| handoff::send(socket.get_ref().as_fd(), &Message::Ready, None))
-        {
+        if let Err(e) = greet(&socket, &hello) {
             error!(tenant = %self.tenant, error = %e, "cannot greet the splitter over the handoff socket; exiting");
             self.stop.request();
             return;
@@ -148,16 +185,48 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
         info!(tenant = %self.tenant, pid = std::process::id(), "ready for handed-off connections");
 
         loop {
-            let mut guard = tokio::select! {
-                guard = socket.readable() => match guard {
-                    Ok(guard) => guard,
-                    Err(e) => { error!(error = %e, "handoff socket failed"); break; }
-                },
-                _ = shutdown.changed() => {
+            match self.serve_socket(&socket, &mut shutdown).await {
+                Ended::Shutdown => {
                     let _ = handoff::send(socket.get_ref().as_fd(), &Message::Draining, None);
                     self.drain().await;
                     return;
                 }
+                Ended::Lost(reason) => match self.rejoin(reason, &mut shutdown).await {
+                    Some(rejoined) => socket = rejoined,
+                    None => break,
+                },
+            }
+        }
+        self.stop.request();
+        if !*shutdown.borrow() {
+            let _ = shutdown.changed().await;
+        }
+        self.drain().await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(self.threads)
+    }
+}
+
+impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
+    /// Takes connections from `socket` until the process stops or the
+    /// splitter goes away.
+    async fn serve_socket(&self, socket: &AsyncFd<OwnedFd>, shutdown: &mut ShutdownWatch) -> Ended {
+        loop {
+            let mut guard = tokio::select! {
+                guard = socket.readable() => match guard {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        error!(tenant = %self.tenant, error = %e, "handoff socket failed");
+                        return Ended::Lost("handoff socket failed");
+                    }
+                },
+                _ = shutdown.changed() => return Ended::Shutdown,
             };
             let mut acked = None;
             // Everything queued, then back to waiting (`try_io` clears the
@@ -169,7 +238,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
                 };
                 match received {
                     Ok(Some(received)) => {
-                        if let Some(seq) = self.take(received, &shutdown) {
+                        if let Some(seq) = self.take(received, shutdown) {
                             acked = Some(seq);
                         }
                     }
@@ -194,27 +263,64 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceWithDependents for HandoffServ
                 }
             }
             if let Some(reason) = outcome {
-                info!(tenant = %self.tenant, reason, "stopping gracefully");
-                break;
+                return Ended::Lost(reason);
             }
         }
-        self.stop.request();
-        if !*shutdown.borrow() {
-            let _ = shutdown.changed().await;
+    }
+
+    /// After the splitter went away (`reason`): keeps serving the connections
+    /// this process has and tries to reach a splitter on the tenant's
+    /// `handoff.sock` until `orphan_timeout`; the new socket, or `None` when the
+    /// process should drain and exit.
+    async fn rejoin(
+        &self,
+        reason: &'static str,
+        shutdown: &mut ShutdownWatch,
+    ) -> Option<AsyncFd<OwnedFd>> {
+        let Some(rejoin) = self.rejoin.as_ref().filter(|r| !r.timeout.is_zero()) else {
+            info!(tenant = %self.tenant, reason, "stopping gracefully");
+            return None;
+        };
+        warn!(tenant = %self.tenant, reason, orphan_timeout = ?rejoin.timeout, path = %rejoin.path.display(), "the splitter went away; serving this process's connections and waiting for a splitter to re-attach to");
+        let deadline = tokio::time::Instant::now() + rejoin.timeout;
+        let message = if rejoin.spawned {
+            Message::Rejoin {
+                tenant: self.tenant.clone(),
+                pid: std::process::id(),
+            }
+        } else {
+            Message::Hello {
+                tenant: self.tenant.clone(),
+                pid: std::process::id(),
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(REJOIN_EVERY) => {}
+                _ = shutdown.changed() => return None,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(tenant = %self.tenant, orphan_timeout = ?rejoin.timeout, "no splitter came back within orphan_timeout; draining and exiting");
+                return None;
+            }
+            let Ok(fd) = handoff::seqpacket_connect(&rejoin.path) else {
+                continue;
+            };
+            let Ok(socket) = switchyard_shared::sys::register(fd) else {
+                continue;
+            };
+            match greet(&socket, &message) {
+                Ok(()) => {
+                    info!(tenant = %self.tenant, pid = std::process::id(), "re-attached to a splitter");
+                    return Some(socket);
+                }
+                Err(e) => {
+                    debug!(tenant = %self.tenant, error = %e, "a splitter accepted, then refused; trying again")
+                }
+            }
         }
-        self.drain().await;
     }
 
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn threads(&self) -> Option<usize> {
-        Some(self.threads)
-    }
-}
-
-impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
     /// Lets handed connections finish: Pingora answers requests that arrive
     /// after the stop with `Connection: close` (HTTP/2: GOAWAY); after
     /// [`IDLE_CLOSE_AFTER`] the keep-alive connections still idle are closed.

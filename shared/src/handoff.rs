@@ -10,6 +10,7 @@
 //! | `Ready` (2) | l7proxy → splitter | — |
 //! | `Ack` (3) | l7proxy → splitter | `up_to_seq` `u64`: every `Conn` with `seq ≤ up_to_seq` is owned by the l7proxy |
 //! | `Draining` (4) | l7proxy → splitter | — |
+//! | `Rejoin` (5) | l7proxy → splitter | as `Hello`: the first message of a process the splitter spawned, re-attaching on `handoff.sock` after its splitter went away (crash or upgrade) |
 //! | `Conn` (16) | splitter → l7proxy | seq `u64`, protocol `u8`, local port `u16`, accepted-at µs since the epoch `u64`, server name (`u8` length + bytes, empty when none), client address (`u8` family 0/4/6, then the address and a `u16` port: what a PROXY header gave); exactly one fd in `SCM_RIGHTS` |
 //! | `Drain` (17) | splitter → l7proxy | — |
 //! | `HostsChanged` (18) | splitter → l7proxy | — (re-read the tenants' names from the host file, and changed certificate files) |
@@ -54,6 +55,15 @@ pub enum Message {
         /// Tenant the process serves.
         tenant: String,
         /// Its process id.
+        pid: u32,
+    },
+    /// First message of a process that a splitter spawned and that lost it
+    /// (crash or upgrade): it asks to be adopted into the pool, not attached
+    /// as a hand-started process.
+    Rejoin {
+        /// Tenant the process serves.
+        tenant: String,
+        /// Its process id (not believed: the kernel's `SO_PEERCRED` is used).
         pid: u32,
     },
     /// The process accepts connections.
@@ -141,6 +151,11 @@ impl Message {
                 out.extend_from_slice(&pid.to_le_bytes());
                 put_text(out, tenant);
             }
+            Message::Rejoin { tenant, pid } => {
+                out.push(5);
+                out.extend_from_slice(&pid.to_le_bytes());
+                put_text(out, tenant);
+            }
             Message::Ready => out.push(2),
             Message::Ack { up_to_seq } => {
                 out.push(3);
@@ -193,6 +208,13 @@ impl Message {
                 up_to_seq: u64::from_le_bytes(r.array()?),
             },
             4 => Message::Draining,
+            5 => {
+                let pid = u32::from_le_bytes(r.array()?);
+                Message::Rejoin {
+                    tenant: r.text()?,
+                    pid,
+                }
+            }
             16 => {
                 let seq = u64::from_le_bytes(r.array()?);
                 let protocol = match r.u8()? {
@@ -477,6 +499,10 @@ mod tests {
             Message::Hello {
                 tenant: "alpha".into(),
                 pid: 4242,
+            },
+            Message::Rejoin {
+                tenant: "alpha".into(),
+                pid: 4343,
             },
             Message::Ready,
             Message::Ack {

@@ -172,6 +172,81 @@ pub fn inherit_and_die_with_parent(command: &mut std::process::Command, fd: Borr
     }
 }
 
+/// Prepares `command` so the child inherits `fd` (under the same number) and
+/// can never gain privileges, but outlives its parent: a tenant process keeps
+/// serving when the splitter that spawned it crashes or is upgraded (it then
+/// waits, bounded, for a splitter to re-attach to).
+pub fn inherit_outliving_parent(command: &mut std::process::Command, fd: BorrowedFd<'_>) {
+    use std::os::unix::process::CommandExt;
+    let raw = fd.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (fcntl, prctl), on a descriptor number valid in the child.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A pidfd for `pid` (`pidfd_open(2)`): it stays bound to that process even
+/// after the pid is reused, becomes readable when the process exits, and is
+/// how a process that is not our child is signalled and watched.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a plain system call with integer arguments; on success it
+    // returns a new descriptor that this function then owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process behind `pidfd` (`pidfd_send_signal(2)`).
+pub fn pidfd_send_signal(
+    pidfd: BorrowedFd<'_>,
+    signal: nix::sys::signal::Signal,
+) -> io::Result<()> {
+    // SAFETY: a plain system call on a descriptor we borrow, with no siginfo.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The real uid a running process has, from `/proc/PID/status`.
+pub fn process_uid(pid: u32) -> io::Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no Uid line in /proc/PID/status",
+            )
+        })
+}
+
 /// Puts the calling thread, and every thread or process it creates from now on,
 /// under `SCHED_BATCH`: the kernel never lets it preempt a running task when it
 /// wakes up; it runs when the CPU is free or at the next scheduler tick. No

@@ -30,8 +30,12 @@ const HELLO_DEADLINE: Duration = Duration::from_secs(1);
 /// supervised: they are not respawned, and a rolling restart leaves them alone.
 pub async fn admit_attached(tenant: Arc<Tenant>, helper: Arc<Helper>, allowed_uid: u32) {
     let listener = match helper.listen(tenant.name()).await {
-        Ok(listener) => listener,
+        Ok((listener, stale)) => {
+            tenant.orphans.open_window(stale);
+            listener
+        }
         Err(e) => {
+            tenant.orphans.open_window(false);
             error!(tenant = %tenant.name(), error = %e, "processes started by hand cannot join this tenant");
             return;
         }
@@ -115,8 +119,9 @@ async fn attach(
         received.ok().flatten().map(|received| received.message)
     })
     .await;
-    match hello {
-        Ok(Some(Ok(Message::Hello { tenant: said, .. }))) if said == name => {}
+    let orphan = match hello {
+        Ok(Some(Ok(Message::Hello { tenant: said, .. }))) if said == name => false,
+        Ok(Some(Ok(Message::Rejoin { tenant: said, .. }))) if said == name => true,
         Ok(Some(Err(e))) => {
             if allow(&logs) {
                 warn!(tenant = %name, pid = peer.pid, error = %e, "handoff.sock: refused a process speaking another protocol");
@@ -129,8 +134,12 @@ async fn attach(
             }
             return;
         }
-    }
+    };
     drop(permit);
+    if orphan {
+        rejoin(tenant, Arc::new(socket), peer.pid, logs).await;
+        return;
+    }
     if tenant.attached_count() >= MAX_ATTACHED {
         if allow(&logs) {
             warn!(tenant = %name, pid = peer.pid, max = MAX_ATTACHED, "handoff.sock: refused a process: the tenant has the most hand-started processes allowed");
@@ -150,6 +159,45 @@ async fn attach(
     tenant.remove_process(key);
     if allow(&logs) {
         info!(tenant = %name, pid = peer.pid, reason = %reason, "a process started by hand left the pool");
+    }
+}
+
+/// A process a previous splitter spawned came back: it waits for a slot to
+/// adopt it; when every slot is filled it is asked to drain (it finishes what
+/// it has, then exits).
+async fn rejoin(
+    tenant: Arc<Tenant>,
+    socket: HandoffSocket,
+    pid: u32,
+    logs: Arc<std::sync::Mutex<switchyard_shared::throttle::Throttle>>,
+) {
+    let key = crate::tenant::new_key();
+    tenant.orphans.offer(crate::adoption::Orphan {
+        key,
+        pid,
+        socket: socket.clone(),
+    });
+    tokio::time::sleep(crate::adoption::CLAIM_WAIT).await;
+    if tenant.orphans.withdraw(key).is_none() {
+        return; // a slot adopted it
+    }
+    if allow(&logs) {
+        info!(tenant = %tenant.name(), pid, "a process of a previous splitter re-attached, but every slot is filled; asking it to drain");
+    }
+    if handoff::send(socket.get_ref().as_fd(), &Message::Drain, None).is_err() {
+        return;
+    }
+    // Keep its socket open (so it does not look for a splitter again) until
+    // it has drained and closed it; what it says meanwhile is not needed.
+    loop {
+        let received = socket
+            .async_io(tokio::io::Interest::READABLE, |socket| {
+                handoff::recv(socket.as_fd())
+            })
+            .await;
+        if !matches!(received, Ok(Some(_))) {
+            return;
+        }
     }
 }
 

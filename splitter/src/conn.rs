@@ -271,6 +271,7 @@ mod tests {
             peek_timeout: std::time::Duration::from_secs(1),
             max_peek_bytes: 1024,
             hold_timeout: std::time::Duration::from_secs(1),
+            orphan_timeout: std::time::Duration::from_secs(1),
             max_pending: 1,
             unknown_host: switchyard_shared::config::UnknownHost::Reject,
             admin: None,

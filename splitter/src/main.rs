@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod adoption;
 mod attach;
 mod conn;
 mod control;

@@ -45,9 +45,13 @@ pub async fn supervise(
     let mut backoff = MIN_BACKOFF;
     while !*stop.borrow() {
         let started = Instant::now();
-        match spawn(&tenant, &helper, generation).await {
+        let acquired = match tenant.orphans.claim().await {
+            Some(orphan) => adopt(&tenant, &helper, generation, orphan).await,
+            None => spawn(&tenant, &helper, generation).await,
+        };
+        match acquired {
             Ok((key, pid, exit, socket)) => {
-                info!(tenant = %tenant.name(), pid, "tenant process started");
+                info!(tenant = %tenant.name(), pid, "tenant process in service");
                 let status = run(&tenant, &helper, key, pid, exit, socket, &mut stop).await;
                 tenant.remove_process(key);
                 if *stop.borrow() {
@@ -106,6 +110,22 @@ async fn spawn(
     let key = crate::tenant::new_key();
     tenant.add_process(key, generation, socket.clone(), pid);
     Ok((key, pid, exit, socket))
+}
+
+/// Takes `orphan` into the slot: the helper supervises it from now on.
+async fn adopt(
+    tenant: &Arc<Tenant>,
+    helper: &Helper,
+    generation: u64,
+    orphan: crate::adoption::Orphan,
+) -> Result<(ProcKey, u32, oneshot::Receiver<String>, HandoffSocket), String> {
+    let exit = helper
+        .adopt(tenant.name(), orphan.pid)
+        .await
+        .map_err(|e| format!("cannot adopt pid {}: {e}", orphan.pid))?;
+    tenant.add_process(orphan.key, generation, orphan.socket.clone(), orphan.pid);
+    info!(tenant = %tenant.name(), pid = orphan.pid, "adopted a process a previous splitter had spawned (it kept its connections)");
+    Ok((orphan.key, orphan.pid, exit, orphan.socket))
 }
 
 /// Serves one process until it exits (or is stopped); returns its exit status.

@@ -132,6 +132,7 @@ pub async fn serve(
         let _ = accept_loop.await;
     }
     fleet.stop().await;
+    helper.shut_down().await;
     control.abort();
     if let Some(admin) = admin {
         admin.abort();

@@ -69,6 +69,8 @@ pub struct Tenant {
     /// Bumped each time a process becomes ready (see [`Tenant::watch_ready`]).
     became_ready: tokio::sync::watch::Sender<u64>,
     closed: std::sync::atomic::AtomicBool,
+    /// Processes of a previous splitter waiting to be adopted.
+    pub orphans: crate::adoption::Orphans,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +173,7 @@ impl Tenant {
             hold_changed: Notify::new(),
             became_ready: tokio::sync::watch::channel(0).0,
             closed: std::sync::atomic::AtomicBool::new(false),
+            orphans: crate::adoption::Orphans::default(),
         })
     }
 

@@ -57,6 +57,8 @@ pub struct Splitter {
     pub config: PathBuf,
     /// The directory holding the configuration (removed on drop).
     pub dir: TempDir,
+    /// Extra environment of the splitter process.
+    env: Vec<(String, String)>,
 }
 
 /// Builds a host file with a TLS and an HTTP listener on free ports.
@@ -172,6 +174,9 @@ impl SplitterBuilder {
         // tested on purpose (hostile_tenant.rs), not met by accident.
         defaults += &unless_set(&self.splitter_extra, "max_conn_rate_per_ip", "0");
         defaults += &unless_set(&self.splitter_extra, "max_pending_per_ip", "100000");
+        // Tests end by killing the splitter; its orphaned tenants should not
+        // wait a minute for a splitter that never comes back.
+        defaults += &unless_set(&self.splitter_extra, "orphan_timeout", "\"1s\"");
         if root {
             system_user(FRONT_USER);
             defaults += &unless_set(&self.splitter_extra, "user", &format!("\"{FRONT_USER}\""));
@@ -204,7 +209,7 @@ impl SplitterBuilder {
             ));
         }
         let config = dir.write("host.toml", &host);
-        let mut command = match (&self.passed_tls, self.nofile) {
+        let command = match (&self.passed_tls, self.nofile) {
             (Some(listener), _) => passed_socket_command(listener),
             (None, nofile) => match nofile {
                 Some(limit) => {
@@ -217,15 +222,7 @@ impl SplitterBuilder {
                 None => Command::new(bin("splitter")),
             },
         };
-        let child = command
-            .arg("--config")
-            .arg(&config)
-            .env("SWITCHYARD_L7PROXY", bin("l7proxy"))
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+        let child = splitter_command(command, &config, &self.env)
             .spawn()
             .unwrap();
         Splitter {
@@ -234,11 +231,36 @@ impl SplitterBuilder {
             http,
             config,
             dir,
+            env: self.env,
         }
     }
 }
 
+/// `command` (the splitter, or a wrapper running it) with the host file, the
+/// l7proxy beside it, `env` and the test's log level.
+fn splitter_command(mut command: Command, config: &Path, env: &[(String, String)]) -> Command {
+    command
+        .arg("--config")
+        .arg(config)
+        .env("SWITCHYARD_L7PROXY", bin("l7proxy"))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    command
+}
+
 impl Splitter {
+    /// Starts a splitter again on the same host file (after the first one was
+    /// killed, say); the new process replaces `proc`.
+    pub fn start_again(&mut self) {
+        let child = splitter_command(Command::new(bin("splitter")), &self.config, &self.env)
+            .spawn()
+            .unwrap();
+        self.proc = Proc(child);
+    }
+
     /// Number of open descriptors of the splitter process.
     pub fn fd_count(&self) -> usize {
         fd_count(self.proc.pid())

@@ -35,6 +35,8 @@ struct RawSplitter {
     max_peek_bytes: usize,
     #[serde(with = "serde_duration")]
     hold_timeout: Duration,
+    #[serde(with = "serde_duration")]
+    orphan_timeout: Duration,
     max_pending: usize,
     unknown_host: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
@@ -55,6 +57,7 @@ impl Default for RawSplitter {
             peek_timeout: Duration::from_secs(10),
             max_peek_bytes: 16384,
             hold_timeout: Duration::from_secs(5),
+            orphan_timeout: Duration::from_secs(60),
             max_pending: 10000,
             unknown_host: None,
             admin: None,
@@ -160,6 +163,10 @@ pub struct SplitterSettings {
     pub max_peek_bytes: usize,
     /// How long a connection may wait for a tenant with no ready process.
     pub hold_timeout: Duration,
+    /// How long a tenant process whose splitter went away (crash, upgrade)
+    /// keeps serving and waits for a splitter to re-attach to; zero: it drains
+    /// and exits at once.
+    pub orphan_timeout: Duration,
     /// Peeking plus held connections, whole splitter.
     pub max_pending: usize,
     /// Fate of connections for names no tenant claims.
@@ -544,6 +551,7 @@ impl HostConfig {
                 peek_timeout: raw_splitter.peek_timeout,
                 max_peek_bytes: raw_splitter.max_peek_bytes,
                 hold_timeout: raw_splitter.hold_timeout,
+                orphan_timeout: raw_splitter.orphan_timeout,
                 max_pending: raw_splitter.max_pending,
                 unknown_host,
                 admin,

@@ -71,6 +71,9 @@ pub struct Helper {
     next_id: AtomicU64,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     exits: Mutex<HashMap<u32, oneshot::Sender<String>>>,
+    /// Set when the front told the helper to exit: its going away is then
+    /// expected.
+    leaving: std::sync::atomic::AtomicBool,
     pid: u32,
 }
 
@@ -109,6 +112,7 @@ impl Helper {
             next_id: AtomicU64::new(1),
             waiting: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
+            leaving: std::sync::atomic::AtomicBool::new(false),
             pid,
         }))
     }
@@ -131,7 +135,11 @@ impl Helper {
             match received {
                 Ok(Some((Event::Reply { id, result }, fd))) => {
                     let exit = match &result {
-                        Ok(Reply::Spawned { pid }) => {
+                        Ok(
+                            Reply::Spawned { pid }
+                            | Reply::Adopted { pid }
+                            | Reply::SplitterStarted { pid },
+                        ) => {
                             // Registered before any later event is read, so an
                             // immediate exit is not missed.
                             let (tx, rx) = oneshot::channel();
@@ -162,6 +170,7 @@ impl Helper {
                         let _ = tx.send(status);
                     }
                 }
+                Ok(None) if self.leaving.load(Ordering::Relaxed) => return,
                 Ok(None) => break,
                 Err(e) => {
                     error!(error = %e, "bad message from the privileged helper");
@@ -169,7 +178,7 @@ impl Helper {
                 }
             }
         }
-        error!(helper_pid = self.pid, "the privileged helper is gone (its tenant processes died with it); the splitter exits so that its supervisor restarts it");
+        error!(helper_pid = self.pid, "the privileged helper is gone; the splitter exits so that its supervisor restarts it (tenant processes keep serving and re-attach to the new one)");
         std::process::exit(1);
     }
 
@@ -237,15 +246,16 @@ impl Helper {
         }
     }
 
-    /// The listening `handoff.sock` in `tenant`'s runtime directory.
-    pub async fn listen(&self, tenant: &str) -> Result<OwnedFd, HelperError> {
+    /// The listening `handoff.sock` in `tenant`'s runtime directory, and
+    /// whether one was left over from a splitter that did not stop cleanly.
+    pub async fn listen(&self, tenant: &str) -> Result<(OwnedFd, bool), HelperError> {
         match self
             .call(Request::Listen {
                 tenant: tenant.into(),
             })
             .await?
         {
-            (Reply::Listening, Some(fd), _) => Ok(fd),
+            (Reply::Listening { stale }, Some(fd), _) => Ok((fd, stale)),
             other => Err(HelperError::Unexpected {
                 request: "listen",
                 reply: format!("{:?}", other.0),
@@ -256,6 +266,71 @@ impl Helper {
     /// Makes the helper read the host file again.
     pub async fn reload(&self) -> Result<(), HelperError> {
         self.call(Request::Reload).await.map(drop)
+    }
+
+    /// Has the helper supervise `tenant`'s re-attached process `pid` (the
+    /// kernel's pid for its socket); the receiver says when it exits.
+    pub async fn adopt(
+        &self,
+        tenant: &str,
+        pid: u32,
+    ) -> Result<oneshot::Receiver<String>, HelperError> {
+        match self
+            .call(Request::Adopt {
+                tenant: tenant.into(),
+                pid,
+            })
+            .await?
+        {
+            (Reply::Adopted { .. }, _, Some(exit)) => Ok(exit),
+            other => Err(HelperError::Unexpected {
+                request: "adopt",
+                reply: format!("{:?}", other.0),
+            }),
+        }
+    }
+
+    /// Starts a new splitter to take over (`binary`, or the installed one);
+    /// its pid, and a receiver that says when it exits.
+    pub async fn start_splitter(
+        &self,
+        binary: Option<std::path::PathBuf>,
+    ) -> Result<(u32, oneshot::Receiver<String>), HelperError> {
+        match self.call(Request::StartSplitter { binary }).await? {
+            (Reply::SplitterStarted { pid }, _, Some(exit)) => Ok((pid, exit)),
+            other => Err(HelperError::Unexpected {
+                request: "start a splitter",
+                reply: format!("{:?}", other.0),
+            }),
+        }
+    }
+
+    /// Tells the helper to exit at once, leaving every tenant process running
+    /// (they re-attach to the splitter that takes over).
+    pub fn release(&self) {
+        self.leaving.store(true, Ordering::Relaxed);
+        let envelope = Envelope {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            request: Request::Release,
+        };
+        if let Err(e) = proto::send(self.socket.get_ref().as_fd(), &envelope, None) {
+            error!(error = %e, "cannot release the privileged helper");
+        }
+    }
+
+    /// A clean stop: the helper stops what tenant processes remain, removes
+    /// the tenants' `handoff.sock`s and exits; resolves when it has (at most
+    /// 20 s).
+    pub async fn shut_down(&self) {
+        self.leaving.store(true, Ordering::Relaxed);
+        let done = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            self.call(Request::Shutdown),
+        )
+        .await;
+        if !matches!(done, Ok(Ok((Reply::ShutDown, _, _)))) {
+            error!("the privileged helper did not confirm its clean stop; tenants' handoff.sock may be left over (the next start then waits briefly for orphans)");
+        }
     }
 
     /// Signals a process the helper spawned.

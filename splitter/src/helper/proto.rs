@@ -38,6 +38,30 @@ pub enum Request {
     },
     /// Read the host file again; later requests use the new one.
     Reload,
+    /// Supervise a process of the tenant that a previous splitter spawned and
+    /// that re-attached (`Rejoin`): `pid` is the kernel's (`SO_PEERCRED`), and
+    /// the helper checks that it runs as the tenant's user before it holds a
+    /// pidfd for it. It is then signalled and its exit reported like a child.
+    Adopt {
+        /// The tenant's name.
+        tenant: String,
+        /// The process's pid from `SO_PEERCRED`.
+        pid: u32,
+    },
+    /// Start a new splitter that takes over from this one (`ctl upgrade`,
+    /// SIGUSR2): the helper's own executable, or `binary` if it is a regular
+    /// file owned by root (or the helper's user) and writable by nobody else.
+    /// Its exit is reported like a child's.
+    StartSplitter {
+        /// Another executable to run.
+        binary: Option<std::path::PathBuf>,
+    },
+    /// The front is handing over to a new splitter: exit now, leaving every
+    /// tenant process running (they re-attach to the new splitter).
+    Release,
+    /// The front stops cleanly: stop what tenant processes remain, remove the
+    /// tenants' `handoff.sock`s, and exit.
+    Shutdown,
     /// Signal a tenant process the helper spawned and has not reaped.
     Signal {
         /// Its pid, as the helper reported it.
@@ -79,7 +103,23 @@ pub enum Reply {
         output: String,
     },
     /// The listening socket is attached.
-    Listening,
+    Listening {
+        /// A `handoff.sock` was left over from a splitter that did not stop
+        /// cleanly: orphaned processes may come back.
+        stale: bool,
+    },
+    /// The process is supervised (its exit will be reported).
+    Adopted {
+        /// Its pid.
+        pid: u32,
+    },
+    /// The helper stopped what remained and is exiting.
+    ShutDown,
+    /// The new splitter runs (its exit will be reported).
+    SplitterStarted {
+        /// Its pid.
+        pid: u32,
+    },
     /// The host file was read again.
     Reloaded,
     /// The signal was sent.
