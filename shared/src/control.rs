@@ -21,6 +21,30 @@ pub enum CtlRequest {
     Reload,
     /// Graceful stop.
     Stop,
+    /// Replace the running splitter by a new one (`binary`, or the installed
+    /// one) that takes over its listeners and tenant processes (as SIGUSR2).
+    Upgrade {
+        /// Another executable to run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<std::path::PathBuf>,
+    },
+    /// Sent by a splitter started to take over: the answer is a
+    /// [`HandOverReply`] line with the listening sockets in `SCM_RIGHTS`.
+    #[serde(rename = "handover")]
+    HandOver,
+    /// Sent by the new splitter once it is ready to serve: the old one stops
+    /// accepting, finishes what it was peeking or holding, releases its
+    /// tenants and answers with a [`CtlReply`] before it exits.
+    Commit,
+}
+
+/// The running splitter's answer to [`CtlRequest::HandOver`]: the listening
+/// sockets that ride with it, in the order of the descriptors, followed by
+/// the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOverReply {
+    /// The `[[listen]]` addresses, one descriptor each.
+    pub listeners: Vec<std::net::SocketAddr>,
 }
 
 impl CtlRequest {
@@ -31,6 +55,9 @@ impl CtlRequest {
             CtlRequest::Restart { .. } => "restart",
             CtlRequest::Reload => "reload",
             CtlRequest::Stop => "stop",
+            CtlRequest::Upgrade { .. } => "upgrade",
+            CtlRequest::HandOver => "handover",
+            CtlRequest::Commit => "commit",
         }
     }
 }

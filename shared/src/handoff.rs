@@ -403,6 +403,54 @@ pub fn send_bytes(
     }
 }
 
+/// Most descriptors [`send_with_fds`] passes at once (a take-over carries
+/// every listener and the control socket).
+pub const MAX_PASSED_FDS: usize = 64;
+
+/// Sends `buf` with every descriptor of `fds` in one `SCM_RIGHTS` message,
+/// blocking until it is sent (a splitter handing its listeners to the one
+/// taking over).
+pub fn send_with_fds(socket: BorrowedFd<'_>, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors for one message",
+        ));
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let iov = [IoSlice::new(buf)];
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(sent) if sent == buf.len() => return Ok(()),
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "message sent in part",
+                ))
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives bytes and up to [`MAX_PASSED_FDS`] descriptors, blocking; the
+/// counterpart of [`send_with_fds`]. `Ok(None)` when the peer closed.
+pub fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_PASSED_FDS]);
+    receive(socket, buf, &mut cmsg_space, MsgFlags::MSG_CMSG_CLOEXEC)
+}
+
 /// One received datagram: the decoded message (or why it could not be decoded)
 /// and the descriptors that came with it, already owned (and close-on-exec).
 #[derive(Debug)]
@@ -435,13 +483,27 @@ pub fn recv_bytes(
     buf: &mut [u8],
 ) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
     let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
+    receive(
+        socket,
+        buf,
+        &mut cmsg_space,
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+}
+
+fn receive(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    cmsg_space: &mut Vec<u8>,
+    recv_flags: MsgFlags,
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
     let (bytes, fds, flags) = loop {
         let mut iov = [IoSliceMut::new(buf)];
         match recvmsg::<()>(
             socket.as_raw_fd(),
             &mut iov,
-            Some(&mut cmsg_space),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+            Some(&mut *cmsg_space),
+            recv_flags,
         ) {
             Ok(msg) => {
                 let mut fds = Vec::new();

@@ -30,7 +30,11 @@ pub enum Admin {
 }
 
 /// Binds the admin endpoint (`unix:` paths relative to `runtime_dir`).
-pub async fn bind(listen: &AdminListen, runtime_dir: &Path) -> Result<Admin, StartError> {
+pub async fn bind(
+    listen: &AdminListen,
+    runtime_dir: &Path,
+    passed: &mut Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+) -> Result<Admin, StartError> {
     match listen {
         AdminListen::Unix(path) => {
             let path = runtime_dir.join(path);
@@ -47,11 +51,38 @@ pub async fn bind(listen: &AdminListen, runtime_dir: &Path) -> Result<Admin, Sta
         }
         AdminListen::Tcp { addr, token_file } => {
             let token = switchyard_shared::token::read_token(token_file)?;
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(StartError::io(format!("bind the admin address {addr}")))?;
+            let listener = match passed.iter().position(|(a, _)| a == addr) {
+                // Taken over from the splitter this one replaces.
+                Some(at) => {
+                    let (_, socket) = passed.swap_remove(at);
+                    socket
+                        .set_nonblocking(true)
+                        .and_then(|()| TcpListener::from_std(socket))
+                        .map_err(StartError::io(format!(
+                            "use the passed admin socket {addr}"
+                        )))?
+                }
+                None => TcpListener::bind(addr)
+                    .await
+                    .map_err(StartError::io(format!("bind the admin address {addr}")))?,
+            };
             info!(addr = %addr, "admin endpoint (bearer token required): GET /metrics, GET /status");
             Ok(Admin::Tcp(listener, token))
+        }
+    }
+}
+
+impl Admin {
+    /// A copy of a TCP admin listener and its address (for a take-over; a
+    /// Unix one is bound again by path).
+    pub fn tcp_copy(&self) -> Option<(std::net::SocketAddr, std::os::fd::OwnedFd)> {
+        use std::os::fd::AsFd;
+        match self {
+            Admin::Tcp(listener, _) => Some((
+                listener.local_addr().ok()?,
+                listener.as_fd().try_clone_to_owned().ok()?,
+            )),
+            Admin::Unix(_) => None,
         }
     }
 }

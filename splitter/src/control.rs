@@ -49,6 +49,7 @@ pub async fn serve(
     fleet: Arc<Fleet>,
     config_path: PathBuf,
     stop: Arc<Notify>,
+    outgoing: Arc<crate::takeover::Outgoing>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -57,6 +58,7 @@ pub async fn serve(
         let fleet = fleet.clone();
         let config_path = config_path.clone();
         let stop = stop.clone();
+        let outgoing = outgoing.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -67,14 +69,25 @@ pub async fn serve(
             {
                 return;
             }
-            let answer = answer(&line, &fleet, &config_path, &stop).await;
+            if matches!(serde_json::from_str(&line), Ok(CtlRequest::HandOver)) {
+                info!(command = "handover", "control request");
+                outgoing.hand_over(reader, write).await;
+                return;
+            }
+            let answer = answer(&line, &fleet, &config_path, &stop, &outgoing).await;
             let line = serde_json::to_string(&answer).unwrap_or_default() + "\n";
             let _ = write.write_all(line.as_bytes()).await;
         });
     }
 }
 
-async fn answer(line: &str, fleet: &Fleet, config_path: &Path, stop: &Notify) -> CtlReply {
+async fn answer(
+    line: &str,
+    fleet: &Fleet,
+    config_path: &Path,
+    stop: &Notify,
+    outgoing: &crate::takeover::Outgoing,
+) -> CtlReply {
     let request: CtlRequest = match serde_json::from_str(line) {
         Ok(request) => request,
         Err(e) => return refused(format!("bad control request: {e}")),
@@ -93,6 +106,10 @@ async fn answer(line: &str, fleet: &Fleet, config_path: &Path, stop: &Notify) ->
         CtlRequest::Stop => {
             stop.notify_one();
             Ok("stopping: tenants drain, then the splitter exits".to_string())
+        }
+        CtlRequest::Upgrade { binary } => outgoing.upgrade(binary.clone()).await,
+        CtlRequest::HandOver | CtlRequest::Commit => {
+            Err("handover and commit are sent only by a splitter started with --take-over".into())
         }
     };
     match result {

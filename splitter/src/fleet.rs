@@ -336,6 +336,12 @@ impl Fleet {
         Ok(notes.join("\n"))
     }
 
+    /// Connections held for a tenant, or handed and not yet acknowledged.
+    pub async fn unacknowledged(&self) -> usize {
+        let running = self.running.lock().await;
+        running.iter().map(|r| r.tenant.in_flight()).sum()
+    }
+
     /// Drains every tenant; resolves when all their processes have exited.
     pub async fn stop(&self) {
         let _operation = self.operations.lock().await;

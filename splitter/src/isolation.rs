@@ -176,8 +176,12 @@ fn join_cgroup(base: &Path, tenant: &str, pid: u32, limits: &Limits) -> io::Resu
 /// Capabilities the splitter keeps after its sockets are bound, when it runs as
 /// root: to start tenants as their users (SETUID, SETGID), prepare their runtime
 /// directories (CHOWN, FOWNER, DAC_OVERRIDE, DAC_READ_SEARCH), signal them (KILL)
-/// and raise their limits (SYS_RESOURCE).
+/// and raise their limits (SYS_RESOURCE); and for the splitter it starts on
+/// `ctl upgrade`, which inherits this set: bind a new privileged port
+/// (NET_BIND_SERVICE) and clear its own front's bounding set (SETPCAP).
 const KEPT: &[caps::Capability] = &[
+    caps::Capability::CAP_NET_BIND_SERVICE,
+    caps::Capability::CAP_SETPCAP,
     caps::Capability::CAP_SETUID,
     caps::Capability::CAP_SETGID,
     caps::Capability::CAP_CHOWN,

@@ -25,6 +25,7 @@ mod sandbox;
 mod server;
 mod start_error;
 mod systemd;
+mod takeover;
 mod tenant;
 mod tenant_metrics;
 
@@ -46,13 +47,18 @@ use tracing::{error, info, warn};
     splitter --config /etc/switchyard/host.toml            run (foreground; SIGHUP reloads, SIGTERM/SIGINT stop gracefully)\n  \
     splitter check --config /etc/switchyard/host.toml      validate the host file and every tenant file\n  \
     splitter ctl --config /etc/switchyard/host.toml status\n  \
-    splitter ctl --config /etc/switchyard/host.toml restart shop\n\n\
+    splitter ctl --config /etc/switchyard/host.toml restart shop\n  \
+    splitter ctl --config /etc/switchyard/host.toml upgrade   replace the splitter, keep every site running (as SIGUSR2)\n\n\
     Logs go to stderr; RUST_LOG sets the level, SWITCHYARD_LOG_FORMAT=json gives JSON lines."
 )]
 struct Cli {
     /// The host file (TOML), e.g. /etc/switchyard/host.toml.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Take over the listeners and tenant processes of the splitter running
+    /// with this host file (what `ctl upgrade` starts; not for operators).
+    #[arg(long, hide = true)]
+    take_over: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -92,6 +98,15 @@ enum CtlAction {
     Reload,
     /// Graceful stop: stop accepting, drain every tenant, exit (as SIGTERM).
     Stop,
+    /// Replace the running splitter without a gap (as SIGUSR2): a new one
+    /// takes over the listening sockets and adopts every tenant process (same
+    /// pids, same connections); a new one that fails leaves this one serving.
+    Upgrade {
+        /// Run this executable instead of the installed one (a regular file
+        /// owned by root, writable by no one else).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,7 +145,7 @@ fn main() -> ExitCode {
         Some(Command::Check | Command::Ctl { .. } | Command::Helper) => {
             unreachable!("handled above")
         }
-        None => run(config),
+        None => run(config, cli.take_over),
     }
 }
 
@@ -229,11 +244,17 @@ fn ctl(config_path: &std::path::Path, action: CtlAction) -> ExitCode {
         CtlAction::Restart { tenant } => (CtlRequest::Restart { tenant }, false),
         CtlAction::Reload => (CtlRequest::Reload, false),
         CtlAction::Stop => (CtlRequest::Stop, false),
+        CtlAction::Upgrade { binary } => (
+            CtlRequest::Upgrade {
+                binary: binary.map(|path| std::fs::canonicalize(&path).unwrap_or(path)),
+            },
+            false,
+        ),
     };
     control::run_client(&runtime_dir, &request, json_output)
 }
 
-fn run(config: HostConfig) -> ExitCode {
+fn run(config: HostConfig, take_over: bool) -> ExitCode {
     switchyard_shared::logging::init("splitter");
     if config.splitter.sched_batch {
         // Before the runtime exists, so that all its threads inherit it.
@@ -254,6 +275,16 @@ fn run(config: HostConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let incoming = match take_over {
+        true => match takeover::take_over(&config.splitter.runtime_dir) {
+            Ok(incoming) => Some(incoming),
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        false => None,
+    };
     let threads = config.splitter.threads;
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -273,7 +304,7 @@ fn run(config: HostConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::serve(config, passed, watchdog)) {
+    match runtime.block_on(server::serve(config, passed, incoming, watchdog)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             error!("{message}");

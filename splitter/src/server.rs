@@ -4,6 +4,7 @@
 
 use crate::start_error::StartError;
 use crate::{admin, conn, control, fleet, helper, isolation, listener, routing, sandbox};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use switchyard_shared::config::HostConfig;
 use tokio::sync::watch;
@@ -11,13 +12,22 @@ use tracing::{error, info, warn};
 
 /// Serves `config` until asked to stop; returns why it could not start.
 /// `passed` are listening sockets systemd passed (socket activation), used for
-/// the `[[listen]]` entries with the same address; `watchdog` is how often to
-/// tell systemd the splitter is alive.
+/// the `[[listen]]` entries with the same address; `incoming` is what a
+/// splitter being replaced handed over (`--take-over`); `watchdog` is how
+/// often to tell systemd the splitter is alive.
 pub async fn serve(
     config: HostConfig,
     mut passed: Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+    mut incoming: Option<crate::takeover::Incoming>,
     watchdog: Option<std::time::Duration>,
 ) -> Result<(), StartError> {
+    let passed_by = match &mut incoming {
+        Some(incoming) => {
+            passed.append(&mut incoming.listeners);
+            "the splitter this one replaces"
+        }
+        None => "systemd",
+    };
     let config_path = config.path.clone();
     let as_root = nix::unistd::geteuid().is_root();
     crate::helper::locate_l7proxy().map_err(StartError::io("find the l7proxy program"))?;
@@ -36,10 +46,10 @@ pub async fn serve(
         if let Some(at) = passed.iter().position(|(addr, _)| *addr == listen.addr) {
             let (_, socket) = passed.swap_remove(at);
             listener::prepare_passed(&socket).map_err(StartError::io(format!(
-                "use the socket systemd passed for {}",
+                "use the socket {passed_by} passed for {}",
                 listen.addr
             )))?;
-            info!(addr = %listen.addr, protocol = listen.protocol.as_str(), "listening (socket passed by systemd)");
+            info!(addr = %listen.addr, protocol = listen.protocol.as_str(), passed_by, "listening (a passed socket: nothing was bound again)");
             listeners.push((socket, listen.clone()));
             continue;
         }
@@ -52,20 +62,30 @@ pub async fn serve(
         listeners.push((socket, listen.clone()));
     }
 
-    if !passed.is_empty() {
-        let extra: Vec<String> = passed.iter().map(|(addr, _)| addr.to_string()).collect();
-        return Err(StartError::UnclaimedPassedSockets {
-            addrs: extra.join(", "),
-            host_file: config_path.clone(),
-        });
-    }
-
     let control_path = control::socket_path(runtime_dir);
-    let control_listener = control::bind(&control_path)?;
+    let control_listener = match incoming.as_mut().and_then(|i| i.control.take()) {
+        Some(passed) => passed
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(passed))
+            .map_err(StartError::io("use the passed control socket"))?,
+        None => control::bind(&control_path)?,
+    };
     let admin = match &config.splitter.admin {
-        Some(listen) => Some(admin::bind(listen, runtime_dir).await?),
+        Some(listen) => Some(admin::bind(listen, runtime_dir, &mut passed).await?),
         None => None,
     };
+    if !passed.is_empty() {
+        let extra: Vec<String> = passed.iter().map(|(addr, _)| addr.to_string()).collect();
+        if incoming.is_none() {
+            return Err(StartError::UnclaimedPassedSockets {
+                addrs: extra.join(", "),
+                host_file: config_path.clone(),
+            });
+        }
+        // An upgrade may come with a changed [[listen]] list.
+        info!(addrs = %extra.join(", "), "listeners of the replaced splitter that this host file no longer names are closed");
+        passed.clear();
+    }
     // The helper keeps the privileges this process has now; the front gives
     // them up before it reads a byte from the network.
     let (helper_child, helper_socket) =
@@ -77,6 +97,19 @@ pub async fn serve(
     // A host file the front cannot read would make every reload fail.
     HostConfig::load_as(&config_path, as_root).map_err(StartError::HostFileHidden)?;
     sandbox::restrict_system_calls()?;
+    if let Some(incoming) = incoming {
+        // The replaced splitter stops accepting and releases its tenants,
+        // which re-attach here (the adoption window is open: their
+        // handoff.sock files exist).
+        let wait = config.splitter.peek_timeout
+            + config.splitter.hold_timeout
+            + std::time::Duration::from_secs(10);
+        tokio::task::spawn_blocking(move || incoming.commit(wait))
+            .await
+            .map_err(|e| StartError::TakeOver(e.to_string()))??;
+        info!("took over: the replaced splitter released its tenant processes");
+        crate::systemd::notify(&format!("MAINPID={}", std::process::id()));
+    }
 
     let front = Arc::new(listener::Front {
         routes: arc_swap::ArcSwap::from_pointee(routing::RoutingTable::default()),
@@ -87,6 +120,22 @@ pub async fn serve(
     crate::metrics::register(Box::new(crate::tenant_metrics::TenantsCollector::new(
         front.clone(),
     )));
+    // Copies of every listening socket, for a take-over (`ctl upgrade`).
+    let mut handed_on = Vec::new();
+    for (socket, listen) in &listeners {
+        let copy = socket
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(StartError::io("copy a listening socket"))?;
+        handed_on.push((listen.addr, copy));
+    }
+    if let Some(copy) = admin.as_ref().and_then(admin::Admin::tcp_copy) {
+        handed_on.push(copy);
+    }
+    let control_copy = control_listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(StartError::io("copy the control socket"))?;
     let admin = admin.map(|admin| tokio::spawn(admin::serve(admin, fleet.clone())));
     if let Some(every) = watchdog {
         tokio::spawn(crate::systemd::keep_watchdog_fed(every));
@@ -102,6 +151,14 @@ pub async fn serve(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let outgoing = Arc::new(crate::takeover::Outgoing::new(
+        handed_on,
+        control_copy,
+        stop_tx,
+        front.clone(),
+        helper.clone(),
+        fleet.clone(),
+    ));
     let mut accept_loops = Vec::new();
     for (socket, listen) in listeners {
         accept_loops.push(tokio::spawn(listener::accept_loop(
@@ -117,9 +174,10 @@ pub async fn serve(
         fleet.clone(),
         config_path.clone(),
         stop_requested.clone(),
+        outgoing.clone(),
     ));
 
-    let reason = wait_for_stop(&fleet, &config_path, &stop_requested).await;
+    let reason = wait_for_stop(&fleet, &config_path, &stop_requested, &outgoing).await;
     crate::systemd::notify(&format!(
         "STOPPING=1\nSTATUS=stopping ({reason}): tenants drain"
     ));
@@ -127,7 +185,7 @@ pub async fn serve(
         reason,
         "stopping: no new connections; tenants drain and finish in-flight requests"
     );
-    let _ = stop_tx.send(true);
+    outgoing.stop_accepting();
     for accept_loop in accept_loops {
         let _ = accept_loop.await;
     }
@@ -148,17 +206,20 @@ pub async fn serve(
 /// ready anyway.
 const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Waits for SIGTERM, SIGINT or `ctl stop`, reloading on SIGHUP meanwhile.
+/// Waits for SIGTERM, SIGINT or `ctl stop`, reloading on SIGHUP and
+/// upgrading on SIGUSR2 meanwhile.
 async fn wait_for_stop(
     fleet: &fleet::Fleet,
     config_path: &std::path::Path,
     stop: &tokio::sync::Notify,
+    outgoing: &Arc<crate::takeover::Outgoing>,
 ) -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined2()),
     ) else {
         error!("cannot install signal handlers; stop with `splitter ctl stop`");
         stop.notified().await;
@@ -174,6 +235,16 @@ async fn wait_for_stop(
                 if let Err(e) = fleet.reload(config_path).await {
                     error!("{e}");
                 }
+            }
+            _ = usr2.recv() => {
+                info!("SIGUSR2: starting a new splitter to take over");
+                let outgoing = outgoing.clone();
+                tokio::spawn(async move {
+                    match outgoing.upgrade(None).await {
+                        Ok(done) => info!("{done}"),
+                        Err(e) => error!("{e}"),
+                    }
+                });
             }
         }
     }

@@ -78,6 +78,9 @@ pub enum StartError {
         /// The host file.
         host_file: PathBuf,
     },
+    /// `--take-over`: the running splitter did not hand over.
+    #[error("cannot take over from the running splitter: {0}; it keeps serving")]
+    TakeOver(String),
     /// The system-call filter could not be built or installed.
     #[error("cannot {what} the system-call filter: {detail}")]
     Seccomp {

@@ -25,6 +25,7 @@ pub fn connect_notify_socket() {
         return;
     };
     std::env::remove_var("NOTIFY_SOCKET");
+    let _ = NOTIFY_TARGET.set(target.clone());
     let target = target.to_string_lossy().into_owned();
     let connected = UnixDatagram::unbound().and_then(|socket| {
         match target.strip_prefix('@') {
@@ -46,6 +47,16 @@ pub fn connect_notify_socket() {
             warn!(socket = %target, error = %e, "cannot reach systemd's NOTIFY_SOCKET; readiness will not be reported")
         }
     }
+}
+
+/// Where systemd's notifications go, as this process was told at start: a
+/// splitter started to take over (by the helper) reports there too (with
+/// `MAINPID=`; the unit has `NotifyAccess=all`).
+static NOTIFY_TARGET: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
+
+/// The `NOTIFY_SOCKET` this process was started with, if any.
+pub fn notify_target() -> Option<&'static std::ffi::OsStr> {
+    NOTIFY_TARGET.get().map(|t| t.as_os_str())
 }
 
 /// Whether a service manager listens.

@@ -326,6 +326,12 @@ impl Tenant {
             .and_then(|p| p.unacked.front().map(|(_, _, handed)| *handed))
     }
 
+    /// Handed connections no process has acknowledged yet, and held ones.
+    pub fn in_flight(&self) -> usize {
+        let state = self.state();
+        state.held.len() + state.procs.iter().map(|p| p.unacked.len()).sum::<usize>()
+    }
+
     /// Tells every process that the host file was reloaded (they re-read its
     /// names for their 421 checks, and changed certificate files). A process
     /// whose socket is full misses it and keeps the old view until the next

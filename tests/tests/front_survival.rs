@@ -128,3 +128,115 @@ fn a_clean_stop_leaves_no_orphans_and_the_next_start_spawns_at_once() {
         started.elapsed()
     );
 }
+
+/// The inode of the socket listening on 127.0.0.1:`port` (from /proc/net/tcp).
+fn listening_inode(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local = fields.get(1)?;
+        let listening = fields.get(3)? == &"0A";
+        let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+        (listening && local_port == port).then(|| fields.get(9)?.parse().ok())?
+    })
+}
+
+/// Whether process `pid` holds the socket with this inode.
+fn holds_socket(pid: u32, inode: u64) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == wanted)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Kills a process the test did not start itself (a splitter started by an
+/// upgrade) when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGKILL);
+    }
+}
+
+#[test]
+fn ctl_upgrade_under_load_keeps_the_listening_sockets_and_every_tenant_process() {
+    let _alone = measuring_alone();
+    let s = two_tenants("30s").start();
+    let alpha = s.tenant_pids("alpha", "ready");
+    let beta = s.tenant_pids("beta", "ready");
+    let old = s.proc.pid();
+    let (http_inode, tls_inode) = (
+        listening_inode(s.http.port()).unwrap(),
+        listening_inode(s.tls.port()).unwrap(),
+    );
+    assert!(holds_socket(old, http_inode));
+    let url = format!("http://{}/", s.http);
+    let (keep_alive, close) = {
+        let url2 = url.clone();
+        (
+            thread::spawn(move || wrk(&url, "alpha.test", 5, 16, false)),
+            thread::spawn(move || wrk(&url2, "beta.test", 5, 8, true)),
+        )
+    };
+    thread::sleep(Duration::from_millis(1500));
+    let (code, stdout, stderr) = s.ctl(&["upgrade"]);
+    assert_eq!(code, 0, "upgrade failed: {stdout}{stderr}");
+    assert!(stdout.contains("upgraded"), "{stdout}");
+    let (keep_alive, close) = (keep_alive.join().unwrap(), close.join().unwrap());
+    let new = s.status().pid;
+    let _new = KillOnDrop(new);
+    for (report, what) in [(&keep_alive, "keep-alive"), (&close, "Connection: close")] {
+        assert!(
+            report.requests > 100,
+            "{what}: too few requests\n{}",
+            report.output
+        );
+        assert_eq!(
+            report.socket_errors, 0,
+            "{what}: socket errors\n{}",
+            report.output
+        );
+        assert_eq!(report.non_2xx, 0, "{what}: non-2xx\n{}", report.output);
+    }
+    assert_ne!(new, old, "a new splitter serves");
+    wait_until(Duration::from_secs(5), || !alive(u64::from(old)));
+    // The same sockets, not a rebind, now held by the new splitter.
+    assert_eq!(listening_inode(s.http.port()), Some(http_inode));
+    assert_eq!(listening_inode(s.tls.port()), Some(tls_inode));
+    assert!(holds_socket(new, http_inode) && holds_socket(new, tls_inode));
+    // The same tenant processes, adopted.
+    assert_eq!(s.tenant_pids("alpha", "ready"), alpha);
+    assert_eq!(s.tenant_pids("beta", "ready"), beta);
+    assert!(s.status().tenants.iter().all(|t| t.restarts == 0));
+    let answer = http_get(s.http, "alpha.test", "/echo").unwrap();
+    assert_eq!(answer.json()["pid"].as_u64(), Some(alpha[0]));
+}
+
+#[test]
+fn an_upgrade_to_a_binary_that_fails_leaves_the_old_splitter_serving() {
+    let s = two_tenants("30s").start();
+    let alpha = s.tenant_pids("alpha", "ready");
+    let (code, stdout, stderr) = s.ctl(&["upgrade", "--binary", "/bin/false"]);
+    assert_ne!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("upgrade failed") && stderr.contains("keeps serving"),
+        "{stderr}"
+    );
+    assert_eq!(s.status().pid, s.proc.pid());
+    assert_eq!(s.tenant_pids("alpha", "ready"), alpha);
+    let answer = http_get(s.http, "alpha.test", "/echo").unwrap();
+    assert_eq!(answer.status, 200);
+    // A binary others may write is refused before anything runs.
+    let writable = s.dir.0.join("splitter-copy");
+    std::fs::copy(bin("splitter"), &writable).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, _, stderr) = s.ctl(&["upgrade", "--binary", writable.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("writable by group or others"), "{stderr}");
+}

@@ -98,6 +98,10 @@ pub fn start(host_file: &Path) -> io::Result<(std::process::Child, OwnedFd)> {
         .arg(host_file)
         .env(proto::HELPER_FD_ENV, theirs.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null());
+    // Passed on to a splitter the helper starts for an upgrade.
+    if let Some(target) = crate::systemd::notify_target() {
+        command.env("NOTIFY_SOCKET", target);
+    }
     switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
     let child = command.spawn()?;
     drop(theirs);
