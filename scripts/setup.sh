@@ -7,6 +7,7 @@ switchyard_need_packages() {
     command -v cmake >/dev/null 2>&1 || missing+=(cmake)
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "==> installing ${missing[*]} (Debian packages; needs root)"
         local sudo=""

@@ -4,7 +4,8 @@
 //!
 //! The helper trusts nothing in a request but the tenant's *name*: who a
 //! tenant runs as, its limits and its files come from the host file the helper
-//! reads itself, and it signals only processes it spawned and has not reaped.
+//! reads itself, and it signals only processes it spawned and has not reaped,
+//! or adopted after checking their user and holding a pidfd for them.
 
 use serde::{Deserialize, Serialize};
 use std::io;

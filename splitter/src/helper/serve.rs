@@ -253,11 +253,10 @@ impl Helper {
         let (ours, theirs) = handoff::seqpacket_pair()?;
         let mut command = tenant_command(&self.l7proxy, &self.host_file, tenant, identity)?;
         command.env(HANDOFF_FD_ENV, theirs.as_raw_fd().to_string());
-        // The child inherits its end of the handoff socket, and a tenant must not
-        // outlive the helper (which dies with the front).
-        // The tenant outlives the helper and the front: when they crash or
-        // hand over to a new splitter, it keeps serving and re-attaches
-        // (bounded by `orphan_timeout`).
+        // The child inherits its end of the handoff socket. It outlives the
+        // helper and the front: when they crash or hand over to a new
+        // splitter, it keeps serving and re-attaches (bounded by
+        // `orphan_timeout`).
         switchyard_shared::sys::inherit_outliving_parent(&mut command, theirs.as_fd());
         // Under `sched_batch` the splitter would pass SCHED_BATCH on; tenants serve
         // requests and get the normal policy back. (Without it, they inherit whatever
