@@ -81,6 +81,16 @@ impl Drop for Proc {
     }
 }
 
+/// Kills, when dropped, a process the test did not start itself (a splitter
+/// started by an upgrade, say).
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGKILL);
+    }
+}
+
 /// Starts an `echo-upstream` on `addr` called `name`, and waits until it accepts.
 pub fn start_upstream(addr: SocketAddr, name: &str) -> Proc {
     let child = Command::new(bin("echo-upstream"))

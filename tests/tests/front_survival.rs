@@ -69,6 +69,10 @@ fn a_killed_splitter_leaves_tenants_serving_and_the_next_one_adopts_them() {
         status.tenants.iter().all(|t| t.restarts == 0),
         "no tenant was restarted: {status:?}"
     );
+    // An adopted process drains on a rolling restart like a spawned one.
+    let (code, stdout, stderr) = s.ctl(&["restart", "beta"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    wait_until(Duration::from_secs(15), || !alive(beta[0]));
     // The adopted processes are supervised: one killed is replaced.
     signal(alpha[0] as u32, libc::SIGKILL);
     wait_until(Duration::from_secs(15), || {
@@ -151,16 +155,6 @@ fn holds_socket(pid: u32, inode: u64) -> bool {
             })
         })
         .unwrap_or(false)
-}
-
-/// Kills a process the test did not start itself (a splitter started by an
-/// upgrade) when dropped.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        signal(self.0, libc::SIGKILL);
-    }
 }
 
 #[test]

@@ -71,6 +71,32 @@ fn the_notify_sequence_follows_start_reload_watchdog_and_stop() {
     assert!(s.proc.0.wait().unwrap().success());
 }
 
+#[test]
+fn after_an_upgrade_the_new_splitter_reports_its_pid_and_readiness() {
+    let dir = TempDir::new("notify-upgrade");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = dir.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .splitter_lines("orphan_timeout = \"30s\"")
+        .start();
+    assert!(next_state(&socket, Duration::from_secs(20)).starts_with("READY=1"));
+    let (code, stdout, stderr) = s.ctl(&["upgrade"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let new = s.status().pid;
+    let _kill = KillOnDrop(new);
+    // systemd (NotifyAccess=all) learns the new main pid, then its readiness.
+    assert_eq!(
+        next_state(&socket, Duration::from_secs(10)),
+        format!("MAINPID={new}")
+    );
+    assert_eq!(
+        next_state(&socket, Duration::from_secs(20)),
+        "READY=1\nSTATUS=serving 1 tenants, 1 of 1 processes ready"
+    );
+}
+
 /// The `socket:[INODE]` link of a descriptor.
 fn socket_inode(pid: u32, fd: i32) -> String {
     std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
