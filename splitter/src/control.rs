@@ -52,7 +52,12 @@ pub async fn serve(
     outgoing: Arc<crate::takeover::Outgoing>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Upgraded (or stopping): the new splitter answers from now on.
+            _ = outgoing.stopped_accepting() => return,
+        };
+        let Ok((stream, _)) = accepted else {
             continue;
         };
         let fleet = fleet.clone();

@@ -81,6 +81,14 @@ impl Outgoing {
         }
     }
 
+    /// Resolves when the splitter stops accepting (a normal stop, or a
+    /// committed take-over): the control loop then stops too, so that `ctl`
+    /// reaches the new splitter.
+    pub async fn stopped_accepting(&self) {
+        let mut stop = self.stop_accepting.subscribe();
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }
+
     /// Stops the accept loops (a normal stop, or a committed take-over).
     pub fn stop_accepting(&self) {
         self.stop_accepting.send_replace(true);

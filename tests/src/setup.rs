@@ -331,6 +331,17 @@ impl Splitter {
     }
 }
 
+/// The new splitter's pid in `ctl upgrade`'s answer ("upgraded: splitter pid N
+/// serves …").
+pub fn upgraded_to(ctl_stdout: &str) -> u32 {
+    ctl_stdout
+        .split("splitter pid ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {ctl_stdout:?}"))
+}
+
 /// The bearer token of every TCP registration API and admin endpoint the kit
 /// configures (written to `token` in the test's directory).
 pub const TEST_TOKEN: &str = "switchyard-test-token-0123456789";
@@ -449,7 +460,7 @@ impl StandaloneTenant {
         let host = dir.write(
             "host.toml",
             &format!(
-                "[splitter]\nruntime_dir = \"run\"\n[[listen]]\naddr = \"127.0.0.1:{}\"\nprotocol = \"http\"\n[[tenant]]\nname = \"t\"\nhosts = [\"app.test\"]\nconfig = \"tenants/t.toml\"\n",
+                "[splitter]\nruntime_dir = \"run\"\norphan_timeout = \"1s\"\n[[listen]]\naddr = \"127.0.0.1:{}\"\nprotocol = \"http\"\n[[tenant]]\nname = \"t\"\nhosts = [\"app.test\"]\nconfig = \"tenants/t.toml\"\n",
                 free_port()
             ),
         );
@@ -513,6 +524,15 @@ impl StandaloneTenant {
     }
 }
 
+/// The bash redirections that make descriptor `fd` the child's descriptor 3
+/// (none when it already is: `3<&3 3<&-` would close it).
+pub fn as_descriptor_3(fd: std::os::fd::RawFd) -> String {
+    match fd {
+        3 => String::new(),
+        _ => format!("3<&{fd} {fd}<&-"),
+    }
+}
+
 /// `bash` running the splitter with `listener` as descriptor 3 and the socket
 /// activation variables set as systemd sets them (`LISTEN_PID` is the shell's
 /// pid, which `exec` keeps).
@@ -527,7 +547,8 @@ fn passed_socket_command(listener: &TcpListener) -> Command {
     command
         .arg("-c")
         .arg(format!(
-            "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=https; exec \"$0\" \"$@\" 3<&{fd} {fd}<&-"
+            "export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=https; exec \"$0\" \"$@\" {}",
+            as_descriptor_3(fd)
         ))
         .arg(bin("splitter"));
     command

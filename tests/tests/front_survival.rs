@@ -31,7 +31,7 @@ fn answered_by(stream: &mut TcpStream, host: &str) -> u64 {
 
 #[test]
 fn a_killed_splitter_leaves_tenants_serving_and_the_next_one_adopts_them() {
-    let mut s = two_tenants("30s").start();
+    let mut s = two_tenants("5s").start();
     let alpha = s.tenant_pids("alpha", "ready");
     let beta = s.tenant_pids("beta", "ready");
     assert_eq!((alpha.len(), beta.len()), (1, 1));
@@ -101,7 +101,7 @@ fn orphans_without_a_splitter_drain_and_exit_after_orphan_timeout() {
 
 #[test]
 fn a_clean_stop_leaves_no_orphans_and_the_next_start_spawns_at_once() {
-    let mut s = two_tenants("30s").start();
+    let mut s = two_tenants("5s").start();
     let pids = [
         s.tenant_pids("alpha", "ready"),
         s.tenant_pids("beta", "ready"),
@@ -160,7 +160,7 @@ fn holds_socket(pid: u32, inode: u64) -> bool {
 #[test]
 fn ctl_upgrade_under_load_keeps_the_listening_sockets_and_every_tenant_process() {
     let _alone = measuring_alone();
-    let s = two_tenants("30s").start();
+    let s = two_tenants("5s").start();
     let alpha = s.tenant_pids("alpha", "ready");
     let beta = s.tenant_pids("beta", "ready");
     let old = s.proc.pid();
@@ -182,7 +182,7 @@ fn ctl_upgrade_under_load_keeps_the_listening_sockets_and_every_tenant_process()
     assert_eq!(code, 0, "upgrade failed: {stdout}{stderr}");
     assert!(stdout.contains("upgraded"), "{stdout}");
     let (keep_alive, close) = (keep_alive.join().unwrap(), close.join().unwrap());
-    let new = s.status().pid;
+    let new = upgraded_to(&stdout);
     let _new = KillOnDrop(new);
     for (report, what) in [(&keep_alive, "keep-alive"), (&close, "Connection: close")] {
         assert!(
@@ -213,7 +213,7 @@ fn ctl_upgrade_under_load_keeps_the_listening_sockets_and_every_tenant_process()
 
 #[test]
 fn an_upgrade_to_a_binary_that_fails_leaves_the_old_splitter_serving() {
-    let s = two_tenants("30s").start();
+    let s = two_tenants("5s").start();
     let alpha = s.tenant_pids("alpha", "ready");
     let (code, stdout, stderr) = s.ctl(&["upgrade", "--binary", "/bin/false"]);
     assert_ne!(code, 0, "{stdout}{stderr}");

@@ -340,7 +340,7 @@ fn out_of_descriptors_the_accept_loop_backs_off_without_spinning_and_recovers() 
     let config = dir.write(
         "host.toml",
         &format!(
-            "[splitter]\nruntime_dir = \"run\"\npeek_timeout = \"30s\"\nmax_pending_per_ip = 1000\n{front_user}[[listen]]\naddr = \"{http}\"\nprotocol = \"http\"\n\
+            "[splitter]\nruntime_dir = \"run\"\norphan_timeout = \"1s\"\npeek_timeout = \"30s\"\nmax_pending_per_ip = 1000\n{front_user}[[listen]]\naddr = \"{http}\"\nprotocol = \"http\"\n\
              [[tenant]]\nname = \"alpha\"\nhosts = [\"alpha.test\"]\nconfig = \"tenants/alpha.toml\"\n{tenant_user}"
         ),
     );

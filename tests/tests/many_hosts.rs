@@ -15,7 +15,7 @@ fn host() -> Splitter {
         TenantSpec::echo("beta", &["beta.test"]),
     ])
     .proxy_protocol()
-    .splitter_lines("trusted_proxies = [\"127.0.0.1\"]\norphan_timeout = \"30s\"")
+    .splitter_lines("trusted_proxies = [\"127.0.0.1\"]\norphan_timeout = \"10s\"")
     .start()
 }
 

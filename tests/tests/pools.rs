@@ -736,7 +736,7 @@ fn tls_backend(dir: &TempDir, tls: &str) -> (SocketAddr, Proc) {
     );
     let host = dir.write(
         "host.toml",
-        &format!("[splitter]\nruntime_dir = \"run\"\n[[listen]]\naddr = \"127.0.0.1:{}\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"b\"\nhosts = [\"backend.test\", \"app.test\"]\nconfig = \"tenants/b.toml\"\n", free_port()),
+        &format!("[splitter]\nruntime_dir = \"run\"\norphan_timeout = \"1s\"\n[[listen]]\naddr = \"127.0.0.1:{}\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"b\"\nhosts = [\"backend.test\", \"app.test\"]\nconfig = \"tenants/b.toml\"\n", free_port()),
     );
     let addr = loopback();
     let backend = Proc(

@@ -79,12 +79,12 @@ fn after_an_upgrade_the_new_splitter_reports_its_pid_and_readiness() {
     let socket = UnixDatagram::bind(&path).unwrap();
     let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
         .env("NOTIFY_SOCKET", path.to_str().unwrap())
-        .splitter_lines("orphan_timeout = \"30s\"")
+        .splitter_lines("orphan_timeout = \"5s\"")
         .start();
     assert!(next_state(&socket, Duration::from_secs(20)).starts_with("READY=1"));
     let (code, stdout, stderr) = s.ctl(&["upgrade"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let new = s.status().pid;
+    let new = upgraded_to(&stdout);
     let _kill = KillOnDrop(new);
     // systemd (NotifyAccess=all) learns the new main pid, then its readiness.
     assert_eq!(
@@ -137,7 +137,7 @@ fn a_passed_socket_no_listen_names_is_refused_with_a_clear_error() {
     let host = dir.write(
         "host.toml",
         &format!(
-            "[splitter]\nruntime_dir = \"run\"\n{front}[[listen]]\naddr = \"127.0.0.1:{}\"\nprotocol = \"http\"\n[[tenant]]\nname = \"a\"\nhosts = [\"a.test\"]\nconfig = \"tenants/a.toml\"\n{tenant}",
+            "[splitter]\nruntime_dir = \"run\"\norphan_timeout = \"1s\"\n{front}[[listen]]\naddr = \"127.0.0.1:{}\"\nprotocol = \"http\"\n[[tenant]]\nname = \"a\"\nhosts = [\"a.test\"]\nconfig = \"tenants/a.toml\"\n{tenant}",
             free_port()
         ),
     );
@@ -149,7 +149,8 @@ fn a_passed_socket_no_listen_names_is_refused_with_a_clear_error() {
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" --config \"$1\" 3<&{fd} {fd}<&-"
+            "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" --config \"$1\" {}",
+            as_descriptor_3(fd)
         ))
         .arg(bin("splitter"))
         .arg(&host)
@@ -187,7 +188,7 @@ fn systemd_socket_activate_starts_the_splitter_on_the_first_connection() {
     let host = dir.write(
         "host.toml",
         &format!(
-            "[splitter]\nruntime_dir = \"run\"\n{front}[[listen]]\naddr = \"127.0.0.1:{tls_port}\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"a\"\nhosts = [\"a.test\"]\nconfig = \"tenants/a.toml\"\n{tenant}"
+            "[splitter]\nruntime_dir = \"run\"\norphan_timeout = \"1s\"\n{front}[[listen]]\naddr = \"127.0.0.1:{tls_port}\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"a\"\nhosts = [\"a.test\"]\nconfig = \"tenants/a.toml\"\n{tenant}"
         ),
     );
     let child = Command::new("systemd-socket-activate")
