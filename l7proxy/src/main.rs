@@ -16,6 +16,7 @@ mod metrics;
 mod pool;
 mod proxy;
 mod registration;
+mod request_stats;
 mod routes;
 mod rules;
 mod service;

@@ -89,6 +89,7 @@ pub static KEEPALIVE_IDLE_CLOSES: LazyLock<Arc<AtomicU64>> = LazyLock::new(Arc::
 /// Everything the tenant's `/metrics` shows, labelled with its name.
 pub struct TenantMetrics {
     registry: Registry,
+    tenant: String,
 }
 
 impl TenantMetrics {
@@ -118,13 +119,19 @@ impl TenantMetrics {
                 .register(Box::new(ExpiryCollector::new(certificate)))
                 .expect("registered once");
         }
-        TenantMetrics { registry }
+        TenantMetrics {
+            registry,
+            tenant: tenant.to_string(),
+        }
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition: the registry's series, then the
+    /// tenant's request statistics (summed over its processes by the
+    /// splitter; see [`crate::request_stats`]).
     pub fn render(&self) -> Vec<u8> {
         let mut text = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut text);
+        text.extend_from_slice(crate::request_stats::STATS.render(&self.tenant).as_bytes());
         text
     }
 }

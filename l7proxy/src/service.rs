@@ -217,6 +217,8 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
     /// Takes connections from `socket` until the process stops or the
     /// splitter goes away.
     async fn serve_socket(&self, socket: &AsyncFd<OwnedFd>, shutdown: &mut ShutdownWatch) -> Ended {
+        let mut report = tokio::time::interval(crate::request_stats::REPORT_EVERY);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let mut guard = tokio::select! {
                 guard = socket.readable() => match guard {
@@ -227,6 +229,10 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
                     }
                 },
                 _ = shutdown.changed() => return Ended::Shutdown,
+                _ = report.tick() => {
+                    self.report_stats(socket);
+                    continue;
+                }
             };
             let mut acked = None;
             // Everything queued, then back to waiting (`try_io` clears the
@@ -264,6 +270,20 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             }
             if let Some(reason) = outcome {
                 return Ended::Lost(reason);
+            }
+        }
+    }
+
+    /// Sends this process's statistics to the splitter (it sums the tenant's
+    /// processes and answers with the sum).
+    fn report_stats(&self, socket: &AsyncFd<OwnedFd>) {
+        let stats = Message::Stats(Box::new(crate::request_stats::STATS.snapshot()));
+        if let Err(e) = handoff::send(socket.get_ref().as_fd(), &stats, None) {
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if e.kind() == io::ErrorKind::InvalidInput
+                && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                warn!(tenant = %self.tenant, error = %e, "request statistics too large for the splitter (too many routes or upstreams); the splitter's /metrics does not show this process");
             }
         }
     }
@@ -363,6 +383,10 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
                 self.stop.request();
                 None
             }
+            Message::TenantTotals(totals) => {
+                crate::request_stats::STATS.set_totals(*totals);
+                None
+            }
             Message::HostsChanged => {
                 if let Some((host_file, view)) = &self.host_reload {
                     reload_hosts(&self.tenant, host_file, view);
@@ -399,17 +423,27 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             Protocol::Http => None,
         };
         self.stop.tracker.spawn(async move {
+            let stats = &crate::request_stats::STATS;
+            let _open = stats.connection_opened();
             let stream: Stream = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream))
                         .await
                     {
-                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Ok(tls)) => {
+                            use pingora::protocols::Ssl;
+                            if let Some(digest) = tls.get_ssl_digest() {
+                                stats.handshake(&digest.version.replace('_', "."));
+                            }
+                            Box::new(tls)
+                        }
                         Ok(Err(e)) => {
+                            stats.handshake_failed(e.etype().as_str());
                             debug!(error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
+                            stats.handshake_failed("timeout");
                             debug!("TLS handshake timed out");
                             return;
                         }

@@ -10,10 +10,12 @@
 //! | `Ready` (2) | l7proxy → splitter | — |
 //! | `Ack` (3) | l7proxy → splitter | `up_to_seq` `u64`: every `Conn` with `seq ≤ up_to_seq` is owned by the l7proxy |
 //! | `Draining` (4) | l7proxy → splitter | — |
+//! | `Stats` (6) | l7proxy → splitter | `u32` length + JSON of [`TenantStats`]: the process's request statistics, about every second |
 //! | `Rejoin` (5) | l7proxy → splitter | as `Hello`: the first message of a process the splitter spawned, re-attaching on `handoff.sock` after its splitter went away (crash or upgrade) |
 //! | `Conn` (16) | splitter → l7proxy | seq `u64`, protocol `u8`, local port `u16`, accepted-at µs since the epoch `u64`, server name (`u8` length + bytes, empty when none), client address (`u8` family 0/4/6, then the address and a `u16` port: what a PROXY header gave); exactly one fd in `SCM_RIGHTS` |
 //! | `Drain` (17) | splitter → l7proxy | — |
 //! | `HostsChanged` (18) | splitter → l7proxy | — (re-read the tenants' names from the host file, and changed certificate files) |
+//! | `TenantTotals` (19) | splitter → l7proxy | as `Stats`: the sum over the tenant's live processes, for the tenant's own `/metrics` |
 //!
 //! Receivers use `MSG_CMSG_CLOEXEC`, treat `MSG_CTRUNC`/`MSG_TRUNC` as errors and
 //! close every descriptor they were passed but cannot use (dropping the
@@ -41,14 +43,17 @@ pub const HANDOFF_FD_ENV: &str = "SWITCHYARD_HANDOFF_FD";
 /// builds them so.
 pub const FAULT_DIE_ON_CONN_ENV: &str = "SWITCHYARD_FAULT_DIE_ON_CONN";
 
-/// Largest encoded message (a `Conn` with a 255-byte server name and an IPv6
-/// client address is 298 bytes).
-pub const MAX_MESSAGE_LEN: usize = 512;
+/// Largest encoded message: a `Stats` or `TenantTotals` with its statistics
+/// (a `Conn` with a 255-byte server name and an IPv6 client address is 298
+/// bytes). Statistics that do not fit are not sent.
+pub const MAX_MESSAGE_LEN: usize = 16 * 1024;
+
+use crate::tenant_stats::TenantStats;
 
 pub use crate::config::Protocol;
 
 /// One message of the protocol.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     /// First message of an l7proxy: who it is.
     Hello {
@@ -82,6 +87,10 @@ pub enum Message {
     /// The host file was reloaded: read the tenants' names again (for the 421
     /// check), and the certificate files if they changed.
     HostsChanged,
+    /// A process's request statistics (its counters since it started).
+    Stats(Box<TenantStats>),
+    /// The sum of the tenant's live processes' statistics.
+    TenantTotals(Box<TenantStats>),
 }
 
 /// The description that accompanies a handed-off socket.
@@ -120,6 +129,8 @@ pub enum DecodeError {
     UnknownProtocol(u8),
     /// A client address family other than none, IPv4 or IPv6.
     UnknownAddressFamily(u8),
+    /// Statistics that do not parse, or exceed the bounds.
+    BadStats,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -135,6 +146,9 @@ impl std::fmt::Display for DecodeError {
             DecodeError::BadText => f.write_str("handoff message carries a name that is not UTF-8"),
             DecodeError::UnknownProtocol(p) => write!(f, "unknown connection protocol {p}"),
             DecodeError::UnknownAddressFamily(a) => write!(f, "unknown client address family {a}"),
+            DecodeError::BadStats => {
+                f.write_str("statistics that do not parse or exceed the bounds")
+            }
         }
     }
 }
@@ -185,6 +199,8 @@ impl Message {
             }
             Message::Drain => out.push(17),
             Message::HostsChanged => out.push(18),
+            Message::Stats(stats) => put_stats(out, 6, stats),
+            Message::TenantTotals(stats) => put_stats(out, 19, stats),
         }
     }
 
@@ -254,10 +270,19 @@ impl Message {
             }
             17 => Message::Drain,
             18 => Message::HostsChanged,
+            6 => Message::Stats(r.stats()?),
+            19 => Message::TenantTotals(r.stats()?),
             other => return Err(DecodeError::UnknownKind(other)),
         };
         Ok(message)
     }
+}
+
+fn put_stats(out: &mut Vec<u8>, kind: u8, stats: &TenantStats) {
+    out.push(kind);
+    let json = serde_json::to_vec(stats).unwrap_or_default();
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
 }
 
 fn put_text(out: &mut Vec<u8>, text: &str) {
@@ -282,6 +307,20 @@ impl Reader<'_> {
         self.0 = rest;
         Ok(head.try_into().expect("length checked"))
     }
+    fn stats(&mut self) -> Result<Box<TenantStats>, DecodeError> {
+        let len = u32::from_le_bytes(self.array()?) as usize;
+        if self.0.len() < len {
+            return Err(DecodeError::Truncated);
+        }
+        let (json, rest) = self.0.split_at(len);
+        self.0 = rest;
+        let stats: TenantStats = serde_json::from_slice(json).map_err(|_| DecodeError::BadStats)?;
+        if !stats.is_bounded() {
+            return Err(DecodeError::BadStats);
+        }
+        Ok(Box::new(stats))
+    }
+
     fn text(&mut self) -> Result<String, DecodeError> {
         let len = self.u8()? as usize;
         if self.0.len() < len {
@@ -379,6 +418,15 @@ pub fn send(
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(64);
     message.encode(&mut buf);
+    if buf.len() > MAX_MESSAGE_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "handoff message of {} bytes exceeds {MAX_MESSAGE_LEN}",
+                buf.len()
+            ),
+        ));
+    }
     send_bytes(socket, &buf, fd)
 }
 
@@ -566,6 +614,12 @@ mod tests {
                 tenant: "alpha".into(),
                 pid: 4343,
             },
+            Message::Stats(Box::new(crate::tenant_stats::TenantStats {
+                bytes_in: 7,
+                retries: 2,
+                ..Default::default()
+            })),
+            Message::TenantTotals(Box::default()),
             Message::Ready,
             Message::Ack {
                 up_to_seq: u64::MAX - 1,

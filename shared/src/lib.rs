@@ -32,6 +32,7 @@ pub mod logging;
 pub mod net;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tenant_stats;
 pub mod throttle;
 pub mod token;
 pub mod units;

@@ -162,7 +162,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4",
-            crate::metrics::render(),
+            crate::metrics::render() + &fleet.tenant_stats_text().await,
         ),
         ("GET", "/status") => (
             "200 OK",

@@ -336,6 +336,23 @@ impl Fleet {
         Ok(notes.join("\n"))
     }
 
+    /// Every tenant's request statistics (summed over its processes) as
+    /// Prometheus text, for the admin endpoint's `/metrics`.
+    pub async fn tenant_stats_text(&self) -> String {
+        let stats: Vec<(String, switchyard_shared::tenant_stats::TenantStats)> = {
+            let running = self.running.lock().await;
+            running
+                .iter()
+                .map(|r| (r.tenant.name().to_string(), r.tenant.stats()))
+                .collect()
+        };
+        let named: Vec<(&str, &switchyard_shared::tenant_stats::TenantStats)> =
+            stats.iter().map(|(name, s)| (name.as_str(), s)).collect();
+        let mut text = String::new();
+        switchyard_shared::tenant_stats::render(&named, &mut text);
+        text
+    }
+
     /// Connections held for a tenant, or handed and not yet acknowledged.
     pub async fn unacknowledged(&self) -> usize {
         let running = self.running.lock().await;

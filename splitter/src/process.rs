@@ -238,6 +238,12 @@ pub(crate) async fn read_messages(
                         Ok(Message::Ready) => tenant.mark_ready(key),
                         Ok(Message::Ack { up_to_seq }) => tenant.acknowledge(key, up_to_seq),
                         Ok(Message::Draining) => tenant.mark_draining(key),
+                        Ok(Message::Stats(stats)) => {
+                            let totals =
+                                Message::TenantTotals(Box::new(tenant.store_stats(key, stats)));
+                            // For the tenant's own /metrics; skipped when its socket is full.
+                            let _ = handoff::send(socket.get_ref().as_fd(), &totals, None);
+                        }
                         Ok(other) => return format!("unexpected message {:?}", other_kind(&other)),
                         Err(e) => return format!("protocol error: {e}"),
                     }
@@ -258,6 +264,7 @@ fn other_kind(message: &Message) -> &'static str {
         Message::Conn(_) => "Conn",
         Message::Drain => "Drain",
         Message::HostsChanged => "HostsChanged",
+        Message::TenantTotals(_) => "TenantTotals",
         _ => "other",
     }
 }

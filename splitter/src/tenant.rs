@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use switchyard_shared::config::TenantConfig;
 use switchyard_shared::handoff::{self, Message};
+use switchyard_shared::tenant_stats::TenantStats;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -93,6 +94,8 @@ struct ProcEntry {
     /// Handed connections not yet acknowledged: sequence number, the
     /// splitter's copy, when it was handed.
     unacked: VecDeque<(u64, ClientConn, Instant)>,
+    /// Its request statistics, as it last reported them.
+    stats: Option<Box<TenantStats>>,
 }
 
 /// How a process came to serve the tenant.
@@ -305,6 +308,7 @@ impl Tenant {
             handed: 0,
             next_seq: 1,
             unacked: VecDeque::new(),
+            stats: None,
         });
     }
 
@@ -324,6 +328,21 @@ impl Tenant {
             .iter()
             .find(|p| p.key == key)
             .and_then(|p| p.unacked.front().map(|(_, _, handed)| *handed))
+    }
+
+    /// Keeps process `key`'s latest statistics; returns the tenant's sum over
+    /// its live processes.
+    pub fn store_stats(&self, key: ProcKey, stats: Box<TenantStats>) -> TenantStats {
+        let mut state = self.state();
+        if let Some(proc) = state.procs.iter_mut().find(|p| p.key == key) {
+            proc.stats = Some(stats);
+        }
+        sum_stats(&state)
+    }
+
+    /// The tenant's request statistics: the sum over its live processes.
+    pub fn stats(&self) -> TenantStats {
+        sum_stats(&self.state())
     }
 
     /// Handed connections no process has acknowledged yet, and held ones.
@@ -543,4 +562,12 @@ impl Tenant {
             }
         }
     }
+}
+
+fn sum_stats(state: &PoolState) -> TenantStats {
+    let mut sum = TenantStats::default();
+    for stats in state.procs.iter().filter_map(|p| p.stats.as_deref()) {
+        sum.add(stats);
+    }
+    sum
 }

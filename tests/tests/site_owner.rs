@@ -212,9 +212,10 @@ fn sigusr1_reopens_the_access_log_under_load_losing_no_line() {
         count += 1;
     }
     assert!(old.ends_with('\n') && new.ends_with('\n'));
-    // Every completed request has its line; a request cut at wrk's end may too.
+    // Every completed request has its line; a request cut at wrk's end (one
+    // per connection) may too, and so does the kit's readiness probe.
     assert!(
-        count >= report.requests && count <= report.requests + 8,
+        count >= report.requests && count <= report.requests + 8 + 1,
         "{count} lines for {} requests",
         report.requests
     );

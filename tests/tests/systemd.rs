@@ -18,7 +18,12 @@ fn next_state(socket: &UnixDatagram, limit: Duration) -> String {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "no notification within {limit:?}");
         socket.set_read_timeout(Some(left)).unwrap();
-        let n = socket.recv(&mut buf).expect("a notification");
+        // A receive with a timeout is not restarted after a signal handler
+        // ran (SIGCHLD: the test's splitter exiting after an upgrade).
+        let n = match socket.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            received => received.expect("a notification"),
+        };
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
         if text != "WATCHDOG=1" {
             return text;

@@ -30,7 +30,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use switchyard_shared::config::{Compression, HttpLimits, LogConfig, RedirectTo, ServerAddr};
 use switchyard_shared::host::normalize;
 
@@ -649,10 +649,28 @@ impl ProxyHttp for TenantProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if self.settings.log.metrics {
+            crate::request_stats::STATS.request(&crate::request_stats::Finished {
+                route: &ctx.route,
+                upstream: ctx.upstream.as_ref().map(|u| u.config.name.as_str()),
+                status,
+                duration: ctx.started.elapsed(),
+                upstream_time: ctx
+                    .upstream_ms
+                    .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+                bytes_in: session.body_bytes_read() as u64,
+                bytes_out: session.body_bytes_sent() as u64,
+                retries: ctx.tried.len().saturating_sub(1) as u64,
+                max_in_flight: matches!(
+                    ctx.unavailable,
+                    Some(Unavailable::QueueTimeout | Unavailable::QueueFull)
+                ),
+            });
+        }
         if !self.access.is_on() {
             return;
         }
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
         let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
         let ssl = session.digest().and_then(|d| d.ssl_digest.as_deref());

@@ -39,6 +39,7 @@ struct RawLog {
     query: bool,
     #[serde(default)]
     trust_request_id: bool,
+    metrics: Option<bool>,
 }
 
 /// Where access lines go.
@@ -73,6 +74,9 @@ pub struct LogConfig {
     /// Keep a well-formed incoming `X-Request-Id` instead of making one (only
     /// when every client is trusted to send unique ids, e.g. behind a proxy).
     pub trust_request_id: bool,
+    /// Count requests for the `switchyard_tenant_*` request metrics (on by
+    /// default).
+    pub metrics: bool,
 }
 
 impl Default for LogConfig {
@@ -82,6 +86,7 @@ impl Default for LogConfig {
             format: LogFormat::Json,
             query: false,
             trust_request_id: false,
+            metrics: true,
         }
     }
 }
@@ -90,6 +95,7 @@ fn validate_log(src: &mut Source, raw: &RawLog) -> LogConfig {
     let mut log = LogConfig {
         query: raw.query,
         trust_request_id: raw.trust_request_id,
+        metrics: raw.metrics.unwrap_or(true),
         ..LogConfig::default()
     };
     if let Some(access) = &raw.access {
