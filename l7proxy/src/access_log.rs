@@ -2,8 +2,11 @@
 //! `key=value` text), to a file in the tenant's runtime directory or to
 //! standard error.
 //!
-//! Writing never blocks a request: lines go through a bounded queue to a writer
-//! thread; when it lags (a slow disk), new lines are dropped and counted
+//! Writing never blocks a request: a line is formatted into a shared buffer
+//! that a writer thread writes out every [`FLUSH_EVERY`] in one call (as
+//! nginx's `access_log … buffer= flush=`), so a request never wakes another
+//! thread. When the writer lags (a slow disk) and [`MAX_PENDING_BYTES`] are
+//! waiting, new lines are dropped and counted
 //! (`switchyard_tenant_access_log_dropped_total`). SIGUSR1 reopens the file
 //! (the logrotate convention: rename, then signal).
 
@@ -12,13 +15,17 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use switchyard_shared::config::{AccessTarget, LogConfig, LogFormat};
 use tracing::warn;
 
-/// Lines the writer may lag behind by before new ones are dropped.
-const QUEUE_LINES: usize = 8192;
+/// How often the writer writes what is waiting (a line reaches the file at
+/// most this late).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// Bytes of lines that may wait for the writer before new ones are dropped.
+pub const MAX_PENDING_BYTES: usize = 4 << 20;
 
 /// One request, as logged. Borrowed fields: nothing is copied to build it.
 #[derive(Serialize)]
@@ -66,8 +73,15 @@ pub struct AccessLog {
     pub with_query: bool,
     /// `None`: lines are not written (stderr with `RUST_LOG` below info for
     /// the `access` target, e.g. `RUST_LOG=warn`).
-    queue: Option<SyncSender<String>>,
-    reopen: Arc<AtomicBool>,
+    pending: Option<Arc<Pending>>,
+    /// The writer thread, woken early by a reopen.
+    writer: Option<std::thread::Thread>,
+}
+
+/// Lines waiting for the writer, and its reopen request.
+struct Pending {
+    lines: Mutex<Vec<u8>>,
+    reopen: AtomicBool,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -109,8 +123,8 @@ impl AccessLog {
             Arc::new(AccessLog {
                 format,
                 with_query: config.query,
-                queue: None,
-                reopen: Arc::new(AtomicBool::new(false)),
+                pending: None,
+                writer: None,
             })
         };
         let output = match &config.access {
@@ -130,56 +144,89 @@ impl AccessLog {
                 Output::File { path, file }
             }
         };
-        let (queue, lines) = sync_channel(QUEUE_LINES);
-        let reopen = Arc::new(AtomicBool::new(false));
-        let reopen_flag = reopen.clone();
-        std::thread::Builder::new()
+        let pending = Arc::new(Pending {
+            lines: Mutex::new(Vec::with_capacity(64 * 1024)),
+            reopen: AtomicBool::new(false),
+        });
+        let shared = pending.clone();
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(lines, output, reopen_flag))
+            .spawn(move || write_lines(&shared, output))
             .map_err(|e| format!("cannot start the access log writer: {e}"))?;
         Ok(Arc::new(AccessLog {
             format: config.format,
             with_query: config.query,
-            queue: Some(queue),
-            reopen,
+            pending: Some(pending),
+            writer: Some(writer.thread().clone()),
         }))
     }
 
     /// Whether lines are written at all.
     pub fn is_on(&self) -> bool {
-        self.queue.is_some()
+        self.pending.is_some()
     }
 
     /// Queues one line; drops it (counted) when the writer lags.
     pub fn write(&self, entry: &Entry<'_>) {
-        let Some(queue) = &self.queue else {
+        let Some(pending) = &self.pending else {
             return;
         };
-        let mut line = match self.format {
-            LogFormat::Json => serde_json::to_string(entry).unwrap_or_default(),
-            LogFormat::Text => text_line(entry),
-        };
-        line.push('\n');
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = queue.try_send(line) {
+        let mut lines = pending.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() >= MAX_PENDING_BYTES {
+            drop(lines);
             crate::metrics::count().access_log_dropped.inc();
+            return;
+        }
+        // Formatted in place: no allocation for the line, and a failed
+        // format leaves nothing half-written.
+        let start = lines.len();
+        let written = match self.format {
+            LogFormat::Json => serde_json::to_writer(&mut *lines, entry).is_ok(),
+            LogFormat::Text => {
+                lines.extend_from_slice(text_line(entry).as_bytes());
+                true
+            }
+        };
+        match written {
+            true => lines.push(b'\n'),
+            false => lines.truncate(start),
         }
     }
 
-    /// Makes the writer reopen its file before the next line (SIGUSR1).
+    /// Makes the writer reopen its file before it writes again (SIGUSR1).
     pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Release);
-        // Wake the writer even when no request comes: an empty line is not
-        // written.
-        if let Some(queue) = &self.queue {
-            let _ = queue.try_send(String::new());
+        if let (Some(pending), Some(writer)) = (&self.pending, &self.writer) {
+            pending.reopen.store(true, Ordering::Release);
+            writer.unpark();
         }
     }
 }
 
-fn write_lines(lines: Receiver<String>, mut output: Output, reopen: Arc<AtomicBool>) {
+/// The writer thread: every [`FLUSH_EVERY`] (or at once on a reopen), takes
+/// what is waiting and writes it in one call.
+fn write_lines(pending: &Pending, mut output: Output) {
     let mut failing = false;
-    while let Ok(first) = lines.recv() {
-        if reopen.swap(false, Ordering::AcqRel) {
+    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        std::thread::park_timeout(FLUSH_EVERY);
+        std::mem::swap(
+            &mut batch,
+            &mut *pending.lines.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        // Lines written before the reopen belong to the old file.
+        if !batch.is_empty() {
+            match output.write_all(&batch) {
+                Ok(()) => failing = false,
+                Err(e) => {
+                    if !failing {
+                        warn!(error = %e, "cannot write the access log; lines are lost until it works again");
+                    }
+                    failing = true;
+                }
+            }
+            batch.clear();
+        }
+        if pending.reopen.swap(false, Ordering::AcqRel) {
             if let Output::File { path, file } = &mut output {
                 let _ = file.flush();
                 match Output::open(path) {
@@ -188,26 +235,6 @@ fn write_lines(lines: Receiver<String>, mut output: Output, reopen: Arc<AtomicBo
                         warn!(path = %path.display(), error = %e, "cannot reopen the access log; still writing to the old file")
                     }
                 }
-            }
-        }
-        // Everything queued, in one write.
-        let mut batch = first;
-        while batch.len() < 256 * 1024 {
-            match lines.try_recv() {
-                Ok(more) => batch.push_str(&more),
-                Err(_) => break,
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        match output.write_all(batch.as_bytes()) {
-            Ok(()) => failing = false,
-            Err(e) => {
-                if !failing {
-                    warn!(error = %e, "cannot write the access log; lines are lost until it works again");
-                }
-                failing = true;
             }
         }
     }

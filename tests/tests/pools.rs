@@ -216,6 +216,19 @@ fn kill_9_of_one_backend_under_load_loses_nothing_and_it_gets_no_more_requests()
     assert_eq!(up_of(addrs[1]).as_deref(), Some("0"), "{text}");
     assert_eq!(up_of(addrs[0]).as_deref(), Some("1"), "{text}");
     assert!(text.contains("tenant=\"t\""), "{text}");
+    // The requests that met the dead server went to another: retries.
+    let retries: u64 = text
+        .lines()
+        .find(|l| l.starts_with("switchyard_tenant_upstream_retries_total{tenant=\"t\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(retries > 0, "{text}");
+    assert!(
+        text.contains(
+            "switchyard_tenant_upstream_duration_seconds_count{tenant=\"t\",upstream=\"app\"}"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
@@ -461,7 +474,7 @@ fn max_in_flight_queues_then_503s_and_nothing_hangs() {
     let slow = loopback();
     let _backend = start_upstream(slow, "slow");
     let tenant = StandaloneTenant::start(&format!(
-        "[[upstream]]\nname = \"app\"\nservers = [\"{slow}\"]\nmax_in_flight = 2\nqueue_timeout = \"300ms\"\n[[route]]\nupstream = \"app\"\n"
+        "[[upstream]]\nname = \"app\"\nservers = [\"{slow}\"]\nregistration = true\nmax_in_flight = 2\nqueue_timeout = \"300ms\"\n[[route]]\nupstream = \"app\"\n[registration]\nlisten = \"{{registration}}\"\n"
     ));
     let burst = |round: usize| {
         let started = Instant::now();
@@ -501,6 +514,21 @@ fn max_in_flight_queues_then_503s_and_nothing_hangs() {
     let rss_after_last = rss_kib(tenant.proc.pid());
     println!(
         "l7proxy RSS after round 1: {rss_after_first} KiB, after round 5: {rss_after_last} KiB"
+    );
+    // Counted in the tenant's request metrics (its own, standalone).
+    let metrics = String::from_utf8(
+        http_get_authorized(tenant.registration, "localhost", "/metrics")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert!(
+        metrics.contains("switchyard_tenant_max_in_flight_rejections_total{tenant=\"t\"} 90"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_tenant_requests_total{tenant=\"t\",route=\"/\",upstream=\"app\",status_class=\"5xx\"} 90"),
+        "{metrics}"
     );
     assert!(
         rss_after_last < rss_after_first + 4096,
