@@ -47,12 +47,13 @@ pub struct Entry<'a> {
     pub route: &'a str,
     pub upstream: Option<&'a str>,
     /// The server of the last attempt.
-    pub server: Option<String>,
+    #[serde(serialize_with = "as_display")]
+    pub server: Option<&'a switchyard_shared::config::ServerAddr>,
     /// From the last attempt's start to its response header.
     pub upstream_ms: Option<f64>,
     /// Attempts after the first.
     pub retries: usize,
-    pub client_ip: Option<String>,
+    pub client_ip: Option<std::net::IpAddr>,
     pub client_port: Option<u16>,
     /// `TLSv1.3`, `TLSv1.2`.
     pub tls_version: Option<String>,
@@ -199,6 +200,18 @@ impl AccessLog {
             pending.reopen.store(true, Ordering::Release);
             writer.unpark();
         }
+    }
+}
+
+/// Serialises an optional value through its `Display` (no string is built
+/// first).
+fn as_display<S: serde::Serializer, T: std::fmt::Display>(
+    value: &Option<&T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.collect_str(value),
+        None => serializer.serialize_none(),
     }
 }
 

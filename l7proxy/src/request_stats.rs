@@ -4,7 +4,6 @@
 //! about every second, which sums the tenant's processes and sends the sum
 //! back for the tenant's own `/metrics`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -38,14 +37,16 @@ pub struct RequestStats {
     totals: Mutex<Option<(Instant, TenantStats)>>,
 }
 
+/// Small maps searched in order: a tenant has a few routes and upstreams, and
+/// a short scan costs less per request than hashing the keys.
 #[derive(Default)]
 struct Live {
-    /// route → upstream → count per class of [`CLASSES`].
-    requests: HashMap<String, HashMap<String, [u64; 6]>>,
-    request_duration: HashMap<String, Histogram>,
-    upstream_duration: HashMap<String, Histogram>,
-    tls_handshakes: HashMap<String, u64>,
-    tls_failures: HashMap<String, u64>,
+    /// (route, upstream) → count per class of [`CLASSES`].
+    requests: Vec<((String, String), [u64; 6])>,
+    request_duration: Vec<(String, Histogram)>,
+    upstream_duration: Vec<(String, Histogram)>,
+    tls_handshakes: Vec<(String, u64)>,
+    tls_failures: Vec<(String, u64)>,
 }
 
 /// One finished request, as [`RequestStats::request`] counts it.
@@ -98,8 +99,19 @@ impl RequestStats {
         let route = bounded(done.route);
         let upstream = bounded(done.upstream.unwrap_or(""));
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let by_upstream = entry(&mut live.requests, route, HashMap::new);
-        entry(by_upstream, upstream, || [0; 6])[class] += 1;
+        let at = match live
+            .requests
+            .iter()
+            .position(|((r, u), _)| r == route && u == upstream)
+        {
+            Some(at) => at,
+            None => {
+                live.requests
+                    .push(((route.to_string(), upstream.to_string()), [0; 6]));
+                live.requests.len() - 1
+            }
+        };
+        live.requests[at].1[class] += 1;
         entry(&mut live.request_duration, route, || Histogram::new(route))
             .observe(done.duration.as_secs_f64());
         if let (Some(time), Some(name)) = (done.upstream_time, done.upstream) {
@@ -131,21 +143,19 @@ impl RequestStats {
     pub fn snapshot(&self) -> TenantStats {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let mut requests = Vec::new();
-        for (route, by_upstream) in &live.requests {
-            for (upstream, classes) in by_upstream {
-                for (class, count) in CLASSES.iter().zip(classes) {
-                    if *count > 0 {
-                        requests.push(RequestCount {
-                            route: route.clone(),
-                            upstream: upstream.clone(),
-                            status_class: class.to_string(),
-                            count: *count,
-                        });
-                    }
+        for ((route, upstream), classes) in &live.requests {
+            for (class, count) in CLASSES.iter().zip(classes) {
+                if *count > 0 {
+                    requests.push(RequestCount {
+                        route: route.clone(),
+                        upstream: upstream.clone(),
+                        status_class: class.to_string(),
+                        count: *count,
+                    });
                 }
             }
         }
-        let counts = |map: &HashMap<String, u64>| {
+        let counts = |map: &Vec<(String, u64)>| {
             map.iter()
                 .map(|(label, count)| LabelCount {
                     label: label.clone(),
@@ -155,8 +165,16 @@ impl RequestStats {
         };
         TenantStats {
             requests,
-            request_duration: live.request_duration.values().cloned().collect(),
-            upstream_duration: live.upstream_duration.values().cloned().collect(),
+            request_duration: live
+                .request_duration
+                .iter()
+                .map(|(_, h)| h.clone())
+                .collect(),
+            upstream_duration: live
+                .upstream_duration
+                .iter()
+                .map(|(_, h)| h.clone())
+                .collect(),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
@@ -192,11 +210,15 @@ impl RequestStats {
 }
 
 /// The value for `key`, made by `new` the first time (no allocation after).
-fn entry<'m, V>(map: &'m mut HashMap<String, V>, key: &str, new: impl FnOnce() -> V) -> &'m mut V {
-    if !map.contains_key(key) {
-        map.insert(key.to_string(), new());
-    }
-    map.get_mut(key).expect("just inserted")
+fn entry<'m, V>(map: &'m mut Vec<(String, V)>, key: &str, new: impl FnOnce() -> V) -> &'m mut V {
+    let at = match map.iter().position(|(k, _)| k == key) {
+        Some(at) => at,
+        None => {
+            map.push((key.to_string(), new()));
+            map.len() - 1
+        }
+    };
+    &mut map[at].1
 }
 
 /// A label value cut to the length a snapshot may carry.
