@@ -223,13 +223,5 @@ fn entry<'m, V>(map: &'m mut Vec<(String, V)>, key: &str, new: impl FnOnce() -> 
 
 /// A label value cut to the length a snapshot may carry.
 fn bounded(text: &str) -> &str {
-    let max = switchyard_shared::tenant_stats::MAX_LABEL_LEN;
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    switchyard_shared::text::cut(text, switchyard_shared::tenant_stats::MAX_LABEL_LEN)
 }

@@ -33,6 +33,7 @@ pub mod net;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tenant_stats;
+pub mod text;
 pub mod throttle;
 pub mod token;
 pub mod units;

@@ -152,24 +152,7 @@ pub fn take_passed_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
 /// and can never gain privileges (`PR_SET_NO_NEW_PRIVS`: no setuid binaries,
 /// no file capabilities).
 pub fn inherit_and_die_with_parent(command: &mut std::process::Command, fd: BorrowedFd<'_>) {
-    use std::os::unix::process::CommandExt;
-    let raw = fd.as_raw_fd();
-    // SAFETY: between fork and exec only async-signal-safe calls are made
-    // (fcntl, prctl), on a descriptor number valid in the child.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    inherit(command, fd, true);
 }
 
 /// Prepares `command` so the child inherits `fd` (under the same number) and
@@ -177,6 +160,10 @@ pub fn inherit_and_die_with_parent(command: &mut std::process::Command, fd: Borr
 /// serving when the splitter that spawned it crashes or is upgraded (it then
 /// waits, bounded, for a splitter to re-attach to).
 pub fn inherit_outliving_parent(command: &mut std::process::Command, fd: BorrowedFd<'_>) {
+    inherit(command, fd, false);
+}
+
+fn inherit(command: &mut std::process::Command, fd: BorrowedFd<'_>, die_with_parent: bool) {
     use std::os::unix::process::CommandExt;
     let raw = fd.as_raw_fd();
     // SAFETY: between fork and exec only async-signal-safe calls are made
@@ -184,6 +171,9 @@ pub fn inherit_outliving_parent(command: &mut std::process::Command, fd: Borrowe
     unsafe {
         command.pre_exec(move || {
             if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
                 return Err(io::Error::last_os_error());
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {

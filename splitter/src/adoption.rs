@@ -20,6 +20,10 @@ pub const ADOPTION_WINDOW: Duration = Duration::from_secs(3);
 /// How long an orphan waits for a free slot before it is asked to drain.
 pub const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
+/// Most re-attached processes waiting for a slot at once, per tenant; more
+/// are refused (each holds a descriptor of the front's while it waits).
+pub const MAX_WAITING: usize = 16;
+
 /// How long a slot waits to learn whether orphans may come.
 const WINDOW_UNKNOWN_WAIT: Duration = Duration::from_secs(2);
 
@@ -67,10 +71,17 @@ impl Orphans {
         self.window.send_replace(Some(until));
     }
 
-    /// A re-attached process offers itself to a slot.
-    pub fn offer(&self, orphan: Orphan) {
-        self.lock().push(orphan);
+    /// A re-attached process offers itself to a slot; given back when
+    /// [`MAX_WAITING`] are waiting already.
+    pub fn offer(&self, orphan: Orphan) -> Result<(), Orphan> {
+        let mut waiting = self.lock();
+        if waiting.len() >= MAX_WAITING {
+            return Err(orphan);
+        }
+        waiting.push(orphan);
+        drop(waiting);
         self.arrived.notify_waiters();
+        Ok(())
     }
 
     /// Takes back the orphan `key` if no slot claimed it.

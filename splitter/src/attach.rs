@@ -172,11 +172,17 @@ async fn rejoin(
     logs: Arc<std::sync::Mutex<switchyard_shared::throttle::Throttle>>,
 ) {
     let key = crate::tenant::new_key();
-    tenant.orphans.offer(crate::adoption::Orphan {
+    let offered = tenant.orphans.offer(crate::adoption::Orphan {
         key,
         pid,
         socket: socket.clone(),
     });
+    if offered.is_err() {
+        if allow(&logs) {
+            warn!(tenant = %tenant.name(), pid, max = crate::adoption::MAX_WAITING, "handoff.sock: refused a re-attaching process: too many are waiting for a slot");
+        }
+        return;
+    }
     tokio::time::sleep(crate::adoption::CLAIM_WAIT).await;
     if tenant.orphans.withdraw(key).is_none() {
         return; // a slot adopted it
@@ -184,21 +190,9 @@ async fn rejoin(
     if allow(&logs) {
         info!(tenant = %tenant.name(), pid, "a process of a previous splitter re-attached, but every slot is filled; asking it to drain");
     }
-    if handoff::send(socket.get_ref().as_fd(), &Message::Drain, None).is_err() {
-        return;
-    }
-    // Keep its socket open (so it does not look for a splitter again) until
-    // it has drained and closed it; what it says meanwhile is not needed.
-    loop {
-        let received = socket
-            .async_io(tokio::io::Interest::READABLE, |socket| {
-                handoff::recv(socket.as_fd())
-            })
-            .await;
-        if !matches!(received, Ok(Some(_))) {
-            return;
-        }
-    }
+    // It reads the Drain before the end of the socket, and drains; the
+    // socket is not kept.
+    let _ = handoff::send(socket.get_ref().as_fd(), &Message::Drain, None);
 }
 
 /// Whether the throttle lets one more line through.

@@ -206,6 +206,11 @@ async fn terminate(
     }
 }
 
+/// A process reports its statistics about every second; one reporting more
+/// often than this makes the front parse JSON for nothing and is treated as
+/// broken.
+const MIN_STATS_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Reads the process's messages until its socket closes or it breaks the
 /// protocol; returns why it stopped. Anything a process may not send (a message
 /// for the other direction, an undecodable datagram, descriptors) ends the
@@ -215,6 +220,7 @@ pub(crate) async fn read_messages(
     key: ProcKey,
     socket: &AsyncFd<OwnedFd>,
 ) -> String {
+    let mut last_stats: Option<Instant> = None;
     loop {
         let mut guard = match socket.readable().await {
             Ok(guard) => guard,
@@ -238,7 +244,15 @@ pub(crate) async fn read_messages(
                         Ok(Message::Ready) => tenant.mark_ready(key),
                         Ok(Message::Ack { up_to_seq }) => tenant.acknowledge(key, up_to_seq),
                         Ok(Message::Draining) => tenant.mark_draining(key),
+                        Ok(Message::Stats(_))
+                            if last_stats.is_some_and(|at| at.elapsed() < MIN_STATS_INTERVAL) =>
+                        {
+                            return format!(
+                                "it sent statistics more often than every {MIN_STATS_INTERVAL:?}"
+                            );
+                        }
                         Ok(Message::Stats(stats)) => {
+                            last_stats = Some(Instant::now());
                             let totals =
                                 Message::TenantTotals(Box::new(tenant.store_stats(key, stats)));
                             // For the tenant's own /metrics; skipped when its socket is full.

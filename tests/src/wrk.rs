@@ -17,6 +17,28 @@ pub struct WrkReport {
     pub output: String,
 }
 
+impl WrkReport {
+    /// Asserts more than 100 requests, no socket error and no non-2xx
+    /// response; `what` names the load in the failure message.
+    pub fn assert_clean(&self, what: &str) {
+        assert!(
+            self.requests > 100,
+            "{what}: too few requests\n{}",
+            self.output
+        );
+        assert_eq!(
+            self.socket_errors, 0,
+            "{what}: socket errors\n{}",
+            self.output
+        );
+        assert_eq!(
+            self.non_2xx, 0,
+            "{what}: non-2xx responses\n{}",
+            self.output
+        );
+    }
+}
+
 /// Runs wrk (installed by test.sh) against `url` with `Host: host` for `seconds`.
 pub fn wrk(url: &str, host: &str, seconds: u32, connections: u32, close: bool) -> WrkReport {
     let mut command = Command::new("wrk");

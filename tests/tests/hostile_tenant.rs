@@ -522,6 +522,34 @@ fn a_tenant_process_sending_garbage_is_disconnected_at_once() {
 }
 
 #[test]
+fn a_tenant_process_flooding_statistics_is_disconnected_at_once() {
+    require_root();
+    let (s, evil) = victim_and_attacker("", None);
+    let socket = s.dir.0.join("run/tenants/attacker/handoff.sock");
+    let started = Instant::now();
+    let out = with_victim_under_load(&s, 3, || {
+        finished(
+            fake_tenant(&socket, "attacker", "stats-flood", evil),
+            Duration::from_secs(10),
+        )
+    });
+    let sent: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("sent "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    // Valid statistics, but far more often than once a second: the front
+    // stops parsing them at the second.
+    assert!(
+        sent < 300_000,
+        "disconnected before its flood ended: {sent} sent"
+    );
+    assert!(out.contains("disconnected"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(s.tenant_pids("attacker", "ready").len(), 1);
+}
+
+#[test]
 fn handoff_sockets_admit_only_their_tenants_user_and_no_idle_crowd() {
     require_root();
     let (s, evil) = victim_and_attacker("", None);

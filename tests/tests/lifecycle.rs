@@ -10,24 +10,6 @@ fn url(addr: SocketAddr) -> String {
     format!("http://{addr}/")
 }
 
-fn assert_clean(report: &WrkReport, what: &str) {
-    assert!(
-        report.requests > 100,
-        "{what}: too few requests\n{}",
-        report.output
-    );
-    assert_eq!(
-        report.socket_errors, 0,
-        "{what}: socket errors\n{}",
-        report.output
-    );
-    assert_eq!(
-        report.non_2xx, 0,
-        "{what}: non-2xx responses\n{}",
-        report.output
-    );
-}
-
 #[test]
 fn rolling_restart_under_load_loses_nothing() {
     let _alone = measuring_alone();
@@ -46,8 +28,8 @@ fn rolling_restart_under_load_loses_nothing() {
         let (code, stdout, stderr) = s.ctl(&["restart", "alpha"]);
         assert_eq!(code, 0, "restart failed: {stdout}{stderr}");
         let (a, b) = (a.join().unwrap(), b.join().unwrap());
-        assert_clean(&a, &format!("alpha during restart (close={close})"));
-        assert_clean(&b, &format!("beta during alpha's restart (close={close})"));
+        a.assert_clean(&format!("alpha during restart (close={close})"));
+        b.assert_clean(&format!("beta during alpha's restart (close={close})"));
         let alpha_after = s.tenant_pids("alpha", "ready");
         assert_eq!(alpha_after.len(), 1);
         assert_ne!(alpha_after, alpha_before, "alpha has new processes");
@@ -117,7 +99,7 @@ fn a_killed_process_is_respawned_and_its_new_connections_are_held_meanwhile() {
     for answer in answers {
         assert_eq!(answer.join().unwrap().unwrap(), 200);
     }
-    assert_clean(&b.join().unwrap(), "beta while alpha crashed");
+    b.join().unwrap().assert_clean("beta while alpha crashed");
     let after = s.tenant_pids("alpha", "ready");
     assert_eq!(after.len(), 1);
     assert_ne!(after[0], victim);
@@ -212,7 +194,7 @@ fn reload_adds_and_removes_tenants_while_a_third_serves_without_error() {
         stdout.contains("tenant new: added") && stdout.contains("tenant gone: removed"),
         "{stdout}"
     );
-    assert_clean(&load.join().unwrap(), "keep during reload");
+    load.join().unwrap().assert_clean("keep during reload");
     assert_eq!(
         s.tenant_pids("keep", "ready"),
         keep_pids,

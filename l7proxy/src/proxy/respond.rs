@@ -30,14 +30,7 @@ pub const MAX_LOGGED_ERROR: usize = 512;
 
 /// `text` cut to [`MAX_LOGGED_ERROR`] bytes (on a character boundary).
 pub fn bounded(text: &str) -> &str {
-    if text.len() <= MAX_LOGGED_ERROR {
-        return text;
-    }
-    let mut end = MAX_LOGGED_ERROR;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    switchyard_shared::text::cut(text, MAX_LOGGED_ERROR)
 }
 
 /// What a client is told about a failure: the kind of error, never the

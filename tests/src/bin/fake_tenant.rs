@@ -6,6 +6,8 @@
 //! - `--mode garbage`: says Hello and Ready, then sends undecodable datagrams as
 //!   fast as it can (at most `--count`, default 300000);
 //! - `--mode silent`: connects and says nothing.
+//! - `--mode stats-flood`: says Hello and Ready, then sends valid `Stats`
+//!   messages (about 10 KiB of JSON each) as fast as it can (at most `--count`).
 //!
 //! `--pid N` makes its `Hello` claim pid N (default 1), as a liar would.
 //!
@@ -45,7 +47,7 @@ fn main() {
         }
     }
     let (Some(socket), Some(tenant), Some(mode)) = (socket, tenant, mode) else {
-        eprintln!("usage: fake-tenant --socket PATH --tenant NAME --mode no-ack|garbage|silent [--count N]");
+        eprintln!("usage: fake-tenant --socket PATH --tenant NAME --mode no-ack|garbage|silent|stats-flood [--count N]");
         std::process::exit(2);
     };
     let fd = match handoff::seqpacket_connect(std::path::Path::new(&socket)) {
@@ -86,10 +88,24 @@ fn main() {
                 }
             }
         }
-        "garbage" => {
+        "garbage" | "stats-flood" => {
             let mut sent = 0u64;
+            let stats = switchyard_shared::tenant_stats::TenantStats {
+                tls_failures: (0..300)
+                    .map(|i| switchyard_shared::tenant_stats::LabelCount {
+                        label: format!("reason-{i}"),
+                        count: i,
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let mut datagram = Vec::new();
+            match mode.as_str() {
+                "garbage" => datagram.extend_from_slice(&[0xee, 0xee, 0xee]),
+                _ => Message::Stats(Box::new(stats)).encode(&mut datagram),
+            }
             while sent < count {
-                match handoff::send_bytes(fd.as_fd(), &[0xee, 0xee, 0xee], None) {
+                match handoff::send_bytes(fd.as_fd(), &datagram, None) {
                     Ok(()) => sent += 1,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(1))
