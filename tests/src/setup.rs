@@ -122,6 +122,11 @@ impl SplitterBuilder {
         self
     }
 
+    /// Serves the admin endpoint on `addr` (TCP, with the kit's token file).
+    pub fn admin(self, addr: SocketAddr) -> SplitterBuilder {
+        self.splitter_lines(&format!("admin = \"{addr}\"\nadmin_token_file = \"token\""))
+    }
+
     /// Extra lines for the `[splitter]` section.
     pub fn splitter_lines(mut self, lines: &str) -> SplitterBuilder {
         self.splitter_extra.push_str(lines);

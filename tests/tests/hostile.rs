@@ -10,11 +10,7 @@ use switchyard_tests::*;
 
 fn with_admin(builder: SplitterBuilder) -> (Splitter, SocketAddr) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let s = builder
-        .splitter_lines(&format!(
-            "admin = \"{admin}\"\nadmin_token_file = \"token\""
-        ))
-        .start();
+    let s = builder.admin(admin).start();
     (s, admin)
 }
 

@@ -251,9 +251,7 @@ fn sigterm_under_load_answers_every_in_flight_request_and_exits_0() {
 fn the_admin_endpoint_serves_metrics_and_status() {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
-        .splitter_lines(&format!(
-            "admin = \"{admin}\"\nadmin_token_file = \"token\""
-        ))
+        .admin(admin)
         .start();
     for _ in 0..3 {
         http_get(s.http, "alpha.test", "/").unwrap();

@@ -55,9 +55,7 @@ fn a_two_process_tenant_is_summed_correctly_and_never_goes_backwards() {
         "[[upstream]]\nname = \"app\"\nregistration = true\n[[route]]\npath = \"/\"\nrespond = \"echo\"\n[[route]]\npath = \"/missing\"\nrespond = \"status\"\nstatus = 404\nbody = \"no\\n\"\n[registration]\nlisten = \"{registration}\"\n"
     );
     let s = SplitterBuilder::new(vec![alpha, TenantSpec::echo("beta", &["beta.test"])])
-        .splitter_lines(&format!(
-            "admin = \"{admin}\"\nadmin_token_file = \"token\""
-        ))
+        .admin(admin)
         .start();
     let ok = |text: &str| {
         sample_sum(
@@ -172,9 +170,7 @@ fn a_two_process_tenant_is_summed_correctly_and_never_goes_backwards() {
 fn tls_handshakes_and_open_connections_are_counted() {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])])
-        .splitter_lines(&format!(
-            "admin = \"{admin}\"\nadmin_token_file = \"token\""
-        ))
+        .admin(admin)
         .start();
     for _ in 0..3 {
         let out = std::process::Command::new("curl")
