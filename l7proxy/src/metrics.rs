@@ -21,6 +21,9 @@ pub struct Counters {
     timeouts: IntCounterVec,
     /// Access lines dropped because the writer lagged.
     pub access_log_dropped: IntCounter,
+    /// TLS handshakes served the self-signed placeholder (ACME has not
+    /// delivered a certificate yet).
+    pub tls_placeholder_handshakes: IntCounter,
 }
 
 impl Counters {
@@ -70,6 +73,11 @@ pub static COUNT: LazyLock<Counters> = LazyLock::new(|| {
         "Access lines dropped because the log writer lagged (a request never waits for the log)",
     )
     .expect("valid metric"),
+    tls_placeholder_handshakes: IntCounter::new(
+        "switchyard_tenant_tls_placeholder_handshakes_total",
+        "TLS handshakes served the self-signed placeholder because ACME has not delivered a certificate yet",
+    )
+    .expect("valid metric"),
 }
 });
 
@@ -105,9 +113,10 @@ impl TenantMetrics {
             Some(std::iter::once(("tenant".to_string(), tenant.to_string())).collect()),
         )
         .expect("valid registry");
-        let collectors: [Box<dyn Collector>; 4] = [
+        let collectors: [Box<dyn Collector>; 5] = [
             Box::new(COUNT.responses_aborted.clone()),
             Box::new(COUNT.access_log_dropped.clone()),
+            Box::new(COUNT.tls_placeholder_handshakes.clone()),
             Box::new(TimeoutCollector),
             Box::new(PoolCollector::new(pools)),
         ];

@@ -33,6 +33,8 @@ pub struct Loaded {
     pub key: Arc<CertifiedKey>,
     /// When the end-entity certificate expires (Unix seconds).
     pub not_after: i64,
+    /// Whether it only stands in until ACME delivers a certificate.
+    pub placeholder: bool,
 }
 
 /// A pair that passed the checks, and what is worth a warning about it.
@@ -54,25 +56,32 @@ pub fn load_certificate(source: &TlsSource, hosts: &[HostPattern]) -> Result<Che
             cert_at,
             key_at,
         } => load_files(cert, key, cert_at, key_at, hosts),
-        TlsSource::SelfSigned => {
-            let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-            let generated = rcgen::generate_simple_self_signed(names)
-                .map_err(|e| vec![format!("cannot generate a self-signed certificate: {e}")])?;
-            let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der())
-                .map_err(|e| vec![format!("generated key unusable: {e}")])?;
-            let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
-                .map_err(|e| vec![format!("generated key unusable: {e}")])?;
-            let chain = vec![generated.cert.der().clone()];
-            let not_after = end_entity_not_after(&chain[0]).unwrap_or(i64::MAX);
-            Ok(Checked {
-                loaded: Loaded {
-                    key: Arc::new(CertifiedKey::new(chain, signing_key)),
-                    not_after,
-                },
-                warnings: Vec::new(),
-            })
-        }
+        TlsSource::SelfSigned => self_signed(hosts, false),
+        // Until ACME delivers (crate::acme installs what it orders).
+        TlsSource::Acme(_) => self_signed(hosts, true),
     }
+}
+
+/// A certificate generated now for `hosts` (`placeholder`: one that stands in
+/// until ACME delivers, counted when served).
+fn self_signed(hosts: &[HostPattern], placeholder: bool) -> Result<Checked, Vec<String>> {
+    let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    let generated = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| vec![format!("cannot generate a self-signed certificate: {e}")])?;
+    let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der())
+        .map_err(|e| vec![format!("generated key unusable: {e}")])?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| vec![format!("generated key unusable: {e}")])?;
+    let chain = vec![generated.cert.der().clone()];
+    let not_after = end_entity_not_after(&chain[0]).unwrap_or(i64::MAX);
+    Ok(Checked {
+        loaded: Loaded {
+            key: Arc::new(CertifiedKey::new(chain, signing_key)),
+            not_after,
+            placeholder,
+        },
+        warnings: Vec::new(),
+    })
 }
 
 fn load_files(
@@ -183,6 +192,7 @@ fn load_files(
                 loaded: Loaded {
                     key: Arc::new(certified),
                     not_after,
+                    placeholder: false,
                 },
                 warnings: warnings.iter().map(ToString::to_string).collect(),
             });
@@ -348,7 +358,11 @@ struct CurrentCertificate(Arc<CertStore>);
 
 impl ResolvesServerCert for CurrentCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.current.load().key.clone())
+        let current = self.0.current.load();
+        if current.placeholder {
+            crate::metrics::count().tls_placeholder_handshakes.inc();
+        }
+        Some(current.key.clone())
     }
 }
 

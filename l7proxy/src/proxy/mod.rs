@@ -674,10 +674,9 @@ impl ProxyHttp for TenantProxy {
         let req = session.req_header();
         let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
         let ssl = session.digest().and_then(|d| d.ssl_digest.as_deref());
-        let client = session.client_addr().and_then(|a| a.as_inet());
-        let trace_id = ctx.trace.trace_id();
+        let error = e.map(|e| bounded(&e.to_string()).to_string());
         let entry = crate::access_log::Entry {
-            time: crate::access_log::rfc3339(ctx.started_at),
+            started_at: ctx.started_at,
             tenant: &self.tenant,
             host: &ctx.host,
             method: req.method.as_str(),
@@ -686,23 +685,33 @@ impl ProxyHttp for TenantProxy {
             status,
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            duration: ctx.started.elapsed(),
             route: &ctx.route,
             upstream: ctx.upstream.as_ref().map(|u| u.config.name.as_str()),
             server: ctx.tried.last(),
-            upstream_ms: ctx.upstream_ms,
+            upstream_time: ctx
+                .upstream_ms
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
             retries: ctx.tried.len().saturating_sub(1),
-            client_ip: client.map(|a| a.ip()),
-            client_port: client.map(|a| a.port()),
-            tls_version: ssl.map(|d| d.version.replace('_', ".")),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            tls_version: ssl.map(|d| tls_version_name(&d.version)),
             tls_cipher: ssl.map(|d| d.cipher.as_ref()),
             alpn: ssl.map(|_| if session.is_http2() { "h2" } else { "http/1.1" }),
             user_agent: header("user-agent"),
             referer: header("referer"),
             request_id: &ctx.request_id,
-            trace_id: &trace_id,
-            error: e.map(|e| bounded(&e.to_string()).to_string()),
+            trace_id: ctx.trace.trace_id(),
+            error: error.as_deref(),
         };
         self.access.write(&entry);
+    }
+}
+
+/// A TLS version as logged (`TLSv1.3`; Pingora's digest says `TLSv1_3`).
+fn tls_version_name(version: &str) -> &str {
+    match version {
+        "TLSv1_3" => "TLSv1.3",
+        "TLSv1_2" => "TLSv1.2",
+        other => other,
     }
 }

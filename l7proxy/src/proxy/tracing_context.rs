@@ -66,9 +66,9 @@ impl TraceParent {
         })
     }
 
-    /// The trace id, 32 lower-case hex digits.
-    pub fn trace_id(&self) -> String {
-        format!("{:032x}", self.trace_id)
+    /// The trace id (logged as 32 lower-case hex digits).
+    pub fn trace_id(&self) -> u128 {
+        self.trace_id
     }
 }
 
@@ -91,7 +91,7 @@ mod tests {
         let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let parsed = TraceParent::parse(text).unwrap();
         assert_eq!(parsed.to_string(), text);
-        assert_eq!(parsed.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(parsed.trace_id(), 0x4bf92f3577b34da6a3ce929d0e0e4736);
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",

@@ -21,6 +21,7 @@ mod host_file;
 mod rules;
 mod source;
 mod tenant_file;
+mod tls;
 mod upstream;
 
 pub use host_file::{
@@ -31,8 +32,9 @@ pub use rules::{HeaderRules, HeaderTemplate, RateKey, RateLimit, TemplatePart, F
 pub use source::{resolve_relative, ConfigError, ConfigErrors, Location};
 pub use tenant_file::{
     AccessTarget, Compression, HttpLimits, LogConfig, LogFormat, RedirectTo, RouteConfig,
-    RouteTarget, TenantFile, TlsPolicy, TlsSource, TlsVersion,
+    RouteTarget, TenantFile,
 };
+pub use tls::{AcmeChallenge, AcmeConfig, ClientAuth, TlsPolicy, TlsSource, TlsVersion};
 pub use upstream::{
     parse_registration_ttl, DnsDiscovery, HashKey, HealthConfig, HealthKind, LbKind, PassiveHealth,
     RegistrationConfig, RegistrationListen, ServerAddr, ServerSpec, UpstreamConfig, UpstreamTls,

@@ -4,7 +4,8 @@ use super::rules::{
     validate_header_rules, validate_rate_limit, HeaderRules, RateLimit, RawHeaderRules,
     RawRateLimit,
 };
-use super::source::{Location, Source};
+use super::source::Source;
+use super::tls::{TlsPolicy, TlsSource};
 use super::upstream::{
     validate_registration, validate_upstream, RawRegistration, RawUpstream, RegistrationConfig,
     UpstreamConfig,
@@ -18,7 +19,7 @@ use toml::Spanned;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTenantFile {
-    tls: Option<RawTls>,
+    tls: Option<super::tls::RawTls>,
     #[serde(default)]
     upstream: Vec<Spanned<RawUpstream>>,
     #[serde(default)]
@@ -175,46 +176,6 @@ impl Default for HttpLimits {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: Option<Spanned<String>>,
-    key: Option<Spanned<String>>,
-    #[serde(default)]
-    self_signed: bool,
-    min_version: Option<Spanned<String>>,
-    cipher_suites: Option<Spanned<Vec<String>>>,
-    groups: Option<Spanned<Vec<String>>>,
-}
-
-/// The oldest TLS version a tenant accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TlsVersion {
-    /// TLS 1.2 and 1.3.
-    #[default]
-    V12,
-    /// TLS 1.3 only.
-    V13,
-}
-
-/// `[tls]` policy: versions, cipher suites and key-exchange groups. Names are
-/// checked against the TLS library by the tenant's own process (`check`), at
-/// the locations kept here.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsPolicy {
-    /// The oldest version accepted.
-    pub min_version: TlsVersion,
-    /// Cipher suites by their IANA names (`TLS13_AES_128_GCM_SHA256`, …);
-    /// empty: the library's defaults.
-    pub cipher_suites: Vec<String>,
-    /// Where `cipher_suites` is written.
-    pub cipher_suites_at: Option<Location>,
-    /// Key-exchange groups (`X25519`, `secp256r1`, …); empty: the defaults.
-    pub groups: Vec<String>,
-    /// Where `groups` is written.
-    pub groups_at: Option<Location>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRoute {
     path: Option<Spanned<String>>,
     host: Option<Spanned<String>>,
@@ -242,24 +203,6 @@ pub enum Compression {
 
 /// Most bytes of a `respond = "status"` body.
 const MAX_STATUS_BODY: usize = 64 * 1024;
-
-/// Where the tenant's certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsSource {
-    /// PEM files: the chain and the private key.
-    Files {
-        /// Certificate chain, PEM.
-        cert: PathBuf,
-        /// Private key, PEM.
-        key: PathBuf,
-        /// Where the tenant file names `cert`, for problems with its contents.
-        cert_at: Location,
-        /// Where the tenant file names `key`.
-        key_at: Location,
-    },
-    /// A certificate generated at start for the tenant's hosts (demo and tests).
-    SelfSigned,
-}
 
 /// What a route does with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,68 +290,10 @@ impl TenantFile {
     }
 
     fn validate(src: &mut Source, raw: RawTenantFile) -> TenantFile {
-        let mut tls_policy = TlsPolicy::default();
-        if let Some(raw_tls) = &raw.tls {
-            if let Some(version) = &raw_tls.min_version {
-                match version.get_ref().as_str() {
-                    "1.2" => tls_policy.min_version = TlsVersion::V12,
-                    "1.3" => tls_policy.min_version = TlsVersion::V13,
-                    other => src.error(
-                        version.span(),
-                        format!("[tls] min_version = {other:?}: use \"1.2\" or \"1.3\""),
-                    ),
-                }
-            }
-            if let Some(suites) = &raw_tls.cipher_suites {
-                tls_policy.cipher_suites = suites.get_ref().clone();
-                tls_policy.cipher_suites_at = Some(src.locate(suites.span()));
-            }
-            if let Some(groups) = &raw_tls.groups {
-                tls_policy.groups = groups.get_ref().clone();
-                tls_policy.groups_at = Some(src.locate(groups.span()));
-            }
-        }
-        let tls = raw
-            .tls
-            .as_ref()
-            .and_then(|tls| match (&tls.cert, &tls.key, tls.self_signed) {
-                (None, None, true) => Some(TlsSource::SelfSigned),
-                (Some(cert), Some(key), false) => {
-                    let cert_path = src.resolve(cert.get_ref());
-                    let key_path = src.resolve(key.get_ref());
-                    for (what, value, path) in
-                        [("certificate", cert, &cert_path), ("key", key, &key_path)]
-                    {
-                        if let Err(e) = readable(path) {
-                            src.error(
-                                value.span(),
-                                format!("cannot read TLS {what} {}: {e}", path.display()),
-                            );
-                        }
-                    }
-                    Some(TlsSource::Files {
-                        cert: cert_path,
-                        key: key_path,
-                        cert_at: src.locate(cert.span()),
-                        key_at: src.locate(key.span()),
-                    })
-                }
-                (_, _, true) => {
-                    src.error(
-                        0..0,
-                        "[tls] sets self_signed = true and a cert/key; choose one",
-                    );
-                    None
-                }
-                _ => {
-                    src.error(
-                        0..0,
-                        "[tls] needs both cert and key (or self_signed = true)",
-                    );
-                    None
-                }
-            });
-
+        let (tls, tls_policy) = match &raw.tls {
+            Some(raw_tls) => super::tls::validate_tls(src, raw_tls),
+            None => (None, TlsPolicy::default()),
+        };
         let mut upstreams: Vec<UpstreamConfig> = Vec::new();
         for u in &raw.upstream {
             let upstream = validate_upstream(src, u, &upstreams);
@@ -645,13 +530,6 @@ fn respond_target(
             None
         }
     }
-}
-
-/// Whether the file can be read as the TLS loader will read it: a regular file
-/// of bounded size. Only the l7proxy (as the tenant's user) loads tenant files;
-/// the splitter never does.
-fn readable(path: &Path) -> std::io::Result<()> {
-    crate::files::read_regular(path, crate::files::MAX_PEM_BYTES).map(drop)
 }
 
 fn validate_http(src: &mut Source, raw: &RawHttp) -> HttpLimits {

@@ -10,7 +10,6 @@
 //! (`switchyard_tenant_access_log_dropped_total`). SIGUSR1 reopens the file
 //! (the logrotate convention: rename, then signal).
 
-use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -20,52 +19,15 @@ use std::time::Duration;
 use switchyard_shared::config::{AccessTarget, LogConfig, LogFormat};
 use tracing::warn;
 
+mod line;
+pub use line::Entry;
+
 /// How often the writer writes what is waiting (a line reaches the file at
 /// most this late).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// Bytes of lines that may wait for the writer before new ones are dropped.
 pub const MAX_PENDING_BYTES: usize = 4 << 20;
-
-/// One request, as logged. Borrowed fields: nothing is copied to build it.
-#[derive(Serialize)]
-pub struct Entry<'a> {
-    /// RFC 3339 UTC time the request started, milliseconds.
-    pub time: String,
-    pub tenant: &'a str,
-    pub host: &'a str,
-    pub method: &'a str,
-    pub path: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub query: Option<&'a str>,
-    pub status: u16,
-    /// Request body bytes read from the client.
-    pub bytes_in: usize,
-    /// Response body bytes written to the client.
-    pub bytes_out: usize,
-    pub duration_ms: f64,
-    pub route: &'a str,
-    pub upstream: Option<&'a str>,
-    /// The server of the last attempt.
-    #[serde(serialize_with = "as_display")]
-    pub server: Option<&'a switchyard_shared::config::ServerAddr>,
-    /// From the last attempt's start to its response header.
-    pub upstream_ms: Option<f64>,
-    /// Attempts after the first.
-    pub retries: usize,
-    pub client_ip: Option<std::net::IpAddr>,
-    pub client_port: Option<u16>,
-    /// `TLSv1.3`, `TLSv1.2`.
-    pub tls_version: Option<String>,
-    pub tls_cipher: Option<&'a str>,
-    pub alpn: Option<&'static str>,
-    pub user_agent: Option<&'a str>,
-    pub referer: Option<&'a str>,
-    pub request_id: &'a str,
-    pub trace_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 /// The tenant's access log.
 pub struct AccessLog {
@@ -172,26 +134,21 @@ impl AccessLog {
         let Some(pending) = &self.pending else {
             return;
         };
-        let mut lines = pending.lines.lock().unwrap_or_else(|p| p.into_inner());
-        if lines.len() >= MAX_PENDING_BYTES {
-            drop(lines);
-            crate::metrics::count().access_log_dropped.inc();
-            return;
+        thread_local! {
+            /// The line being formatted, outside the shared buffer's lock.
+            static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
         }
-        // Formatted in place: no allocation for the line, and a failed
-        // format leaves nothing half-written.
-        let start = lines.len();
-        let written = match self.format {
-            LogFormat::Json => serde_json::to_writer(&mut *lines, entry).is_ok(),
-            LogFormat::Text => {
-                lines.extend_from_slice(text_line(entry).as_bytes());
-                true
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            line::write(line, self.format, entry);
+            let mut lines = pending.lines.lock().unwrap_or_else(|p| p.into_inner());
+            if lines.len() >= MAX_PENDING_BYTES {
+                drop(lines);
+                crate::metrics::count().access_log_dropped.inc();
+                return;
             }
-        };
-        match written {
-            true => lines.push(b'\n'),
-            false => lines.truncate(start),
-        }
+            lines.extend_from_slice(line);
+        });
     }
 
     /// Makes the writer reopen its file before it writes again (SIGUSR1).
@@ -200,18 +157,6 @@ impl AccessLog {
             pending.reopen.store(true, Ordering::Release);
             writer.unpark();
         }
-    }
-}
-
-/// Serialises an optional value through its `Display` (no string is built
-/// first).
-fn as_display<S: serde::Serializer, T: std::fmt::Display>(
-    value: &Option<&T>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(value) => serializer.collect_str(value),
-        None => serializer.serialize_none(),
     }
 }
 
@@ -250,75 +195,5 @@ fn write_lines(pending: &Pending, mut output: Output) {
                 }
             }
         }
-    }
-}
-
-/// The entry as `key=value` pairs (values with spaces or quotes quoted).
-fn text_line(entry: &Entry<'_>) -> String {
-    let value = serde_json::to_value(entry).unwrap_or_default();
-    let mut line = String::with_capacity(512);
-    if let serde_json::Value::Object(fields) = value {
-        for (key, value) in fields {
-            let text = match value {
-                serde_json::Value::Null => "-".to_string(),
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            if !line.is_empty() {
-                line.push(' ');
-            }
-            line.push_str(&key);
-            line.push('=');
-            if text.is_empty()
-                || text.contains([' ', '"', '='])
-                || text.chars().any(char::is_control)
-            {
-                line.push_str(&serde_json::Value::String(text).to_string());
-            } else {
-                line.push_str(&text);
-            }
-        }
-    }
-    line
-}
-
-/// `time` as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(time: std::time::SystemTime) -> String {
-    let since = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since.subsec_millis()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn times_are_rfc3339_utc() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
-        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
     }
 }
