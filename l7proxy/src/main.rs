@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod access_log;
+mod client_cert;
 mod handed;
 mod http_rules;
 mod metrics;
@@ -20,6 +21,7 @@ mod request_stats;
 mod routes;
 mod rules;
 mod service;
+mod session_tickets;
 mod shutdown;
 mod signals;
 mod tls;
@@ -131,7 +133,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 entry.hosts.clone(),
                 checked.loaded,
             );
-            tls::server_config(&store, &file.tls_policy).map_err(|errors| errors.join("\n"))?;
+            tls::server_config(&store, &file.tls_policy, None)
+                .map_err(|errors| errors.join("\n"))?;
         }
         for warning in &file.warnings {
             println!("{warning}");
@@ -335,12 +338,29 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut app = pingora::proxy::http_proxy(&conf, logic);
             app.server_options = Some(proxy::server_options(&file.http));
             let acceptor = match &certificate {
-                Some(cert) => Some(pingora::listeners::tls::Acceptor::from_server_config(
-                    Arc::new(
-                        tls::server_config(cert, &file.tls_policy)
-                            .map_err(|errors| errors.join("\n"))?,
-                    ),
-                )),
+                Some(cert) => {
+                    // Shared ticket keys: a session resumes on whichever
+                    // process the splitter hands the next connection to.
+                    let tickets: Option<Arc<dyn rustls::server::ProducesTickets>> = match file
+                        .tls_policy
+                        .session_tickets
+                    {
+                        true => match session_tickets::SharedTickets::open(&tenant_dir) {
+                            Ok(tickets) => Some(Arc::new(tickets)),
+                            Err(e) => {
+                                tracing::warn!(tenant = %entry.name, error = %e, "cannot use the shared session ticket keys; sessions resume only on the process that made them");
+                                None
+                            }
+                        },
+                        false => None,
+                    };
+                    Some(pingora::listeners::tls::Acceptor::from_server_config(
+                        Arc::new(
+                            tls::server_config(cert, &file.tls_policy, tickets)
+                                .map_err(|errors| errors.join("\n"))?,
+                        ),
+                    ))
+                }
                 None => None,
             };
             let service = service::HandoffService::new(
@@ -351,6 +371,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 entry.threads,
                 stop.clone(),
             )
+            .record_client_certificates(file.tls_policy.client_auth.is_some())
             .reload_hosts_from(cli.config.clone(), hosts, certificate.clone())
             .rejoin_when_orphaned(service::Rejoin {
                 path: tenant_dir.join(switchyard_shared::handoff::HANDOFF_SOCKET_NAME),

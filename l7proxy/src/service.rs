@@ -67,6 +67,8 @@ pub struct HandoffService<A> {
     threads: usize,
     host_reload: Option<(PathBuf, Arc<ArcSwap<HostView>>)>,
     certificate: Option<Arc<crate::tls::CertStore>>,
+    /// Whether handshakes record the client certificate's subject (mTLS).
+    client_certificates: bool,
     rejoin: Option<Rejoin>,
     stop: Stop,
 }
@@ -92,9 +94,17 @@ impl<A> HandoffService<A> {
             threads,
             host_reload: None,
             certificate: None,
+            client_certificates: false,
             rejoin: None,
             stop,
         }
+    }
+
+    /// Records each verified client certificate's subject on its connection
+    /// (for the upstream header; `[tls] client_auth`).
+    pub fn record_client_certificates(mut self, record: bool) -> Self {
+        self.client_certificates = record;
+        self
     }
 
     /// When the splitter goes away without a `Drain`, keep serving and look
@@ -422,18 +432,30 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             },
             Protocol::Http => None,
         };
+        let client_certificates = self.client_certificates;
         self.stop.tracker.spawn(async move {
             let stats = &crate::request_stats::STATS;
             let _open = stats.connection_opened();
             let stream: Stream = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream))
-                        .await
-                    {
+                    let handshake = async {
+                        match client_certificates {
+                            true => {
+                                pingora::protocols::tls::server::handshake_with_callback(
+                                    &acceptor,
+                                    stream,
+                                    &crate::client_cert::RecordSubject,
+                                )
+                                .await
+                            }
+                            false => acceptor.tls_handshake(stream).await,
+                        }
+                    };
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                         Ok(Ok(tls)) => {
                             use pingora::protocols::Ssl;
                             if let Some(digest) = tls.get_ssl_digest() {
-                                stats.handshake(&digest.version.replace('_', "."));
+                                stats.handshake(crate::tls::version_name(&digest.version));
                             }
                             Box::new(tls)
                         }

@@ -369,9 +369,14 @@ impl ResolvesServerCert for CurrentCertificate {
 /// The rustls server configuration of `policy` serving `store`'s pair, with
 /// ALPN h2 then http/1.1; `Err` names what the policy gets wrong, located in
 /// the tenant file.
+///
+/// `tickets`: the tenant's shared session-ticket keys (with
+/// `session_tickets = true`); without them sessions resume only on the
+/// process that made them (rustls's own cache).
 pub fn server_config(
     store: &Arc<CertStore>,
     policy: &TlsPolicy,
+    tickets: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<rustls::ServerConfig, Vec<String>> {
     let mut provider = rustls::crypto::ring::default_provider();
     let mut errors = Vec::new();
@@ -404,17 +409,26 @@ pub fn server_config(
         TlsVersion::V12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V13 => &[&rustls::version::TLS13],
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+    let provider = Arc::new(provider);
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| {
             vec![located(
                 &policy.cipher_suites_at.clone().or(policy.groups_at.clone()),
                 format!("[tls] the cipher suites and groups leave no way to speak the versions allowed: {e}"),
             )]
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(CurrentCertificate(store.clone())));
+        })?;
+    let builder = match &policy.client_auth {
+        Some(auth) => {
+            builder.with_client_cert_verifier(crate::client_cert::verifier(auth, provider)?)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(CurrentCertificate(store.clone())));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if let Some(tickets) = tickets {
+        config.ticketer = tickets;
+    }
     Ok(config)
 }
 
@@ -462,6 +476,16 @@ pub fn settings(store: &Arc<CertStore>) -> TlsSettings {
     settings.set_cert_resolver(Arc::new(CurrentCertificate(store.clone())));
     settings.enable_h2();
     settings
+}
+
+/// A TLS version as logged and counted (`TLSv1.3`; Pingora's digest says
+/// `TLSv1_3`).
+pub fn version_name(version: &str) -> &str {
+    match version {
+        "TLSv1_3" => "TLSv1.3",
+        "TLSv1_2" => "TLSv1.2",
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,23 @@ pub fn tls_config() -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
+/// [`tls_config`] presenting a client certificate (`chain`, `key`).
+pub fn tls_config_with_client_cert(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
 /// A TLS stream over TCP.
 pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 

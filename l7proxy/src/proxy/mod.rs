@@ -505,6 +505,11 @@ impl ProxyHttp for TenantProxy {
             &ctx.request_id,
         )?;
         upstream_request.insert_header("traceparent", ctx.trace.to_string())?;
+        // Only the tenant's own verification speaks for a client certificate.
+        upstream_request.remove_header(crate::client_cert::SUBJECT_HEADER);
+        if let Some(subject) = crate::client_cert::subject(session) {
+            upstream_request.insert_header(crate::client_cert::SUBJECT_HEADER, subject)?;
+        }
         // The route's header rules, then the upstream group's.
         let client = forwarding::client_ip(session)
             .map(|ip| ip.to_string())
@@ -694,7 +699,7 @@ impl ProxyHttp for TenantProxy {
                 .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
             retries: ctx.tried.len().saturating_sub(1),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
-            tls_version: ssl.map(|d| tls_version_name(&d.version)),
+            tls_version: ssl.map(|d| crate::tls::version_name(&d.version)),
             tls_cipher: ssl.map(|d| d.cipher.as_ref()),
             alpn: ssl.map(|_| if session.is_http2() { "h2" } else { "http/1.1" }),
             user_agent: header("user-agent"),
@@ -704,14 +709,5 @@ impl ProxyHttp for TenantProxy {
             error: error.as_deref(),
         };
         self.access.write(&entry);
-    }
-}
-
-/// A TLS version as logged (`TLSv1.3`; Pingora's digest says `TLSv1_3`).
-fn tls_version_name(version: &str) -> &str {
-    match version {
-        "TLSv1_3" => "TLSv1.3",
-        "TLSv1_2" => "TLSv1.2",
-        other => other,
     }
 }
