@@ -1,5 +1,6 @@
 # Sourced by demo.sh, test.sh and .ci/run: installs what a fresh Debian machine lacks.
-# Pingora's build needs cmake (zlib-ng through flate2); the load tests need wrk.
+# Pingora's build needs cmake (zlib-ng through flate2); the load tests need wrk;
+# the ACME tests pebble.
 set -euo pipefail
 
 switchyard_need_packages() {
@@ -8,6 +9,9 @@ switchyard_need_packages() {
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # The ACME tests run a real ACME CA (pebble and its DNS, pebble-challtestsrv).
+    command -v pebble >/dev/null 2>&1 || missing+=(pebble)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "==> installing ${missing[*]} (Debian packages; needs root)"
         local sudo=""

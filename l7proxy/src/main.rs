@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod access_log;
+mod acme;
 mod client_cert;
 mod handed;
 mod http_rules;
@@ -32,8 +33,9 @@ use pingora::server::{RunArgs, Server};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use switchyard_shared::config::{HostConfig, TenantFile};
+use switchyard_shared::config::{AcmeChallenge, AcmeConfig, HostConfig, TenantFile, TlsSource};
 use switchyard_shared::handoff::HANDOFF_FD_ENV;
+use switchyard_shared::host::HostPattern;
 use tracing::{error, info};
 
 /// Switchyard's tenant process: a Pingora proxy for one site.
@@ -122,6 +124,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let file = TenantFile::load(&entry.config).map_err(|e| e.to_string())?;
     if cli.check {
         if let Some(source) = &file.tls {
+            if let TlsSource::Acme(acme) = source {
+                acme::check(acme, &entry.hosts).map_err(|errors| errors.join("\n"))?;
+            }
             let checked =
                 tls::load_certificate(source, &entry.hosts).map_err(|errors| errors.join("\n"))?;
             for warning in &checked.warnings {
@@ -187,15 +192,40 @@ fn run(cli: Cli) -> Result<(), String> {
     let stop = shutdown::Stop::new();
     // The same checks as `--check`: a pair that would fail every handshake
     // (or has expired) is refused before anything is served.
+    let refused = |errors: Vec<String>| {
+        format!(
+            "tenant {}: its certificate is refused:\n{}",
+            entry.name,
+            errors.join("\n")
+        )
+    };
+    let mut acme_challenges = None;
     let certificate = match &file.tls {
+        Some(TlsSource::Acme(acme)) => {
+            acme::check(acme, &entry.hosts).map_err(refused)?;
+            // The last certificate ordered, if it still passes the checks;
+            // else the placeholder until an order succeeds.
+            let checked = match acme::stored_certificate(&tenant_dir).map(|(chain, key)| {
+                tls::check_acme_pair(&chain, &key, &tenant_dir, &acme.at, &entry.hosts)
+            }) {
+                Some(Ok(stored)) => stored,
+                _ => tls::load_certificate(&TlsSource::Acme(acme.clone()), &entry.hosts)
+                    .map_err(refused)?,
+            };
+            let challenges = acme::Challenges::new(&tenant_dir);
+            acme_challenges = Some(challenges.clone());
+            let store = tls::CertStore::with_alpn_challenges(
+                &entry.name,
+                TlsSource::Acme(acme.clone()),
+                entry.hosts.clone(),
+                checked.loaded,
+                challenges,
+            );
+            start_acme(&entry.name, acme, &entry.hosts, &tenant_dir, &store);
+            Some(store)
+        }
         Some(source) => {
-            let checked = tls::load_certificate(source, &entry.hosts).map_err(|errors| {
-                format!(
-                    "tenant {}: its certificate is refused:\n{}",
-                    entry.name,
-                    errors.join("\n")
-                )
-            })?;
+            let checked = tls::load_certificate(source, &entry.hosts).map_err(refused)?;
             for warning in &checked.warnings {
                 tracing::warn!(tenant = %entry.name, "{warning}");
             }
@@ -219,6 +249,8 @@ fn run(cli: Cli) -> Result<(), String> {
             http: file.http.clone(),
             log: file.log.clone(),
             force_https: file.force_https,
+            acme_challenges: acme_challenges
+                .filter(|_| matches!(&file.tls, Some(TlsSource::Acme(a)) if a.challenge == AcmeChallenge::Http01)),
         },
         access.clone(),
         stop.tracker.clone(),
@@ -458,4 +490,38 @@ fn registration_service(
         }
     }
     Ok(service)
+}
+
+/// Starts ordering (and renewing) the tenant's certificate from its ACME CA;
+/// what arrives is checked as files are and then served by `store`.
+fn start_acme(
+    tenant: &str,
+    acme: &AcmeConfig,
+    hosts: &[HostPattern],
+    tenant_dir: &std::path::Path,
+    store: &Arc<tls::CertStore>,
+) {
+    let names = hosts
+        .iter()
+        .filter_map(|h| match h {
+            HostPattern::Exact(name) => Some(name.clone()),
+            HostPattern::Wildcard(_) => None,
+        })
+        .collect();
+    let installing = store.clone();
+    let (dir, at, checked_hosts) = (tenant_dir.to_path_buf(), acme.at.clone(), hosts.to_vec());
+    let serving = store.clone();
+    acme::start(
+        tenant.to_string(),
+        acme.clone(),
+        names,
+        tenant_dir.to_path_buf(),
+        Box::new(move |chain: &[u8], key: &[u8]| {
+            let checked = tls::check_acme_pair(chain, key, &dir, &at, &checked_hosts)
+                .map_err(|errors| errors.join("; "))?;
+            installing.install(checked.loaded);
+            Ok(())
+        }),
+        Box::new(move || serving.not_after()),
+    );
 }

@@ -23,6 +23,9 @@ use switchyard_shared::config::{Location, TlsPolicy, TlsSource, TlsVersion};
 use switchyard_shared::host::HostPattern;
 use tracing::{info, warn};
 
+/// The ALPN protocol of ACME tls-alpn-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// A certificate expiring sooner than this is worth a warning.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
@@ -101,9 +104,46 @@ fn load_files(
     };
     let cert_pem = read(cert, cert_at)?;
     let key_pem = read(key, key_at)?;
+    check_pair(&cert_pem, &key_pem, cert, key, cert_at, key_at, hosts)
+}
+
+/// A certificate and key an ACME CA issued (`acme/cert.pem`, `acme/key.pem`
+/// in `tenant_dir`), through the same checks as files named in `[tls]`;
+/// problems are located at the `acme` key.
+pub fn check_acme_pair(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    tenant_dir: &Path,
+    at: &Location,
+    hosts: &[HostPattern],
+) -> Result<Checked, Vec<String>> {
+    let acme = tenant_dir.join("acme");
+    check_pair(
+        chain_pem,
+        key_pem,
+        &acme.join("cert.pem"),
+        &acme.join("key.pem"),
+        at,
+        at,
+        hosts,
+    )
+}
+
+/// The checks of a pair: both parse, the key matches, not expired (errors);
+/// hosts not covered, expiry soon (warnings). `cert`/`key` name the files in
+/// messages.
+fn check_pair(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert: &Path,
+    key: &Path,
+    cert_at: &Location,
+    key_at: &Location,
+    hosts: &[HostPattern],
+) -> Result<Checked, Vec<String>> {
     let mut errors = Vec::new();
     let chain: Vec<CertificateDer<'static>> =
-        match CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<Vec<_>, _>>() {
+        match CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>() {
             Ok(chain) if chain.is_empty() => {
                 errors.push(cert_at.error(format!(
                     "{}: no certificate in the file (PEM \"BEGIN CERTIFICATE\" expected)",
@@ -120,7 +160,7 @@ fn load_files(
                 Vec::new()
             }
         };
-    let signing_key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+    let signing_key = match PrivateKeyDer::from_pem_slice(key_pem) {
         Ok(der) => match rustls::crypto::ring::sign::any_supported_type(&der) {
             Ok(signing_key) => Some(signing_key),
             Err(e) => {
@@ -264,6 +304,8 @@ pub struct CertStore {
     current: ArcSwap<Loaded>,
     /// What the files looked like when last read (changed files are read again).
     seen: Mutex<Option<FileStamps>>,
+    /// ACME tls-alpn-01 answers, when the tenant orders certificates with it.
+    alpn_challenges: Option<Arc<crate::acme::Challenges>>,
 }
 
 /// Size, modification time and inode of the certificate and key files.
@@ -297,7 +339,41 @@ impl CertStore {
             hosts,
             current: ArcSwap::from_pointee(checked),
             seen,
+            alpn_challenges: None,
         })
+    }
+
+    /// A store that also answers ACME tls-alpn-01 challenges (handshakes
+    /// offering ALPN `acme-tls/1`) from `challenges`.
+    pub fn with_alpn_challenges(
+        tenant: &str,
+        source: TlsSource,
+        hosts: Vec<HostPattern>,
+        checked: Loaded,
+        challenges: Arc<crate::acme::Challenges>,
+    ) -> Arc<CertStore> {
+        let seen = Mutex::new(stamps(&source));
+        Arc::new(CertStore {
+            tenant: tenant.to_string(),
+            source,
+            hosts,
+            current: ArcSwap::from_pointee(checked),
+            seen,
+            alpn_challenges: Some(challenges),
+        })
+    }
+
+    /// Serves `loaded` to new handshakes from now on (a certificate ACME
+    /// delivered).
+    pub fn install(&self, loaded: Loaded) {
+        self.current.store(Arc::new(loaded));
+    }
+
+    /// When the certificate in use expires (Unix seconds); `None` while a
+    /// placeholder stands in.
+    pub fn not_after(&self) -> Option<i64> {
+        let current = self.current.load();
+        (!current.placeholder).then_some(current.not_after)
     }
 
     /// Seconds until the certificate in use expires (negative: expired).
@@ -357,7 +433,17 @@ impl std::fmt::Debug for CertStore {
 struct CurrentCertificate(Arc<CertStore>);
 
 impl ResolvesServerCert for CurrentCertificate {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(challenges) = &self.0.alpn_challenges {
+            if hello
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+            {
+                // Only a pending challenge's certificate; nothing else is
+                // served to `acme-tls/1`.
+                return challenges.tls_alpn_certificate(hello.server_name()?);
+            }
+        }
         let current = self.0.current.load();
         if current.placeholder {
             crate::metrics::count().tls_placeholder_handshakes.inc();
@@ -426,6 +512,11 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(Arc::new(CurrentCertificate(store.clone())));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if store.alpn_challenges.is_some() {
+        // Last: rustls picks the first of these the client offers, so only
+        // an ACME CA's validation gets it.
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     if let Some(tickets) = tickets {
         config.ticketer = tickets;
     }

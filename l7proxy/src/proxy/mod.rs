@@ -63,6 +63,8 @@ pub struct TenantSettings {
     pub log: LogConfig,
     /// `force_https` of the tenant file.
     pub force_https: bool,
+    /// ACME http-01 answers, when the tenant orders certificates with it.
+    pub acme_challenges: Option<Arc<crate::acme::Challenges>>,
 }
 
 impl TenantProxy {
@@ -308,6 +310,20 @@ impl ProxyHttp for TenantProxy {
             }
         }
         ctx.host = host;
+        // An ACME CA checking an http-01 challenge (before force_https: the
+        // CA asks over plain HTTP).
+        if let Some(challenges) = &self.settings.acme_challenges {
+            let answer = session
+                .req_header()
+                .uri
+                .path()
+                .strip_prefix("/.well-known/acme-challenge/")
+                .and_then(|token| challenges.http_response(token));
+            if let Some(key_authorization) = answer {
+                respond::plain(session, 200, bytes::Bytes::from(key_authorization)).await?;
+                return Ok(true);
+            }
+        }
         if self.settings.force_https && !forwarding::is_tls(session) {
             respond::redirect(session, 308, &https_location(session, &ctx.host)).await?;
             return Ok(true);
