@@ -240,7 +240,8 @@ pub fn start(
             // provider; make sure there is one (the tenant uses ring).
             let _ = rustls::crypto::ring::default_provider().install_default();
             let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
+                .enable_time()
                 .build()
             {
                 Ok(runtime) => runtime,

@@ -54,7 +54,13 @@ impl RouteRules {
         }
     }
 
-    /// Counts this request; `Some(seconds to wait)` when it is over the limit.
+    /// Whether the route limits its request rate.
+    pub fn has_rate_limit(&self) -> bool {
+        self.limit.is_some()
+    }
+
+    /// Counts a request against the route's rate limit; `Some(seconds)` to
+    /// wait when it is over.
     pub fn over_limit(&self, req: &RequestHeader, client_ip: &str) -> Option<u64> {
         let (limit, rate) = self.limit.as_ref()?;
         let key = match &limit.per {

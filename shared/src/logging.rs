@@ -17,6 +17,12 @@ pub fn init(component: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| BoundedLines(io::stderr()))
+        // A log reader that went away (a closed stderr pipe) must not stop
+        // the process: tracing-subscriber would report the failed write with
+        // `eprintln!`, which panics on the same broken pipe, in whatever task
+        // was logging (a tenant's handoff service, which then never asked
+        // for its own stop, and the orphan never exited).
+        .log_internal_errors(false)
         .with_target(false);
     let result = if json {
         builder.json().flatten_event(true).try_init()

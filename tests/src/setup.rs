@@ -70,6 +70,7 @@ pub struct SplitterBuilder {
     tls_port: Option<u16>,
     passed_tls: Option<TcpListener>,
     proxy_protocol: bool,
+    piped_stderr: bool,
 }
 
 impl SplitterBuilder {
@@ -83,6 +84,7 @@ impl SplitterBuilder {
             tls_port: None,
             passed_tls: None,
             proxy_protocol: false,
+            piped_stderr: false,
         }
     }
 
@@ -104,6 +106,13 @@ impl SplitterBuilder {
 
     /// The TLS listener's port (a free one by default), for tenant files that
     /// must name it before the splitter starts.
+    /// Gives the splitter (and so its helper and tenants) a pipe for stderr,
+    /// whose read end the test holds in `proc.0.stderr` (drop it to close).
+    pub fn piped_stderr(mut self) -> SplitterBuilder {
+        self.piped_stderr = true;
+        self
+    }
+
     pub fn tls_port(mut self, port: u16) -> SplitterBuilder {
         self.tls_port = Some(port);
         self
@@ -227,9 +236,11 @@ impl SplitterBuilder {
                 None => Command::new(bin("splitter")),
             },
         };
-        let child = splitter_command(command, &config, &self.env)
-            .spawn()
-            .unwrap();
+        let mut command = splitter_command(command, &config, &self.env);
+        if self.piped_stderr {
+            command.stderr(std::process::Stdio::piped());
+        }
+        let child = command.spawn().unwrap();
         Splitter {
             proc: Proc(child),
             tls,

@@ -651,3 +651,39 @@ fn a_failed_order_keeps_the_placeholder_and_names_tenant_and_host() {
     assert!(!site.acme_dir().join("cert.pem").exists());
     assert_eq!(site.challenge_files("tls-alpn-01"), 0, "answers removed");
 }
+
+#[test]
+fn check_refuses_acme_for_a_wildcard_host_and_an_unknown_challenge() {
+    let dir = TempDir::new("acme-check");
+    set_mode(&dir.0, 0o755);
+    fs::create_dir_all(dir.0.join("tenants")).unwrap();
+    let (front, tenant) = user_lines();
+    let front = if front.is_empty() {
+        front
+    } else {
+        format!("[splitter]\n{front}")
+    };
+    let host_file = |tenant_file: &str| {
+        dir.write("tenants/shop.toml", tenant_file);
+        dir.write(
+            "host.toml",
+            &format!("{front}[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"shop\"\nhosts = [\"shop.test\", \"*.shop.test\"]\nconfig = \"tenants/shop.toml\"\n{tenant}"),
+        )
+    };
+    let acme = "[tls]\nacme = { directory = \"https://127.0.0.1:1/dir\" }\n[[route]]\npath = \"/\"\nrespond = \"echo\"\n";
+    let (code, _, stderr) = splitter_check(&host_file(acme));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("shop.toml:2:8: ")
+            && stderr.contains("acme cannot cover the wildcard host *.shop.test")
+            && stderr.contains("DNS-01"),
+        "{stderr}"
+    );
+    let dns = acme.replace("/dir\" }", "/dir\", challenge = \"dns-01\" }");
+    let (code, _, stderr) = splitter_check(&host_file(&dns));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("shop.toml:2:") && stderr.contains("\"dns-01\" is not supported"),
+        "{stderr}"
+    );
+}

@@ -100,6 +100,27 @@ fn orphans_without_a_splitter_drain_and_exit_after_orphan_timeout() {
 }
 
 #[test]
+fn orphans_whose_log_reader_went_away_still_exit() {
+    // A closed stderr (the log collector died): every log line fails with
+    // EPIPE. That must cost the lines, not the process's way out.
+    let mut s = two_tenants("1s").piped_stderr().start();
+    drop(s.proc.0.stderr.take());
+    let pids = [
+        s.tenant_pids("alpha", "ready"),
+        s.tenant_pids("beta", "ready"),
+    ]
+    .concat();
+    assert_eq!(
+        https_get(s.tls, "alpha.test", "/").unwrap().status,
+        200,
+        "serving with nobody reading its log"
+    );
+    signal(s.proc.pid(), libc::SIGKILL);
+    let _ = s.proc.0.wait();
+    wait_until(Duration::from_secs(10), || pids.iter().all(|p| !alive(*p)));
+}
+
+#[test]
 fn a_clean_stop_leaves_no_orphans_and_the_next_start_spawns_at_once() {
     let mut s = two_tenants("5s").start();
     let pids = [

@@ -177,6 +177,9 @@ fn check_names_a_client_ca_that_does_not_parse() {
 /// Connections to a 2-process tenant, one session cache: which processes
 /// answered, and how many connections after the first resumed.
 fn resumption_over(s: &Splitter, connections: usize) -> (BTreeSet<u64>, usize) {
+    wait_until(Duration::from_secs(10), || {
+        s.tenant_pids("alpha", "ready").len() == 2
+    });
     let config = {
         let mut config = (*tls_config()).clone();
         config.resumption = rustls::client::Resumption::in_memory_sessions(64);

@@ -335,9 +335,12 @@ impl ProxyHttp for TenantProxy {
         };
         ctx.route = route.path.clone();
         ctx.rules = Some(route.rules.clone());
-        let client = forwarding::client_ip(session)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
+        let client = match route.rules.has_rate_limit() {
+            true => forwarding::client_ip(session)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            false => String::new(),
+        };
         if let Some(wait) = route.rules.over_limit(session.req_header(), &client) {
             let retry_after = wait.to_string();
             let body = json!({"error": "too many requests: this route's rate limit is reached; retry later", "tenant": self.tenant, "route": route.path, "request_id": ctx.request_id});
@@ -520,22 +523,32 @@ impl ProxyHttp for TenantProxy {
             &self.settings.trusted_proxies,
             &ctx.request_id,
         )?;
-        upstream_request.insert_header("traceparent", ctx.trace.to_string())?;
+        upstream_request.insert_header("traceparent", ctx.trace.header_value())?;
         // Only the tenant's own verification speaks for a client certificate.
         upstream_request.remove_header(crate::client_cert::SUBJECT_HEADER);
         if let Some(subject) = crate::client_cert::subject(session) {
             upstream_request.insert_header(crate::client_cert::SUBJECT_HEADER, subject)?;
         }
         // The route's header rules, then the upstream group's.
+        let route_rules = ctx
+            .rules
+            .as_ref()
+            .map(|r| &r.request_headers)
+            .filter(|r| !r.is_empty());
+        let pool_rules = ctx
+            .upstream
+            .as_ref()
+            .map(|p| &p.config.request_headers)
+            .filter(|r| !r.is_empty());
+        if route_rules.is_none() && pool_rules.is_none() {
+            return Ok(());
+        }
         let client = forwarding::client_ip(session)
             .map(|ip| ip.to_string())
             .unwrap_or_default();
         let vars = ctx.vars(&client);
-        if let Some(rules) = &ctx.rules {
-            crate::rules::apply_to_request(&rules.request_headers, upstream_request, &vars)?;
-        }
-        if let Some(pool) = &ctx.upstream {
-            crate::rules::apply_to_request(&pool.config.request_headers, upstream_request, &vars)?;
+        for rules in [route_rules, pool_rules].into_iter().flatten() {
+            crate::rules::apply_to_request(rules, upstream_request, &vars)?;
         }
         Ok(())
     }

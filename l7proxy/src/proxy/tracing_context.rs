@@ -72,6 +72,25 @@ impl TraceParent {
     }
 }
 
+impl TraceParent {
+    /// The `traceparent` header value, `00-TRACE-PARENT-FLAGS` (written
+    /// without `core::fmt`: it is made for every proxied request).
+    pub fn header_value(&self) -> http::HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [b'-'; 55];
+        text[..2].copy_from_slice(b"00");
+        let mut put = |at: usize, value: u128, digits: usize| {
+            for i in 0..digits {
+                text[at + i] = HEX[((value >> (4 * (digits - 1 - i))) & 0xf) as usize];
+            }
+        };
+        put(3, self.trace_id, 32);
+        put(36, self.parent_id as u128, 16);
+        put(53, self.flags as u128, 2);
+        http::HeaderValue::from_bytes(&text).expect("hex digits and dashes")
+    }
+}
+
 impl std::fmt::Display for TraceParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -92,6 +111,7 @@ mod tests {
         let parsed = TraceParent::parse(text).unwrap();
         assert_eq!(parsed.to_string(), text);
         assert_eq!(parsed.trace_id(), 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(parsed.header_value(), parsed.to_string().as_str());
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",

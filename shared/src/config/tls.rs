@@ -129,7 +129,8 @@ pub struct AcmeConfig {
     pub contact: Vec<String>,
     /// How the CA checks that the tenant controls a name.
     pub challenge: AcmeChallenge,
-    /// A CA certificate (PEM) to trust for the directory, besides the system's.
+    /// A CA certificate (PEM) to trust for the directory instead of the
+    /// system roots (a test or private CA; only its first certificate).
     pub ca: Option<PathBuf>,
     /// Renew this long before expiry (with jitter).
     pub renew_before: Duration,
