@@ -332,15 +332,7 @@ impl CertStore {
         hosts: Vec<HostPattern>,
         checked: Loaded,
     ) -> Arc<CertStore> {
-        let seen = Mutex::new(stamps(&source));
-        Arc::new(CertStore {
-            tenant: tenant.to_string(),
-            source,
-            hosts,
-            current: ArcSwap::from_pointee(checked),
-            seen,
-            alpn_challenges: None,
-        })
+        Self::build(tenant, source, hosts, checked, None)
     }
 
     /// A store that also answers ACME tls-alpn-01 challenges (handshakes
@@ -352,6 +344,16 @@ impl CertStore {
         checked: Loaded,
         challenges: Arc<crate::acme::Challenges>,
     ) -> Arc<CertStore> {
+        Self::build(tenant, source, hosts, checked, Some(challenges))
+    }
+
+    fn build(
+        tenant: &str,
+        source: TlsSource,
+        hosts: Vec<HostPattern>,
+        checked: Loaded,
+        alpn_challenges: Option<Arc<crate::acme::Challenges>>,
+    ) -> Arc<CertStore> {
         let seen = Mutex::new(stamps(&source));
         Arc::new(CertStore {
             tenant: tenant.to_string(),
@@ -359,7 +361,7 @@ impl CertStore {
             hosts,
             current: ArcSwap::from_pointee(checked),
             seen,
-            alpn_challenges: Some(challenges),
+            alpn_challenges,
         })
     }
 

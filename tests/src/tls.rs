@@ -53,13 +53,22 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
 
 /// A rustls client configuration for the tests (HTTP/1.1 ALPN, any certificate).
 pub fn tls_config() -> Arc<rustls::ClientConfig> {
+    finish(accept_any_cert().with_no_client_auth())
+}
+
+/// The start of every test client configuration: any server certificate.
+fn accept_any_cert() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>
+{
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_no_client_auth();
+}
+
+/// HTTP/1.1 ALPN.
+fn finish(mut config: rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
@@ -69,16 +78,7 @@ pub fn tls_config_with_client_cert(
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
 ) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    finish(accept_any_cert().with_client_auth_cert(chain, key).unwrap())
 }
 
 /// A TLS stream over TCP.
