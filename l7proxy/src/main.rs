@@ -14,6 +14,7 @@ mod acme;
 mod client_cert;
 mod handed;
 mod http_rules;
+mod ip_text;
 mod metrics;
 mod pool;
 mod proxy;

@@ -27,12 +27,24 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A loopback port that was free a moment ago.
+///
+/// Never the same port twice in one test process: the kernel may hand a port
+/// just released to the next bind, and a test that asked twice (a TLS and an
+/// HTTP listener) would get one port for both.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A temporary directory removed on drop.

@@ -7,7 +7,6 @@
 //! second, and strings copied whole unless they hold a byte JSON escapes.
 
 use std::cell::Cell;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchyard_shared::config::{LogFormat, ServerAddr};
@@ -235,21 +234,9 @@ impl Line<'_> {
     }
 }
 
-/// An IP address as `Display` writes it (IPv4 without `core::fmt`).
+/// An IP address as `Display` writes it.
 fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(itoa::Buffer::new().format(*octet).as_bytes());
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+    out.extend_from_slice(crate::ip_text::IpText::new(ip).as_str().as_bytes());
 }
 
 /// `value` as a JSON string, quoted and escaped as `serde_json` does.

@@ -5,6 +5,7 @@
 //! upstream believes.
 
 use super::hosts::request_authority;
+use crate::ip_text::IpText;
 use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
@@ -17,6 +18,11 @@ pub fn client_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
+}
+
+/// The client's address as text (empty when there is none).
+pub fn client_ip_text(session: &Session) -> IpText {
+    client_ip(session).map_or_else(IpText::none, IpText::new)
 }
 
 /// `ours` appended to the request's existing `name` list header (`a, b`) —
@@ -111,10 +117,11 @@ pub fn set_headers(
         upstream_request.remove_header("X-Real-IP");
     }
     if let Some(ip) = peer {
-        let ip_text = ip.to_string();
-        let xff = appended(&upstream_request.headers, "x-forwarded-for", &ip_text);
+        let ip_text = IpText::new(ip);
+        let ip_text = ip_text.as_str();
+        let xff = appended(&upstream_request.headers, "x-forwarded-for", ip_text);
         upstream_request.insert_header("X-Forwarded-For", xff)?;
-        let element = forwarded_element(ip, &ip_text, proto, original_host);
+        let element = forwarded_element(ip, ip_text, proto, original_host);
         let forwarded = appended(&upstream_request.headers, "forwarded", &element);
         upstream_request.insert_header("Forwarded", forwarded)?;
         if !upstream_request.headers.contains_key("x-real-ip") {

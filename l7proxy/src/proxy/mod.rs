@@ -336,12 +336,13 @@ impl ProxyHttp for TenantProxy {
         ctx.route = route.path.clone();
         ctx.rules = Some(route.rules.clone());
         let client = match route.rules.has_rate_limit() {
-            true => forwarding::client_ip(session)
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
-            false => String::new(),
+            true => forwarding::client_ip_text(session),
+            false => crate::ip_text::IpText::none(),
         };
-        if let Some(wait) = route.rules.over_limit(session.req_header(), &client) {
+        if let Some(wait) = route
+            .rules
+            .over_limit(session.req_header(), client.as_str())
+        {
             let retry_after = wait.to_string();
             let body = json!({"error": "too many requests: this route's rate limit is reached; retry later", "tenant": self.tenant, "route": route.path, "request_id": ctx.request_id});
             respond_json(
@@ -484,19 +485,22 @@ impl ProxyHttp for TenantProxy {
         // RFC 9110 §7.6.3: this hop is named on responses as on requests.
         forwarding::add_via(upstream_response)?;
         // The upstream group's header rules, then the route's.
-        let client = forwarding::client_ip(session)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        let vars = ctx.vars(&client);
-        if let Some(pool) = &ctx.upstream {
-            crate::rules::apply_to_response(
-                &pool.config.response_headers,
-                upstream_response,
-                &vars,
-            )?;
-        }
-        if let Some(rules) = &ctx.rules {
-            crate::rules::apply_to_response(&rules.response_headers, upstream_response, &vars)?;
+        let pool_rules = ctx
+            .upstream
+            .as_ref()
+            .map(|p| &p.config.response_headers)
+            .filter(|r| !r.is_empty());
+        let route_rules = ctx
+            .rules
+            .as_ref()
+            .map(|r| &r.response_headers)
+            .filter(|r| !r.is_empty());
+        if pool_rules.is_some() || route_rules.is_some() {
+            let client = forwarding::client_ip_text(session);
+            let vars = ctx.vars(client.as_str());
+            for rules in [pool_rules, route_rules].into_iter().flatten() {
+                crate::rules::apply_to_response(rules, upstream_response, &vars)?;
+            }
         }
         if let Some(lease) = &ctx.lease {
             // A 5xx is the server failing (passive health), though it is
@@ -543,10 +547,8 @@ impl ProxyHttp for TenantProxy {
         if route_rules.is_none() && pool_rules.is_none() {
             return Ok(());
         }
-        let client = forwarding::client_ip(session)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        let vars = ctx.vars(&client);
+        let client = forwarding::client_ip_text(session);
+        let vars = ctx.vars(client.as_str());
         for rules in [route_rules, pool_rules].into_iter().flatten() {
             crate::rules::apply_to_request(rules, upstream_request, &vars)?;
         }
