@@ -18,9 +18,7 @@ CONNS=${CONNS:-64}
 OUT=$PWD/bench/out-logging
 rm -rf "$OUT"; mkdir -p "$OUT/tenants" "$OUT/run/tenants/on" "$OUT/run/tenants/off"
 
-echo "==> building release binaries"
-cargo build --release --bins
-BIN=$PWD/target/release
+switchyard_build_release
 
 for setup in on off; do
     case $setup in

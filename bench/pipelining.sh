@@ -19,9 +19,7 @@ DEPTH=${DEPTH:-16}
 OUT=$PWD/bench/out-pipelining
 rm -rf "$OUT"; mkdir -p "$OUT/tenants"
 
-echo "==> building release binaries"
-cargo build --release --bins
-BIN=$PWD/target/release
+switchyard_build_release
 
 printf '[log]\nmetrics = false\n[[upstream]]\nname = "app"\nservers = ["127.0.0.1:19401"]\n[[route]]\npath = "/"\nupstream = "app"\n' > "$OUT/tenants/p.toml"
 switchyard_bench_users

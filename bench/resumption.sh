@@ -19,9 +19,7 @@ DURATION=${DURATION:-5}
 OUT=$PWD/bench/out-resumption
 rm -rf "$OUT"; mkdir -p "$OUT/tenants"
 
-echo "==> building release binaries"
-cargo build --release --bins
-BIN=$PWD/target/release
+switchyard_build_release
 
 printf '[tls]\nself_signed = true\n[[route]]\npath = "/"\nrespond = "echo"\n' > "$OUT/tenants/shared.toml"
 printf '[tls]\nself_signed = true\nsession_tickets = false\n[[route]]\npath = "/"\nrespond = "echo"\n' > "$OUT/tenants/local.toml"

@@ -43,3 +43,11 @@ switchyard_bench_users() {
         SY_TENANT_LINE='user = "sy-bench"'
     fi
 }
+
+# Benchmarks: builds the release binaries (saying so; the first build takes
+# minutes) and sets BIN to where they are.
+switchyard_build_release() {
+    echo "==> building release binaries"
+    cargo build --release --bins
+    BIN=$PWD/target/release
+}
