@@ -56,10 +56,30 @@ pub fn tls_config() -> Arc<rustls::ClientConfig> {
     finish(accept_any_cert().with_no_client_auth())
 }
 
+/// [`tls_config`] offering only the key-exchange `group` (rustls's name,
+/// e.g. `X25519`, `secp256r1`).
+pub fn tls_config_with_group(group: &str) -> Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .kx_groups
+        .retain(|g| format!("{:?}", g.name()).eq_ignore_ascii_case(group));
+    assert!(
+        !provider.kx_groups.is_empty(),
+        "no key-exchange group {group}"
+    );
+    finish(accept_any_cert_with(provider).with_no_client_auth())
+}
+
 /// The start of every test client configuration: any server certificate.
 fn accept_any_cert() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>
 {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    accept_any_cert_with(rustls::crypto::ring::default_provider())
+}
+
+fn accept_any_cert_with(
+    provider: rustls::crypto::CryptoProvider,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+    let provider = Arc::new(provider);
     rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()

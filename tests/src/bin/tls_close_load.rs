@@ -3,9 +3,12 @@
 //! all of them share one client session cache, so each connection after the
 //! first offers a ticket from an earlier one. Bounded by `--seconds`.
 //!
+//! `--no-resume` makes every handshake a full one; `--group NAME` offers only
+//! that key-exchange group (`X25519`, `secp256r1`).
+//!
 //! Prints one JSON line: connections made, how many resumed, errors.
 //!
-//! Usage: `tls-close-load --addr IP:PORT --host NAME [--seconds 5] [--threads 4]`
+//! Usage: `tls-close-load --addr IP:PORT --host NAME [--seconds 5] [--threads 4] [--no-resume] [--group NAME]`
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,8 +31,14 @@ fn main() {
     let addr: SocketAddr = addr.parse().expect("--addr IP:PORT");
     let seconds: u64 = value("--seconds").map_or(5, |s| s.parse().expect("--seconds N"));
     let threads: usize = value("--threads").map_or(4, |s| s.parse().expect("--threads N"));
-    let mut config = (*switchyard_tests::tls_config()).clone();
-    config.resumption = rustls::client::Resumption::in_memory_sessions(4096);
+    let mut config = match value("--group") {
+        Some(group) => (*switchyard_tests::tls_config_with_group(&group)).clone(),
+        None => (*switchyard_tests::tls_config()).clone(),
+    };
+    config.resumption = match args.iter().any(|a| a == "--no-resume") {
+        true => rustls::client::Resumption::disabled(),
+        false => rustls::client::Resumption::in_memory_sessions(4096),
+    };
     let config = Arc::new(config);
     let (connections, resumed, errors) = (
         Arc::new(AtomicU64::new(0)),
