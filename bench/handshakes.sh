@@ -6,7 +6,10 @@
 #     session cache, as browsers and wrk keep);
 #   - the certificate key: ECDSA P-256 (what self_signed and most ACME
 #     clients make) or RSA 2048;
-#   - the key-exchange group the client offers: X25519 or secp256r1.
+#   - the key-exchange group the client offers: X25519 or secp256r1;
+#   - the cipher suite: what rustls and OpenSSL clients prefer
+#     (TLS13_AES_256_GCM_SHA384, the default) or TLS13_AES_128_GCM_SHA256
+#     (ECDSA + X25519 only).
 # CPU of the tenant process per connection (the splitter's is not counted:
 # it is the same in every cell). Interleaved rounds.
 #
@@ -55,18 +58,27 @@ done
 ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' /proc/"$1"/stat; }
 
 printf 'round\tkey\tgroup\tresumption\tconn_s\tresumed\tcpu_us_per_conn\n' > "$OUT/results.tsv"
+cells=()
+for key in ecdsa rsa; do
+    for group in X25519 secp256r1; do
+        for resumption in full resumed; do cells+=("$key $group $resumption"); done
+    done
+done
+cells+=("ecdsa AES128 full" "ecdsa AES128 resumed")
 echo "==> $ROUNDS rounds × ${DURATION}s per cell, 4 client threads, TLS 1.3 Connection: close; splitter and tenants on CPU 1, the client on CPU 0"
 for round in $(seq "$ROUNDS"); do
-    for key in ecdsa rsa; do
-        for group in X25519 secp256r1; do
-            for resumption in full resumed; do
-                pid=$(pid_of "$key")
-                flags=(--group "$group")
-                [ "$resumption" = full ] && flags+=(--no-resume)
-                t0=$(ticks "$pid")
-                out=$(taskset -c 0 "$BIN/tls-close-load" --addr 127.0.0.1:19795 --host "$key.localhost" --seconds "$DURATION" --threads 4 "${flags[@]}")
-                t1=$(ticks "$pid")
-                python3 - "$round" "$key" "$group" "$resumption" "$DURATION" "$t0" "$t1" "$out" >> "$OUT/results.tsv" <<'PY'
+    for cell in "${cells[@]}"; do
+        read -r key group resumption <<< "$cell"
+        pid=$(pid_of "$key")
+        case $group in
+            AES128) flags=(--group X25519 --suite TLS13_AES_128_GCM_SHA256) ;;
+            *) flags=(--group "$group") ;;
+        esac
+        [ "$resumption" = full ] && flags+=(--no-resume)
+        t0=$(ticks "$pid")
+        out=$(taskset -c 0 "$BIN/tls-close-load" --addr 127.0.0.1:19795 --host "$key.localhost" --seconds "$DURATION" --threads 4 "${flags[@]}")
+        t1=$(ticks "$pid")
+        python3 - "$round" "$key" "$group" "$resumption" "$DURATION" "$t0" "$t1" "$out" >> "$OUT/results.tsv" <<'PY'
 import json, sys
 round_, key, group, resumption, duration, t0, t1, out = sys.argv[1:]
 r = json.loads(out)
@@ -75,9 +87,7 @@ if r["errors"]:
 conns = r["connections"]
 print(f"{round_}\t{key}\t{group}\t{resumption}\t{conns / float(duration):.0f}\t{r['resumed'] / conns:.3f}\t{(float(t1) - float(t0)) * 10000 / conns:.1f}")
 PY
-                tail -1 "$OUT/results.tsv"
-            done
-        done
+        tail -1 "$OUT/results.tsv"
     done
 done
 
@@ -102,6 +112,9 @@ print(f"- resumption saves {base - med('ecdsa', 'X25519', 'resumed', 'cpu_us_per
 print(f"- an RSA 2048 key instead adds {med('rsa', 'X25519', 'full', 'cpu_us_per_conn') - base:.0f} µs to a full handshake "
       f"and {med('rsa', 'X25519', 'resumed', 'cpu_us_per_conn') - med('ecdsa', 'X25519', 'resumed', 'cpu_us_per_conn'):.0f} µs to a resumed one;")
 print(f"- secp256r1 instead of X25519 adds {med('ecdsa', 'secp256r1', 'full', 'cpu_us_per_conn') - base:.0f} µs (full) "
-      f"and {med('ecdsa', 'secp256r1', 'resumed', 'cpu_us_per_conn') - med('ecdsa', 'X25519', 'resumed', 'cpu_us_per_conn'):.0f} µs (resumed).")
+      f"and {med('ecdsa', 'secp256r1', 'resumed', 'cpu_us_per_conn') - med('ecdsa', 'X25519', 'resumed', 'cpu_us_per_conn'):.0f} µs (resumed);")
+print(f"- TLS13_AES_128_GCM_SHA256 instead of the AES-256/SHA-384 suite clients prefer changes a full handshake by {med('ecdsa', 'AES128', 'full', 'cpu_us_per_conn') - base:.0f} µs "
+      f"and a resumed one by {med('ecdsa', 'AES128', 'resumed', 'cpu_us_per_conn') - med('ecdsa', 'X25519', 'resumed', 'cpu_us_per_conn'):.0f} µs "
+      f"(ECDSA, X25519: {med('ecdsa', 'AES128', 'full', 'cpu_us_per_conn'):.0f} and {med('ecdsa', 'AES128', 'resumed', 'cpu_us_per_conn'):.0f} µs).")
 PY
 cat bench/RESULTS-handshakes.md
