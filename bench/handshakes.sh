@@ -47,15 +47,11 @@ export RUST_LOG=error
 taskset -c 1 "$BIN/splitter" --config "$OUT/host.toml" &
 splitter=$!
 trap 'kill $splitter 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-pid_of() {
-    "$BIN/splitter" ctl --config "$OUT/host.toml" status --json 2>/dev/null \
-        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(" ".join(str(p["pid"]) for t in d["tenants"] if t["name"]==sys.argv[1] for p in t["processes"] if p["state"]=="ready"))' "$1" 2>/dev/null || true
-}
+pid_of() { switchyard_ready_pids "$BIN" "$OUT/host.toml" "$1"; }
 for _ in $(seq 300); do
     [ -n "$(pid_of ecdsa)" ] && [ -n "$(pid_of rsa)" ] && break
     sleep 0.1
 done
-ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' /proc/"$1"/stat; }
 
 printf 'round\tkey\tgroup\tresumption\tconn_s\tresumed\tcpu_us_per_conn\n' > "$OUT/results.tsv"
 cells=()
@@ -75,9 +71,9 @@ for round in $(seq "$ROUNDS"); do
             *) flags=(--group "$group") ;;
         esac
         [ "$resumption" = full ] && flags+=(--no-resume)
-        t0=$(ticks "$pid")
+        t0=$(switchyard_cpu_ticks "$pid")
         out=$(taskset -c 0 "$BIN/tls-close-load" --addr 127.0.0.1:19795 --host "$key.localhost" --seconds "$DURATION" --threads 4 "${flags[@]}")
-        t1=$(ticks "$pid")
+        t1=$(switchyard_cpu_ticks "$pid")
         python3 - "$round" "$key" "$group" "$resumption" "$DURATION" "$t0" "$t1" "$out" >> "$OUT/results.tsv" <<'PY'
 import json, sys
 round_, key, group, resumption, duration, t0, t1, out = sys.argv[1:]

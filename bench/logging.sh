@@ -70,16 +70,15 @@ for ready in on:19201 off:19202; do
     for _ in $(seq 100); do curl -sf -o /dev/null -H "Host: ${ready%:*}.localhost" "http://127.0.0.1:${ready#*:}/" && break; sleep 0.1; done
 done
 
-ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' /proc/"$1"/stat; }
 printf 'round\tsetup\treq_s\tcpu_us_per_req\n' > "$OUT/results.tsv"
 echo "==> $ROUNDS rounds × ${DURATION}s per cell, wrk -t1 -c$CONNS, plaintext keep-alive; proxies on CPU 1"
 for round in $(seq "$ROUNDS"); do
     for setup in off on; do
         case $setup in on) pid=$on_pid; port=19201 ;; off) pid=$off_pid; port=19202 ;; esac
-        t0=$(ticks "$pid")
+        t0=$(switchyard_cpu_ticks "$pid")
         out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Host: $setup.localhost" "http://127.0.0.1:$port/" 2>&1)
         if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; echo "error: the $setup proxy answered errors (see above)" >&2; exit 1; fi
-        t1=$(ticks "$pid")
+        t1=$(switchyard_cpu_ticks "$pid")
         reqs=$(echo "$out" | awk '/requests in/ {print $1}')
         rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
         cpu=$(python3 -c "print(f'{($t1 - $t0) * 10000 / $reqs:.2f}')")

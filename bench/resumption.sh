@@ -35,24 +35,20 @@ export RUST_LOG=error
 taskset -c 1 "$BIN/splitter" --config "$OUT/host.toml" &
 splitter=$!
 trap 'kill $splitter 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-pids_of() {
-    "$BIN/splitter" ctl --config "$OUT/host.toml" status --json 2>/dev/null \
-        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(" ".join(str(p["pid"]) for t in d["tenants"] if t["name"]==sys.argv[1] for p in t["processes"] if p["state"]=="ready"))' "$1" 2>/dev/null || true
-}
+pids_of() { switchyard_ready_pids "$BIN" "$OUT/host.toml" "$1"; }
 for _ in $(seq 300); do
     [ "$(pids_of shared | wc -w)" -eq 2 ] && [ "$(pids_of local | wc -w)" -eq 2 ] && break
     sleep 0.1
 done
-ticks() { for p in "$@"; do awk '{ sub(/.*\) /, ""); print $12 + $13 }' /proc/"$p"/stat; done | awk '{ s += $1 } END { print s }'; }
 
 printf 'round\tsetup\tconn_s\tresumed\tcpu_us_per_conn\n' > "$OUT/results.tsv"
 echo "==> $ROUNDS rounds × ${DURATION}s per cell, 4 client threads, Connection: close over TLS; splitter and tenants on CPU 1, the client on CPU 0"
 for round in $(seq "$ROUNDS"); do
     for setup in local shared; do
         pids=$(pids_of "$setup")
-        t0=$(ticks $pids)
+        t0=$(switchyard_cpu_ticks $pids)
         out=$(taskset -c 0 "$BIN/tls-close-load" --addr 127.0.0.1:19790 --host "$setup.localhost" --seconds "$DURATION" --threads 4)
-        t1=$(ticks $pids)
+        t1=$(switchyard_cpu_ticks $pids)
         python3 - "$round" "$setup" "$DURATION" "$t0" "$t1" "$out" >> "$OUT/results.tsv" <<'PY'
 import json, sys
 round_, setup, duration, t0, t1, out = sys.argv[1:]

@@ -51,3 +51,17 @@ switchyard_build_release() {
     cargo build --release --bins
     BIN=$PWD/target/release
 }
+
+# Benchmarks: the pids of tenant $3's ready processes, from the splitter
+# binary in $1 running host file $2 (`ctl status`); empty when it is not up.
+switchyard_ready_pids() {
+    "$1/splitter" ctl --config "$2" status --json 2>/dev/null \
+        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(" ".join(str(p["pid"]) for t in d["tenants"] if t["name"]==sys.argv[1] for p in t["processes"] if p["state"]=="ready"))' "$3" 2>/dev/null || true
+}
+
+# Benchmarks: user + system CPU ticks of the given processes, summed.
+switchyard_cpu_ticks() {
+    local p
+    for p in "$@"; do awk '{ sub(/.*\) /, ""); print $12 + $13 }' /proc/"$p"/stat; done \
+        | awk '{ s += $1 } END { print s }'
+}
