@@ -25,14 +25,7 @@ OUT=$PWD/bench/out
 rm -rf "$OUT"; mkdir -p "$OUT/tenants" "$OUT/run"
 
 if [ "$PEERS" = 1 ]; then
-    missing=()
-    command -v nginx >/dev/null 2>&1 || missing+=(nginx libnginx-mod-stream)
-    [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
-    command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "==> installing ${missing[*]}"
-        apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
+    switchyard_need_nginx
 fi
 
 echo "==> building release binaries"

@@ -25,6 +25,18 @@ switchyard_need_packages() {
     fi
 }
 
+# Benchmarks that compare with nginx: nginx and its stream module (for
+# ssl_preread), installed when missing.
+switchyard_need_nginx() {
+    local missing=()
+    command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+    [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]} (Debian packages; needs root)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
 # Benchmarks: when run as root, the splitter's front and its tenants need users
 # of their own (README, "Security model"); these two are created once. Sets
 # SY_FRONT_LINE and SY_TENANT_LINE to the host-file lines naming them (empty

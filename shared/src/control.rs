@@ -123,6 +123,19 @@ pub struct TenantStatus {
     pub respawn_backoff_ms: u64,
     /// Its processes.
     pub processes: Vec<ProcessStatus>,
+    /// `start` in the host file: `always` or `on-demand`.
+    #[serde(default)]
+    pub start: String,
+    /// Whether its process pool runs (false only for an on-demand tenant
+    /// waiting for its next connection).
+    #[serde(default)]
+    pub running: bool,
+    /// Times an on-demand tenant was started by a connection.
+    #[serde(default)]
+    pub demand_starts: u64,
+    /// Times an on-demand tenant was stopped after `idle_stop`.
+    #[serde(default)]
+    pub idle_stops: u64,
 }
 
 /// One tenant process.

@@ -84,6 +84,11 @@ impl Orphans {
         Ok(())
     }
 
+    /// Whether any orphan waits for a slot.
+    pub fn any(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
     /// Takes back the orphan `key` if no slot claimed it.
     pub fn withdraw(&self, key: ProcKey) -> Option<Orphan> {
         let mut waiting = self.lock();

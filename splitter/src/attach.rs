@@ -177,6 +177,8 @@ async fn rejoin(
         pid,
         socket: socket.clone(),
     });
+    // A stopped on-demand tenant starts a pool to adopt it.
+    tenant.nudge();
     if offered.is_err() {
         if allow(&logs) {
             warn!(tenant = %tenant.name(), pid, max = crate::adoption::MAX_WAITING, "handoff.sock: refused a re-attaching process: too many are waiting for a slot");

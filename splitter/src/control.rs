@@ -88,7 +88,7 @@ pub async fn serve(
 
 async fn answer(
     line: &str,
-    fleet: &Fleet,
+    fleet: &Arc<Fleet>,
     config_path: &Path,
     stop: &Notify,
     outgoing: &crate::takeover::Outgoing,
@@ -260,7 +260,19 @@ pub fn render_status(status: &FleetStatus) -> String {
             t.hold_timeouts,
             t.restarts,
         ));
-        if t.processes.is_empty() {
+        if t.start == "on-demand" {
+            out.push_str(&format!(
+                "  on demand: {}, started {} times, stopped idle {} times\n",
+                if t.running {
+                    "running"
+                } else {
+                    "stopped until its next connection"
+                },
+                t.demand_starts,
+                t.idle_stops
+            ));
+        }
+        if t.processes.is_empty() && t.running {
             out.push_str("  (no process running)\n");
         }
         for p in &t.processes {

@@ -5,6 +5,12 @@
 //! processes are `Ready`, takes the old generation out of rotation and asks its
 //! processes to drain; no connection is refused meanwhile. A reload builds a new
 //! routing table and swaps it in atomically.
+//!
+//! Each tenant also has a *keeper* task that starts and stops its pool by
+//! its `start` policy: an `always` tenant's pool runs from the start; an
+//! `on-demand` tenant's first pool starts when a connection for it is held
+//! (or an orphan of a previous splitter comes back), and stops once it has
+//! had no connection for `idle_stop`.
 
 use crate::helper::{Helper, HelperError};
 use crate::listener::Front;
@@ -12,10 +18,10 @@ use crate::process::supervise;
 use crate::routing::RoutingTable;
 use crate::tenant::{Origin, Tenant};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use switchyard_shared::config::{
-    ConfigErrors, HostConfig, ListenerConfig, SplitterSettings, TenantConfig,
+    ConfigErrors, HostConfig, ListenerConfig, SplitterSettings, StartPolicy, TenantConfig,
 };
 use switchyard_shared::control::{FleetStatus, ProcessStatus, TenantStatus};
 use tokio::sync::{watch, Mutex};
@@ -58,9 +64,30 @@ impl Generation {
 
 struct Running {
     tenant: Arc<Tenant>,
-    generation: Generation,
+    /// The pool serving now; `None` while an on-demand tenant is stopped.
+    generation: Option<Generation>,
+    /// The id of the latest generation started (0: none yet).
+    generation_id: u64,
     /// Admits processes started by hand on the tenant's handoff.sock.
     admission: JoinHandle<()>,
+    /// Starts and stops the pool by the tenant's `start` policy.
+    keeper: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the tenant's tasks; the returned future drains its processes.
+    fn close(self) -> impl std::future::Future<Output = ()> {
+        self.tenant.close();
+        self.admission.abort();
+        if let Some(keeper) = self.keeper {
+            keeper.abort();
+        }
+        async move {
+            if let Some(generation) = self.generation {
+                generation.retire().await;
+            }
+        }
+    }
 }
 
 /// Every tenant the splitter runs.
@@ -95,7 +122,7 @@ impl Fleet {
         front
             .routes
             .store(Arc::new(RoutingTable::new(config, &tenants)));
-        Arc::new(Fleet {
+        let fleet = Arc::new(Fleet {
             helper,
             as_root,
             front,
@@ -103,7 +130,80 @@ impl Fleet {
             running: Mutex::new(running),
             operations: Mutex::new(()),
             listeners: config.listeners.clone(),
-        })
+        });
+        {
+            let mut running = fleet
+                .running
+                .try_lock()
+                .expect("nothing else has the fleet yet");
+            for run in running.iter_mut() {
+                run.keeper = Some(fleet.spawn_keeper(&run.tenant));
+            }
+        }
+        fleet
+    }
+
+    fn spawn_keeper(self: &Arc<Self>, tenant: &Arc<Tenant>) -> JoinHandle<()> {
+        tokio::spawn(keep(Arc::downgrade(self), tenant.clone()))
+    }
+
+    /// Starts `tenant`'s pool if it has none (a stopped on-demand tenant, or
+    /// an `always` tenant switched from on-demand by a reload).
+    async fn start_pool(&self, tenant: &Arc<Tenant>) {
+        let mut running = self.running.lock().await;
+        let Some(run) = running.iter_mut().find(|r| Arc::ptr_eq(&r.tenant, tenant)) else {
+            return;
+        };
+        if run.generation.is_some() || tenant.is_closed() {
+            return;
+        }
+        run.generation_id += 1;
+        run.generation = Some(Generation::start(tenant, &self.helper, run.generation_id));
+        if tenant.config().start == StartPolicy::OnDemand {
+            tenant
+                .counters
+                .demand_starts
+                .fetch_add(1, Ordering::Relaxed);
+            info!(
+                tenant = tenant.name(),
+                generation = run.generation_id,
+                "on-demand tenant: a connection came; starting its processes"
+            );
+        }
+    }
+
+    /// Stops `tenant`'s pool if it has been idle for `idle_stop`; returns
+    /// whether it did.
+    async fn stop_if_idle(&self, tenant: &Arc<Tenant>, idle_stop: Duration) -> bool {
+        let generation = {
+            let mut running = self.running.lock().await;
+            let Some(run) = running.iter_mut().find(|r| Arc::ptr_eq(&r.tenant, tenant)) else {
+                return false;
+            };
+            if run.generation.is_none() || !tenant.retire_if_idle(idle_stop) {
+                return false;
+            }
+            run.generation.take()
+        };
+        tenant.counters.idle_stops.fetch_add(1, Ordering::Relaxed);
+        info!(
+            tenant = tenant.name(),
+            idle_stop = ?idle_stop,
+            "on-demand tenant: no connection for idle_stop; stopping its processes (its next connection starts them again)"
+        );
+        if let Some(generation) = generation {
+            tokio::spawn(generation.retire());
+        }
+        true
+    }
+
+    /// Whether `tenant`'s pool runs.
+    async fn pool_runs(&self, tenant: &Arc<Tenant>) -> Option<bool> {
+        let running = self.running.lock().await;
+        running
+            .iter()
+            .find(|r| Arc::ptr_eq(&r.tenant, tenant))
+            .map(|r| r.generation.is_some())
     }
 
     /// Rolling restart of `name`: new processes first, then the old ones drain.
@@ -114,13 +214,17 @@ impl Fleet {
     }
 
     async fn restart_now(&self, name: &str) -> Result<String, FleetError> {
-        let (tenant, old_id) = {
+        let (tenant, old_id, runs) = {
             let running = self.running.lock().await;
             let run = running
                 .iter()
                 .find(|r| r.tenant.name() == name)
                 .ok_or_else(|| unknown_tenant(name, &running))?;
-            (run.tenant.clone(), run.generation.id)
+            (
+                run.tenant.clone(),
+                run.generation_id,
+                run.generation.is_some(),
+            )
         };
         let config = tenant.config();
         self.helper
@@ -130,8 +234,23 @@ impl Fleet {
                 tenant: name.to_string(),
                 source,
             })?;
+        if !runs {
+            return Ok(format!(
+                "tenant {name} is on demand and stopped: its file is valid, and its next connection starts it"
+            ));
+        }
         let mut became_ready = tenant.watch_ready();
-        let new = Generation::start(&tenant, &self.helper, old_id + 1);
+        let new_id = {
+            let mut running = self.running.lock().await;
+            match running.iter_mut().find(|r| Arc::ptr_eq(&r.tenant, &tenant)) {
+                Some(run) => {
+                    run.generation_id += 1;
+                    run.generation_id
+                }
+                None => old_id + 1,
+            }
+        };
+        let new = Generation::start(&tenant, &self.helper, new_id);
         let deadline = Instant::now() + READY_TIMEOUT;
         while tenant.ready_in_generation(new.id) < config.processes {
             let waited = tokio::time::timeout_at(deadline.into(), became_ready.changed()).await;
@@ -148,19 +267,20 @@ impl Fleet {
         let old = {
             let mut running = self.running.lock().await;
             match running.iter_mut().find(|r| Arc::ptr_eq(&r.tenant, &tenant)) {
-                Some(run) => std::mem::replace(&mut run.generation, new),
-                None => new, // removed meanwhile: drain what was just started
+                Some(run) => run.generation.replace(new),
+                None => Some(new), // removed meanwhile: drain what was just started
             }
         };
         info!(
             tenant = name,
-            generation = old_id + 1,
+            generation = new_id,
             "rolling restart: new processes ready; draining the old ones"
         );
-        tokio::spawn(old.retire());
+        if let Some(old) = old {
+            tokio::spawn(old.retire());
+        }
         Ok(format!(
-            "tenant {name} restarted: generation {} ready ({} processes); generation {old_id} draining",
-            old_id + 1,
+            "tenant {name} restarted: generation {new_id} ready ({} processes); generation {old_id} draining",
             config.processes
         ))
     }
@@ -168,7 +288,10 @@ impl Fleet {
     /// Re-reads the host file: new tenants are spawned, removed ones drained,
     /// changed ones updated (hosts) or restarted (anything else), and the routing
     /// table is swapped atomically. An invalid file changes nothing.
-    pub async fn reload(&self, config_path: &std::path::Path) -> Result<String, FleetError> {
+    pub async fn reload(
+        self: &Arc<Self>,
+        config_path: &std::path::Path,
+    ) -> Result<String, FleetError> {
         let _operation = self.operations.lock().await;
         crate::systemd::reloading();
         let outcome = self.reload_now(config_path).await;
@@ -181,9 +304,14 @@ impl Fleet {
     /// returns the status line for systemd.
     pub async fn wait_until_ready(&self, limit: Duration) -> String {
         let deadline = tokio::time::Instant::now() + limit;
+        // A stopped on-demand tenant is not waited for.
         let tenants: Vec<Arc<Tenant>> = {
             let running = self.running.lock().await;
-            running.iter().map(|r| r.tenant.clone()).collect()
+            running
+                .iter()
+                .filter(|r| r.generation.is_some())
+                .map(|r| r.tenant.clone())
+                .collect()
         };
         for tenant in tenants {
             let mut became_ready = tenant.watch_ready();
@@ -202,9 +330,13 @@ impl Fleet {
     /// "N tenants, M of P processes ready[; not ready: …]".
     async fn ready_summary(&self) -> String {
         let running = self.running.lock().await;
-        let (mut ready, mut wanted) = (0, 0);
+        let (mut ready, mut wanted, mut stopped) = (0, 0, 0);
         let mut late = Vec::new();
         for run in running.iter() {
+            if run.generation.is_none() {
+                stopped += 1;
+                continue;
+            }
             let (have, want) = (run.tenant.ready_count(), run.tenant.config().processes);
             ready += have.min(want);
             wanted += want;
@@ -216,13 +348,21 @@ impl Fleet {
             "serving {} tenants, {ready} of {wanted} processes ready",
             running.len()
         );
+        if stopped > 0 {
+            status.push_str(&format!(
+                "; {stopped} on-demand tenants stopped until their next connection"
+            ));
+        }
         if !late.is_empty() {
             status.push_str(&format!("; not ready: {}", late.join(", ")));
         }
         status
     }
 
-    async fn reload_now(&self, config_path: &std::path::Path) -> Result<String, FleetError> {
+    async fn reload_now(
+        self: &Arc<Self>,
+        config_path: &std::path::Path,
+    ) -> Result<String, FleetError> {
         let config =
             HostConfig::load_as(config_path, self.as_root).map_err(FleetError::InvalidHostFile)?;
         // Tenant files are checked by the tenants' own users, never read here:
@@ -299,7 +439,9 @@ impl Fleet {
         for t in &config.tenants {
             if !kept.iter().any(|r| r.tenant.name() == t.name) {
                 notes.push(format!("tenant {}: added", t.name));
-                kept.push(start_tenant(t.clone(), &self.helper, &config));
+                let mut run = start_tenant(t.clone(), &self.helper, &config);
+                run.keeper = Some(self.spawn_keeper(&run.tenant));
+                kept.push(run);
             }
         }
         let tenants: Vec<Arc<Tenant>> = kept.iter().map(|r| r.tenant.clone()).collect();
@@ -311,13 +453,13 @@ impl Fleet {
         // files, if they changed.
         for run in &kept {
             run.tenant.notify_hosts_changed();
+            // Its keeper looks at `start` and `idle_stop` again.
+            run.tenant.nudge();
         }
         *running = kept;
         drop(running);
         for run in to_retire {
-            run.tenant.close();
-            run.admission.abort();
-            tokio::spawn(run.generation.retire());
+            tokio::spawn(run.close());
         }
         for name in to_restart {
             if let Err(e) = self.restart_now(&name).await {
@@ -365,11 +507,7 @@ impl Fleet {
         let mut running = self.running.lock().await;
         let waits: Vec<_> = running
             .drain(..)
-            .map(|run| {
-                run.tenant.close();
-                run.admission.abort();
-                tokio::spawn(run.generation.retire())
-            })
+            .map(|run| tokio::spawn(run.close()))
             .collect();
         for wait in waits {
             let _ = wait.await;
@@ -390,7 +528,7 @@ impl Fleet {
                     name: t.name().to_string(),
                     hosts: config.hosts.iter().map(|h| h.to_string()).collect(),
                     processes_wanted: config.processes,
-                    generation: run.generation.id,
+                    generation: run.generation_id,
                     held_now: held,
                     handed_off: count(&t.counters.handed),
                     held_total: count(&t.counters.held),
@@ -415,6 +553,10 @@ impl Fleet {
                             attached: p.origin == Origin::Attached,
                         })
                         .collect(),
+                    start: config.start.as_str().to_string(),
+                    running: run.generation.is_some(),
+                    demand_starts: count(&t.counters.demand_starts),
+                    idle_stops: count(&t.counters.idle_stops),
                 }
             })
             .collect();
@@ -439,16 +581,77 @@ fn start_tenant(config: TenantConfig, helper: &Arc<Helper>, host: &HostConfig) -
         host.splitter.max_unacked,
     );
     tokio::spawn(tenant.clone().expire_held());
-    let generation = Generation::start(&tenant, helper, 1);
+    let generation = (tenant.config().start == StartPolicy::Always)
+        .then(|| Generation::start(&tenant, helper, 1));
     let admission = tokio::spawn(crate::attach::admit_attached(
         tenant.clone(),
         helper.clone(),
         allowed_uid,
     ));
     Running {
+        generation_id: u64::from(generation.is_some()),
         tenant,
         generation,
         admission,
+        keeper: None,
+    }
+}
+
+/// A tenant's keeper: starts its pool when it has none and should (an
+/// `always` tenant, or an on-demand tenant a connection is waiting for), and
+/// stops an on-demand tenant's pool after `idle_stop` without a connection.
+/// Ends when the tenant is removed or the fleet is gone.
+async fn keep(fleet: Weak<Fleet>, tenant: Arc<Tenant>) {
+    loop {
+        if tenant.is_closed() {
+            return;
+        }
+        let config = tenant.config();
+        let pause = {
+            let Some(fleet) = fleet.upgrade() else { return };
+            let Some(runs) = fleet.pool_runs(&tenant).await else {
+                return;
+            };
+            match (config.start, runs) {
+                (StartPolicy::Always, false) => {
+                    fleet.start_pool(&tenant).await;
+                    continue;
+                }
+                (StartPolicy::OnDemand, false) => {
+                    if tenant.has_waiting() {
+                        fleet.start_pool(&tenant).await;
+                        continue;
+                    }
+                    None
+                }
+                (StartPolicy::Always, true) => None,
+                (StartPolicy::OnDemand, true) => {
+                    let idle = tenant.idle_for();
+                    if idle >= config.idle_stop
+                        && fleet.stop_if_idle(&tenant, config.idle_stop).await
+                    {
+                        continue;
+                    }
+                    // Look again when it could first have been idle long
+                    // enough (a connection meanwhile moves that on).
+                    Some(
+                        config
+                            .idle_stop
+                            .saturating_sub(idle)
+                            .max(Duration::from_millis(100)),
+                    )
+                }
+            }
+        };
+        match pause {
+            None => tenant.nudged().await,
+            Some(pause) => {
+                tokio::select! {
+                    _ = tenant.nudged() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
     }
 }
 

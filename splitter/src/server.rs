@@ -209,7 +209,7 @@ const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Waits for SIGTERM, SIGINT or `ctl stop`, reloading on SIGHUP and
 /// upgrading on SIGUSR2 meanwhile.
 async fn wait_for_stop(
-    fleet: &fleet::Fleet,
+    fleet: &Arc<fleet::Fleet>,
     config_path: &std::path::Path,
     stop: &tokio::sync::Notify,
     outgoing: &Arc<crate::takeover::Outgoing>,

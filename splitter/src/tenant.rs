@@ -54,6 +54,10 @@ pub struct TenantCounters {
     pub held_full: AtomicU64,
     /// Times a process was at `max_unacked` when a connection came for it.
     pub unacked_full: AtomicU64,
+    /// Times an on-demand tenant was started by a connection.
+    pub demand_starts: AtomicU64,
+    /// Times an on-demand tenant was stopped after `idle_stop`.
+    pub idle_stops: AtomicU64,
 }
 
 /// One tenant: its configuration, pool and hold queue.
@@ -67,6 +71,9 @@ pub struct Tenant {
     max_unacked: usize,
     state: Mutex<PoolState>,
     hold_changed: Notify,
+    /// Wakes the tenant's keeper (see `fleet`): a connection was held, an
+    /// orphan came back, or the configuration changed.
+    nudge: Notify,
     /// Bumped each time a process becomes ready (see [`Tenant::watch_ready`]).
     became_ready: tokio::sync::watch::Sender<u64>,
     closed: std::sync::atomic::AtomicBool,
@@ -74,11 +81,37 @@ pub struct Tenant {
     pub orphans: crate::adoption::Orphans,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PoolState {
     procs: Vec<ProcEntry>,
     next: usize,
     held: VecDeque<(Instant, ClientConn)>,
+    /// When the tenant last had a connection: handed, held, or open in a
+    /// process as it last reported.
+    last_busy: Instant,
+}
+
+impl PoolState {
+    fn new() -> PoolState {
+        PoolState {
+            procs: Vec::new(),
+            next: 0,
+            held: VecDeque::new(),
+            last_busy: Instant::now(),
+        }
+    }
+
+    /// How long the tenant has had no connection (zero while it has one).
+    fn idle_for(&mut self, now: Instant) -> Duration {
+        let busy = !self.held.is_empty()
+            || self.procs.iter().any(|p| {
+                !p.unacked.is_empty() || p.stats.as_ref().is_some_and(|s| s.connections > 0)
+            });
+        if busy {
+            self.last_busy = now;
+        }
+        now.saturating_duration_since(self.last_busy)
+    }
 }
 
 #[derive(Debug)]
@@ -172,8 +205,9 @@ impl Tenant {
             counters: TenantCounters::default(),
             hold_timeout,
             max_unacked,
-            state: Mutex::new(PoolState::default()),
+            state: Mutex::new(PoolState::new()),
             hold_changed: Notify::new(),
+            nudge: Notify::new(),
             became_ready: tokio::sync::watch::channel(0).0,
             closed: std::sync::atomic::AtomicBool::new(false),
             orphans: crate::adoption::Orphans::default(),
@@ -242,8 +276,10 @@ impl Tenant {
                     if let Some(named) = conn.named.take() {
                         crate::metrics::handed_off(&self.name, named.elapsed());
                     }
-                    proc.unacked.push_back((seq, conn, Instant::now()));
+                    let now = Instant::now();
+                    proc.unacked.push_back((seq, conn, now));
                     state.next = index + 1;
+                    state.last_busy = now;
                     self.counters.handed.fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
@@ -285,6 +321,53 @@ impl Tenant {
             .held
             .push_back((Instant::now() + self.hold_timeout, conn));
         self.hold_changed.notify_one();
+        // A stopped on-demand tenant starts now.
+        self.nudge.notify_one();
+    }
+
+    /// Wakes the tenant's keeper to look at the tenant again.
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
+    }
+
+    /// Resolves at the next [`Tenant::nudge`] (or at once if one came since
+    /// the last wait).
+    pub async fn nudged(&self) {
+        self.nudge.notified().await
+    }
+
+    /// How long the tenant has had no connection: none held, none handed
+    /// and unacknowledged, none open in a process by its last report.
+    pub fn idle_for(&self) -> Duration {
+        self.state().idle_for(Instant::now())
+    }
+
+    /// If the tenant has had no connection for `idle_stop`, takes every
+    /// supervised process out of rotation (at once, so no connection is
+    /// handed to a process about to be stopped) and returns true. Processes
+    /// started by hand are left alone.
+    pub fn retire_if_idle(&self, idle_stop: Duration) -> bool {
+        let mut state = self.state();
+        if state.idle_for(Instant::now()) < idle_stop {
+            return false;
+        }
+        for proc in state.procs.iter_mut() {
+            if matches!(proc.origin, Origin::Supervised { .. }) {
+                proc.state = proc.state.draining();
+            }
+        }
+        true
+    }
+
+    /// Whether a connection is held for the tenant, or a process of a
+    /// previous splitter waits to be adopted.
+    pub fn has_waiting(&self) -> bool {
+        !self.state().held.is_empty() || self.orphans.any()
+    }
+
+    /// Whether the tenant was removed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Registers a freshly spawned process (not ready until it says so).
@@ -334,8 +417,12 @@ impl Tenant {
     /// its live processes.
     pub fn store_stats(&self, key: ProcKey, stats: Box<TenantStats>) -> TenantStats {
         let mut state = self.state();
+        let open = stats.connections > 0;
         if let Some(proc) = state.procs.iter_mut().find(|p| p.key == key) {
             proc.stats = Some(stats);
+            if open {
+                state.last_busy = Instant::now();
+            }
         }
         sum_stats(&state)
     }
@@ -495,6 +582,7 @@ impl Tenant {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.hold_changed.notify_one();
+        self.nudge.notify_one();
     }
 
     /// Turns away held connections whose `hold_timeout` passed; runs until the

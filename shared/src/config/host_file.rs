@@ -92,6 +92,8 @@ struct RawTenant {
     group: Option<String>,
     limits: Option<RawLimits>,
     max_held: Option<usize>,
+    start: Option<Spanned<String>>,
+    idle_stop: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -234,11 +236,39 @@ pub struct TenantConfig {
     pub limits: Limits,
     /// Connections held for this tenant while it has no ready process.
     pub max_held: usize,
+    /// When the tenant's processes are started.
+    pub start: StartPolicy,
+    /// How long an on-demand tenant may go without a connection before its
+    /// processes are stopped.
+    pub idle_stop: Duration,
 }
 
 impl TenantConfig {
     /// `max_held` when the entry does not set it.
     pub const DEFAULT_MAX_HELD: usize = 1000;
+    /// `idle_stop` when the entry does not set it.
+    pub const DEFAULT_IDLE_STOP: Duration = Duration::from_secs(600);
+}
+
+/// `[[tenant]] start`: when a tenant's processes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPolicy {
+    /// From the splitter's start until it stops (`"always"`, the default).
+    #[default]
+    Always,
+    /// From the first connection until `idle_stop` passes without one
+    /// (`"on-demand"`).
+    OnDemand,
+}
+
+impl StartPolicy {
+    /// The value as the host file writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartPolicy::Always => "always",
+            StartPolicy::OnDemand => "on-demand",
+        }
+    }
 }
 
 /// A validated host file.
@@ -513,6 +543,37 @@ impl HostConfig {
                     format!("tenant {name:?}: max_held must be at least 1"),
                 );
             }
+            let start = match t.start.as_ref() {
+                None => StartPolicy::Always,
+                Some(value) => match value.get_ref().as_str() {
+                    "always" => StartPolicy::Always,
+                    "on-demand" => StartPolicy::OnDemand,
+                    other => {
+                        src.error(
+                            value.span(),
+                            format!("tenant {name:?}: start = {other:?} is not a start policy; use \"always\" or \"on-demand\""),
+                        );
+                        StartPolicy::Always
+                    }
+                },
+            };
+            let idle_stop = match t.idle_stop.as_ref() {
+                None => TenantConfig::DEFAULT_IDLE_STOP,
+                Some(value) => match crate::units::parse_duration(value.get_ref()) {
+                    Ok(d) if d >= Duration::from_secs(1) => d,
+                    Ok(_) => {
+                        src.error(
+                            value.span(),
+                            format!("tenant {name:?}: idle_stop must be at least \"1s\""),
+                        );
+                        TenantConfig::DEFAULT_IDLE_STOP
+                    }
+                    Err(e) => {
+                        src.error(value.span(), format!("tenant {name:?}: idle_stop: {e}"));
+                        TenantConfig::DEFAULT_IDLE_STOP
+                    }
+                },
+            };
             tenants.push(TenantConfig {
                 name,
                 hosts,
@@ -523,6 +584,8 @@ impl HostConfig {
                 group: t.group.clone(),
                 limits,
                 max_held,
+                start,
+                idle_stop,
             });
         }
 

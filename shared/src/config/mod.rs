@@ -25,8 +25,8 @@ mod tls;
 mod upstream;
 
 pub use host_file::{
-    AdminListen, HostConfig, Limits, ListenerConfig, Protocol, SplitterSettings, TenantConfig,
-    UnknownHost,
+    AdminListen, HostConfig, Limits, ListenerConfig, Protocol, SplitterSettings, StartPolicy,
+    TenantConfig, UnknownHost,
 };
 pub use rules::{HeaderRules, HeaderTemplate, RateKey, RateLimit, TemplatePart, FRAMING_AND_HOP};
 pub use source::{resolve_relative, ConfigError, ConfigErrors, Location};

@@ -4,11 +4,12 @@
 //! first offers a ticket from an earlier one. Bounded by `--seconds`.
 //!
 //! `--no-resume` makes every handshake a full one; `--group NAME` offers only
-//! that key-exchange group (`X25519`, `secp256r1`).
+//! that key-exchange group (`X25519`, `secp256r1`). `--spread N` spreads the
+//! connections over N sites: each `{}` in `--host` becomes 0, 1, … N-1 in turn.
 //!
 //! Prints one JSON line: connections made, how many resumed, errors.
 //!
-//! Usage: `tls-close-load --addr IP:PORT --host NAME [--seconds 5] [--threads 4] [--no-resume] [--group NAME]`
+//! Usage: `tls-close-load --addr IP:PORT --host NAME [--seconds 5] [--threads 4] [--no-resume] [--group NAME] [--spread N]`
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -31,6 +32,18 @@ fn main() {
     let addr: SocketAddr = addr.parse().expect("--addr IP:PORT");
     let seconds: u64 = value("--seconds").map_or(5, |s| s.parse().expect("--seconds N"));
     let threads: usize = value("--threads").map_or(4, |s| s.parse().expect("--threads N"));
+    let spread: usize = value("--spread").map_or(1, |s| s.parse().expect("--spread N"));
+    // (SNI, request) for each site, made once.
+    let sites: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+        (0..spread.max(1))
+            .map(|i| {
+                let host = host.replace("{}", &i.to_string());
+                let request =
+                    format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+                (host, request.into_bytes())
+            })
+            .collect(),
+    );
     let mut config = match value("--group") {
         Some(group) => (*switchyard_tests::tls_config_with_group(&group)).clone(),
         None => (*switchyard_tests::tls_config()).clone(),
@@ -47,16 +60,17 @@ fn main() {
     );
     let until = Instant::now() + Duration::from_secs(seconds);
     let workers: Vec<_> = (0..threads)
-        .map(|_| {
-            let (config, host) = (config.clone(), host.clone());
+        .map(|thread| {
+            let (config, sites) = (config.clone(), sites.clone());
             let (connections, resumed, errors) =
                 (connections.clone(), resumed.clone(), errors.clone());
             std::thread::spawn(move || {
-                let request =
-                    format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
                 let mut answer = Vec::with_capacity(4096);
+                let mut next = thread;
                 while Instant::now() < until {
-                    match one_connection(addr, &host, &config, request.as_bytes(), &mut answer) {
+                    let (host, request) = &sites[next % sites.len()];
+                    next += 1;
+                    match one_connection(addr, host, &config, request, &mut answer) {
                         Ok(was_resumed) => {
                             connections.fetch_add(1, Ordering::Relaxed);
                             if was_resumed {
