@@ -8,7 +8,9 @@
 #
 # Setups: direct (wrk → upstream), single (one `l7proxy --listen`), two-tier
 # (splitter → l7proxy), nginx-2tier (stream + ssl_preread → http over a Unix
-# socket), haproxy-2tier (mode tcp + req.ssl_sni → mode http over a Unix socket).
+# socket), haproxy-2tier (mode tcp + req.ssl_sni → mode http over a Unix socket),
+# and nginx-single / haproxy-single (the proxy itself on the port: what a user
+# who needs no isolation between sites would compare with).
 # Modes: keep-alive and Connection: close, TLS and plaintext. Every proxy gets one
 # worker thread; proxies run on CPU 1, wrk and the upstream on CPU 0 (taskset).
 # Results: bench/out/results.tsv (raw), bench/RESULTS.md (medians and ratios),
@@ -108,6 +110,16 @@ http {
         listen unix:$OUT/nginx-plain.sock; server_name localhost;
         location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
     }
+    # Single tier: nginx itself on the port, no isolation between sites.
+    server {
+        listen 127.0.0.1:19743 ssl; server_name localhost;
+        ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem;
+        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+    server {
+        listen 127.0.0.1:19780; server_name localhost;
+        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
 }
 NGINX
     taskset -c 1 nginx -c "$OUT/nginx.conf" -p "$OUT"
@@ -144,13 +156,22 @@ frontend tenant_plain
     mode http
     bind unix@$OUT/haproxy-plain.sock
     default_backend app
+# Single tier: HAProxy itself on the port, no isolation between sites.
+frontend single_tls
+    mode http
+    bind 127.0.0.1:19843 ssl crt $OUT/haproxy.pem
+    default_backend app
+frontend single_plain
+    mode http
+    bind 127.0.0.1:19880
+    default_backend app
 backend app
     mode http
     http-reuse always
     server up 127.0.0.1:19001
 HAPROXY
     taskset -c 1 haproxy -f "$OUT/haproxy.cfg" -q & pids+=($!); haproxy_pid=$!
-    setups="$setups nginx-2tier haproxy-2tier"
+    setups="$setups nginx-2tier haproxy-2tier nginx-single haproxy-single"
 fi
 
 url() { # setup mode
@@ -162,6 +183,8 @@ url() { # setup mode
         two-tier/https) port=19443 ;; two-tier/http) port=19280 ;;
         nginx-2tier/https) port=19543 ;; nginx-2tier/http) port=19580 ;;
         haproxy-2tier/https) port=19643 ;; haproxy-2tier/http) port=19680 ;;
+        nginx-single/https) port=19743 ;; nginx-single/http) port=19780 ;;
+        haproxy-single/https) port=19843 ;; haproxy-single/http) port=19880 ;;
     esac
     echo "$scheme://localhost:$port/"
 }
@@ -173,8 +196,8 @@ proxy_pids() { # setup mode
         direct) echo "" ;;
         single) case "$2" in tls-*) echo "$single_tls_pid" ;; *) echo "$single_http_pid" ;; esac ;;
         two-tier) descendants "$twotier_pid" | tr '\n' ' ' ;;
-        nginx-2tier) local m; m=$(cat "$OUT/nginx.pid"); echo "$m $(cat /proc/$m/task/*/children 2>/dev/null)" ;;
-        haproxy-2tier) echo "$haproxy_pid" ;;
+        nginx-*) local m; m=$(cat "$OUT/nginx.pid"); echo "$m $(cat /proc/$m/task/*/children 2>/dev/null)" ;;
+        haproxy-*) echo "$haproxy_pid" ;;
     esac
 }
 ticks() { local t=0 p; for p in "$@"; do [ -r /proc/$p/stat ] && t=$((t + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' /proc/$p/stat))); done; echo $t; }

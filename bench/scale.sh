@@ -20,7 +20,9 @@ BIN=$PWD/target/release
 printf '[[route]]\npath = "/"\nrespond = "echo"\n' > "$OUT/tenants/echo.toml"
 switchyard_bench_users
 {
-    printf '[splitter]\nruntime_dir = "run"\nthreads = 1\n%s\n%s\n[[listen]]\naddr = "127.0.0.1:19780"\nprotocol = "http"\n' "$SY_FRONT_LINE" "$SY_LIMIT_LINES"
+    # Small queues, so that the descriptor budget of 100 tenants fits an
+    # open-file limit of 20,000 (the splitter refuses to start otherwise).
+    printf '[splitter]\nruntime_dir = "run"\nthreads = 1\nmax_unacked = 16\nmax_pending = 4000\n%s\n%s\n[[listen]]\naddr = "127.0.0.1:19780"\nprotocol = "http"\n' "$SY_FRONT_LINE" "$SY_LIMIT_LINES"
     # One user for all the tenants: a benchmark, not a host (check warns).
     for i in $(seq 0 $((TENANTS - 1))); do
         printf '[[tenant]]\nname = "t%d"\nhosts = ["t%d.localhost"]\nconfig = "tenants/echo.toml"\n%s\n' "$i" "$i" "$SY_TENANT_LINE"

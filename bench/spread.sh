@@ -28,7 +28,9 @@ switchyard_bench_users
 echo "==> writing $SITES Switchyard tenants and $SITES nginx sites"
 printf '[tls]\nself_signed = true\n[[route]]\npath = "/"\nrespond = "echo"\n' > "$OUT/tenants/echo.toml"
 {
-    printf '[splitter]\nruntime_dir = "run"\n%s\n%s\n[[listen]]\naddr = "127.0.0.1:%d"\nprotocol = "tls"\n' "$SY_FRONT_LINE" "$SY_LIMIT_LINES" "$SY_PORT"
+    # Small queues, so that the descriptor budget of 100 tenants fits an
+    # open-file limit of 20,000 (the splitter refuses to start otherwise).
+    printf '[splitter]\nruntime_dir = "run"\nmax_unacked = 16\nmax_pending = 4000\n%s\n%s\n[[listen]]\naddr = "127.0.0.1:%d"\nprotocol = "tls"\n' "$SY_FRONT_LINE" "$SY_LIMIT_LINES" "$SY_PORT"
     # One user for all the tenants: a benchmark, not a host (check warns).
     for i in $(seq 0 $((SITES - 1))); do
         printf '[[tenant]]\nname = "t%d"\nhosts = ["t%d.localhost"]\nconfig = "tenants/echo.toml"\n%s\n' "$i" "$i" "$SY_TENANT_LINE"
@@ -86,6 +88,7 @@ taskset -c 1 nginx -c "$OUT/nginx/front.conf" -p "$OUT/nginx"
 # visits each site several times).
 for port in "$SY_PORT" "$NG_PORT"; do
     for _ in $(seq 60); do
+        kill -0 "$splitter" 2>/dev/null || { echo "the splitter exited; see its error above" >&2; exit 1; }
         out=$("$BIN/tls-close-load" --addr "127.0.0.1:$port" --host "t{}.localhost" --spread "$SITES" --seconds 1 --threads 1 2>/dev/null || true)
         case "$out" in *'"errors":0'*) break ;; esac
         sleep 0.5

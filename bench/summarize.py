@@ -6,7 +6,7 @@ import csv, math, platform, statistics, subprocess, sys
 
 raw, out_md, out_svg, description = sys.argv[1:5]
 rows = list(csv.DictReader(open(raw), delimiter="\t"))
-SETUPS = ["direct", "single", "two-tier", "nginx-2tier", "haproxy-2tier"]
+SETUPS = ["direct", "single", "two-tier", "nginx-2tier", "haproxy-2tier", "nginx-single", "haproxy-single"]
 MODES = ["tls-keepalive", "http-keepalive", "tls-close", "http-close"]
 cells = {}
 for r in rows:
@@ -56,14 +56,22 @@ def ratio(a, b, mode, key="req_s"):
     x, y = med(a, mode, key), med(b, mode, key)
     return x / y if y and not math.isnan(x) and not math.isnan(y) else float("nan")
 
-lines += ["## Ratios", "", "| mode | two-tier ÷ single (req/s) | two-tier ÷ nginx-2tier | two-tier ÷ haproxy-2tier | CPU/req two-tier ÷ nginx | CPU/req two-tier ÷ haproxy |",
-          "| --- | ---: | ---: | ---: | ---: | ---: |"]
+lines += ["## Ratios", "", "| mode | two-tier ÷ single (req/s) | two-tier ÷ nginx-2tier | two-tier ÷ haproxy-2tier | CPU/req two-tier ÷ nginx | CPU/req two-tier ÷ haproxy | two-tier ÷ nginx-single | two-tier ÷ haproxy-single | CPU/req two-tier ÷ nginx-single | CPU/req two-tier ÷ haproxy-single |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 for mode in MODES:
     lines.append(
         f"| {mode} | {ratio('two-tier', 'single', mode):.2f} | {ratio('two-tier', 'nginx-2tier', mode):.2f} | "
         f"{ratio('two-tier', 'haproxy-2tier', mode):.2f} | {ratio('two-tier', 'nginx-2tier', mode, 'cpu_us_per_req'):.2f} | "
-        f"{ratio('two-tier', 'haproxy-2tier', mode, 'cpu_us_per_req'):.2f} |")
+        f"{ratio('two-tier', 'haproxy-2tier', mode, 'cpu_us_per_req'):.2f} | {ratio('two-tier', 'nginx-single', mode):.2f} | "
+        f"{ratio('two-tier', 'haproxy-single', mode):.2f} | {ratio('two-tier', 'nginx-single', mode, 'cpu_us_per_req'):.2f} | "
+        f"{ratio('two-tier', 'haproxy-single', mode, 'cpu_us_per_req'):.2f} |")
 lines.append("")
+
+def lowest_cpu(mode):
+    """Two-tier CPU per request ÷ the lower of nginx-2tier's and haproxy-2tier's."""
+    peers = [med(p, mode, "cpu_us_per_req") for p in ("nginx-2tier", "haproxy-2tier")]
+    peers = [p for p in peers if not math.isnan(p)]
+    return med("two-tier", mode, "cpu_us_per_req") / min(peers) if peers else float("nan")
 
 def target(text, value, ok):
     state = "n/a (not measured in this run)" if math.isnan(value) else ("met" if ok(value) else "NOT met")
@@ -76,16 +84,19 @@ lines += ["## Targets of the performance issue (from this run)", "", "| target |
           target("keep-alive plaintext: two-tier ≥ 0.97 × single", ratio("two-tier", "single", "http-keepalive"), lambda v: v >= 0.97),
           target("Connection: close TLS: two-tier ≥ 0.90 × single", ratio("two-tier", "single", "tls-close"), lambda v: v >= 0.90),
           target("Connection: close plaintext: two-tier ≥ 0.85 × single", ratio("two-tier", "single", "http-close"), lambda v: v >= 0.85),
-          target("keep-alive TLS req/s: two-tier ÷ nginx-2tier > 1", ratio("two-tier", "nginx-2tier", "tls-keepalive"), lambda v: v > 1),
-          target("keep-alive TLS req/s: two-tier ÷ haproxy-2tier > 1", ratio("two-tier", "haproxy-2tier", "tls-keepalive"), lambda v: v > 1),
-          target("keep-alive TLS CPU/req: two-tier ÷ nginx-2tier < 1", ratio("two-tier", "nginx-2tier", "tls-keepalive", "cpu_us_per_req"), lambda v: v < 1),
-          target("keep-alive TLS CPU/req: two-tier ÷ haproxy-2tier < 1", ratio("two-tier", "haproxy-2tier", "tls-keepalive", "cpu_us_per_req"), lambda v: v < 1),
+          *[target(f"keep-alive {name} CPU/req: two-tier ≤ 0.95 × the lower of nginx-2tier and haproxy-2tier", lowest_cpu(mode), lambda v: v <= 0.95)
+            for name, mode in (("TLS", "tls-keepalive"), ("plaintext", "http-keepalive"))],
+          *[target(f"keep-alive {name} req/s: two-tier ÷ {peer} ≥ 1", ratio("two-tier", peer, mode), lambda v: v >= 1)
+            for name, mode in (("TLS", "tls-keepalive"), ("plaintext", "http-keepalive")) for peer in ("nginx-2tier", "haproxy-2tier")],
+          target("Connection: close TLS req/s: two-tier ÷ nginx-2tier ≥ 1", ratio("two-tier", "nginx-2tier", "tls-close"), lambda v: v >= 1),
+          target("Connection: close TLS CPU/req: two-tier ÷ nginx-2tier ≤ 1", ratio("two-tier", "nginx-2tier", "tls-close", "cpu_us_per_req"), lambda v: v <= 1),
           ""]
 open(out_md, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 
 # Chart: grouped bars, req/s per mode, one bar per setup.
-colors = {"direct": "#999999", "single": "#4c78a8", "two-tier": "#f58518", "nginx-2tier": "#54a24b", "haproxy-2tier": "#b279a2"}
+colors = {"direct": "#999999", "single": "#4c78a8", "two-tier": "#f58518", "nginx-2tier": "#54a24b", "haproxy-2tier": "#b279a2",
+          "nginx-single": "#a6d96a", "haproxy-single": "#e0b0d5"}
 W, H, left, top, bottom = 860, 360, 70, 40, 60
 plot_h = H - top - bottom
 peak = max([med(s, m, "req_s") for s in present for m in MODES if cells.get((s, m))] + [1])
@@ -110,7 +121,7 @@ for gi, mode in enumerate(MODES):
         svg.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" fill="{colors[s]}"><title>{s} {mode}: {v:,.0f} req/s</title></rect>')
     svg.append(f'<text x="{gx + group_w * 0.4:.1f}" y="{top + plot_h + 18}" text-anchor="middle">{mode}</text>')
 for si, s in enumerate(present):
-    x = left + si * 150
+    x = left + si * 112
     svg.append(f'<rect x="{x}" y="{H - 22}" width="12" height="12" fill="{colors[s]}"/><text x="{x + 16}" y="{H - 12}">{s}</text>')
 svg.append("</svg>")
 open(out_svg, "w").write("\n".join(svg) + "\n")

@@ -113,7 +113,6 @@ def main():
     notify.bind(notify_path)
     os.chmod(notify_dir, 0o755)
     os.chmod(notify_path, 0o777)  # the front sends READY after dropping root
-    notify.settimeout(30)
 
     say(f"starting a splitter with {tenants} on-demand tenants")
     env = dict(os.environ, NOTIFY_SOCKET=notify_path, RUST_LOG="error")
@@ -123,8 +122,16 @@ def main():
     )
     try:
         ready_s = None
+        notify.settimeout(0.5)
         while ready_s is None:
-            message = notify.recv(4096).decode()
+            if splitter.poll() is not None:
+                raise SystemExit(f"the splitter exited ({splitter.returncode}); see its error above")
+            if time.perf_counter() - started > 60:
+                raise SystemExit("no READY=1 within 60 s")
+            try:
+                message = notify.recv(4096).decode()
+            except TimeoutError:
+                continue
             if "READY=1" in message.split("\n"):
                 ready_s = time.perf_counter() - started
         say(f"READY=1 after {ready_s * 1000:.0f} ms")
@@ -139,9 +146,10 @@ def main():
         warm = [get(port, f"t{i}.localhost") for i in range(active)]
 
         say(f"100 keep-alive requests to each of the {active} running tenants")
+        last_activity = {}
         for i in range(active):
             keep_busy(port, f"t{i}.localhost", 100)
-        last_activity = time.monotonic()
+            last_activity[f"t{i}"] = time.monotonic()
         # Memory of the whole host: the front, its helper, every tenant process.
         front = [splitter.pid]
         helper = children(splitter.pid)
@@ -153,27 +161,38 @@ def main():
         one_rss = proc_value(one, "smaps_rollup", "Rss") if one else 0
         one_pss = proc_value(one, "smaps_rollup", "Pss") if one else 0
         one_threads = proc_value(one, "status", "Threads") if one else 0
+        one_anon = proc_value(one, "smaps_rollup", "Pss_Anon") if one else 0
+        tenants_anon = sum(proc_value(p, "smaps_rollup", "Pss_Anon") for p in tenant_pids)
         say(
             f"{len(tenant_pids)} tenant processes; host PSS {pss / 1024:.0f} MiB "
             f"(RSS {rss / 1024:.0f} MiB); one tenant process: RSS {one_rss / 1024:.1f} MiB, "
-            f"PSS {one_pss / 1024:.1f} MiB, {one_threads} threads"
+            f"PSS {one_pss / 1024:.1f} MiB ({one_anon / 1024:.1f} MiB of it anonymous), "
+            f"{one_threads} threads; all tenant processes' anonymous PSS {tenants_anon / 1024:.0f} MiB"
         )
 
         say(f"waiting for idle_stop ({idle_stop:.0f} s) to stop them")
         stopped_at = {}
-        deadline = last_activity + idle_stop + 30
+        deadline = max(last_activity.values()) + idle_stop + 30
         while time.monotonic() < deadline and len(stopped_at) < active:
             for t in status(bin_dir, host_file)["tenants"]:
                 if t["name"] not in stopped_at and not t["running"] and t["demand_starts"] > 0:
-                    stopped_at[t["name"]] = time.monotonic() - last_activity
+                    stopped_at[t["name"]] = time.monotonic() - last_activity[t["name"]]
             time.sleep(0.25)
+        # Seconds after its own last connection closed, beyond idle_stop.
         late = [s - idle_stop for s in stopped_at.values()]
         running = [t["name"] for t in status(bin_dir, host_file)["tenants"] if t["running"]]
         say(
             f"{len(stopped_at)} of {active} stopped; after idle_stop + "
             f"{min(late):.1f} to {max(late):.1f} s; still running: {len(running)}"
         )
-        left = sum(len(children(h)) for h in children(splitter.pid))
+        # Stopped processes drain, then exit.
+        stopped = time.monotonic()
+        while time.monotonic() - stopped < 20:
+            left = sum(len(children(h)) for h in children(splitter.pid))
+            if left == 0:
+                break
+            time.sleep(0.1)
+        exited_s = time.monotonic() - stopped
     finally:
         splitter.terminate()
         splitter.wait(timeout=30)
@@ -194,12 +213,14 @@ def main():
         ),
         (
             "One idle tenant process",
-            f"RSS {one_rss / 1024:.1f} MiB, PSS {one_pss / 1024:.1f} MiB, {one_threads} threads",
+            f"RSS {one_rss / 1024:.1f} MiB, PSS {one_pss / 1024:.1f} MiB "
+            f"({one_anon / 1024:.1f} MiB anonymous), {one_threads} threads",
         ),
         (
             f"Stopped after idle_stop = {idle_stop:.0f} s",
             f"{len(stopped_at)} of {active}, idle_stop + {min(late):.1f} to {max(late):.1f} s; "
-            f"tenant processes left: {left}",
+            f"all processes exited {exited_s:.1f} s later" if left == 0
+            else f"{left} tenant processes still running 20 s later",
         ),
     ]
     with open(out_md, "w") as f:

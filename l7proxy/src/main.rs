@@ -11,6 +11,7 @@
 
 mod access_log;
 mod acme;
+mod background;
 mod client_cert;
 mod handed;
 mod http_rules;
@@ -275,22 +276,17 @@ fn run(cli: Cli) -> Result<(), String> {
     server.bootstrap();
     let conf = server.configuration.clone();
 
-    server.add_service(pingora::services::background::background_service(
-        "drained",
-        shutdown::Drained {
-            tenant: entry.name.clone(),
-            stop: stop.clone(),
-            settle: service::IDLE_CLOSE_AFTER,
-            grace: std::time::Duration::from_secs(DRAIN_GRACE_SECONDS),
-        },
-    ));
+    // One thread for the background tasks (`background`).
+    let mut tasks = background::Together::default().with(shutdown::Drained {
+        tenant: entry.name.clone(),
+        stop: stop.clone(),
+        settle: service::IDLE_CLOSE_AFTER,
+        grace: std::time::Duration::from_secs(DRAIN_GRACE_SECONDS),
+    });
     if !upstreams.is_empty() {
-        server.add_service(pingora::services::background::background_service(
-            "upstream pools",
-            pool::PoolUpkeep {
-                pools: upstreams.clone(),
-            },
-        ));
+        tasks = tasks.with(pool::PoolUpkeep {
+            pools: upstreams.clone(),
+        });
     }
     if let (Some(settings), Some(registry)) = (&file.registration, &registry) {
         server.add_service(registration_service(
@@ -305,12 +301,12 @@ fn run(cli: Cli) -> Result<(), String> {
     // SIGHUP re-reads the certificate (as does a change of its files, and the
     // splitter's reload), SIGUSR1 reopens the access log; neither stops the
     // process.
+    tasks = tasks.with(signals::TenantSignals {
+        certificate: certificate.clone(),
+        access: access.clone(),
+    });
     server.add_service(pingora::services::background::background_service(
-        "signals",
-        signals::TenantSignals {
-            certificate: certificate.clone(),
-            access: access.clone(),
-        },
+        "tasks", tasks,
     ));
 
     match cli.listen {
@@ -414,6 +410,10 @@ fn run(cli: Cli) -> Result<(), String> {
             server.add_service(service);
         }
     }
+    // What start-up freed (parsing the host file, checking the certificate)
+    // goes back to the system: this thread only waits from here on.
+    drop(host);
+    switchyard_shared::sys::release_free_memory();
     // SIGTERM, a drain from the splitter, or the splitter going away: the
     // same graceful stop (`shutdown`).
     server.run(RunArgs {
