@@ -31,6 +31,12 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
+/// Room for headers a proxy adds (forwarding headers, a request id, `Via`,
+/// trace context) beyond those parsed: header maps are sized for the parsed
+/// headers plus this, so adding them does not grow and rehash the maps
+/// (twice, for the value map and the case map) on every request.
+pub(crate) const ADDED_HEADERS_ROOM: usize = 8;
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";
