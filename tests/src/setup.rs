@@ -442,6 +442,17 @@ pub fn user_lines() -> (String, String) {
     )
 }
 
+/// [`user_lines`] for a host file with no `[splitter]` section of its own: a
+/// `[splitter]` section naming the front's user (empty unless root), and the
+/// tenant's `user` line.
+pub fn user_sections() -> (String, String) {
+    let (front, tenant) = user_lines();
+    match front.is_empty() {
+        true => (front, tenant),
+        false => (format!("[splitter]\n{front}"), tenant),
+    }
+}
+
 /// The user the kit's splitters run their front as when started as root.
 pub const FRONT_USER: &str = "swy-front";
 /// The user the kit's tenants run as when started as root (unless a test names

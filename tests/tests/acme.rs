@@ -657,12 +657,7 @@ fn check_refuses_acme_for_a_wildcard_host_and_an_unknown_challenge() {
     let dir = TempDir::new("acme-check");
     set_mode(&dir.0, 0o755);
     fs::create_dir_all(dir.0.join("tenants")).unwrap();
-    let (front, tenant) = user_lines();
-    let front = if front.is_empty() {
-        front
-    } else {
-        format!("[splitter]\n{front}")
-    };
+    let (front, tenant) = user_sections();
     let host_file = |tenant_file: &str| {
         dir.write("tenants/shop.toml", tenant_file);
         dir.write(

@@ -73,12 +73,7 @@ fn der_of(pem: &str) -> Vec<u8> {
 /// A host file for `tenant` written beside the tenant file, for `check`.
 fn host_file_for(dir: &TempDir, tenant_file: &str) -> PathBuf {
     dir.write("tenants/alpha.toml", tenant_file);
-    let (front, tenant) = user_lines();
-    let front = if front.is_empty() {
-        front
-    } else {
-        format!("[splitter]\n{front}")
-    };
+    let (front, tenant) = user_sections();
     dir.write(
         "host.toml",
         &format!("{front}[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"alpha\"\nhosts = [\"alpha.test\", \"www.alpha.test\"]\nconfig = \"tenants/alpha.toml\"\n{tenant}"),

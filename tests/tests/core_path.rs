@@ -304,12 +304,7 @@ fn splitter_check_locates_errors_and_exits_2() {
     );
 
     // Started as root, the front and the tenant need users of their own.
-    let (front, tenant) = user_lines();
-    let front = if front.is_empty() {
-        front
-    } else {
-        format!("[splitter]\n{front}")
-    };
+    let (front, tenant) = user_sections();
     let bad_tenant = dir.write(
         "host2.toml",
         &format!("{front}[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"a\"\nhosts = [\"a.test\"]\nconfig = \"tenants/a.toml\"\n{tenant}"),

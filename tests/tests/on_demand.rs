@@ -190,12 +190,7 @@ fn bad_start_and_idle_stop_values_are_located() {
         "tenants/a.toml",
         "[[route]]\npath = \"/\"\nrespond = \"echo\"\n",
     );
-    let (front, tenant) = user_lines();
-    let front = if front.is_empty() {
-        front
-    } else {
-        format!("[splitter]\n{front}")
-    };
+    let (front, tenant) = user_sections();
     let config = dir.write(
         "host.toml",
         &format!("{front}[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"http\"\n[[tenant]]\nname = \"a\"\nhosts = [\"a.test\"]\nconfig = \"tenants/a.toml\"\nstart = \"sometimes\"\nidle_stop = \"0s\"\n{tenant}"),

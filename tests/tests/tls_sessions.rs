@@ -156,12 +156,7 @@ fn check_names_a_client_ca_that_does_not_parse() {
             bad.display()
         ),
     );
-    let (front, tenant) = user_lines();
-    let front = if front.is_empty() {
-        front
-    } else {
-        format!("[splitter]\n{front}")
-    };
+    let (front, tenant) = user_sections();
     let host = dir.write(
         "host.toml",
         &format!("{front}[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"tls\"\n[[tenant]]\nname = \"alpha\"\nhosts = [\"alpha.test\"]\nconfig = \"tenants/alpha.toml\"\n{tenant}"),
