@@ -74,15 +74,7 @@ for round in $(seq "$ROUNDS"); do
         t0=$(switchyard_cpu_ticks "$pid")
         out=$(taskset -c 0 "$BIN/tls-close-load" --addr 127.0.0.1:19795 --host "$key.localhost" --seconds "$DURATION" --threads 4 "${flags[@]}")
         t1=$(switchyard_cpu_ticks "$pid")
-        python3 - "$round" "$key" "$group" "$resumption" "$DURATION" "$t0" "$t1" "$out" >> "$OUT/results.tsv" <<'PY'
-import json, sys
-round_, key, group, resumption, duration, t0, t1, out = sys.argv[1:]
-r = json.loads(out)
-if r["errors"]:
-    sys.exit(f"error: {r['errors']} failed connections for {key} {group} {resumption}")
-conns = r["connections"]
-print(f"{round_}\t{key}\t{group}\t{resumption}\t{conns / float(duration):.0f}\t{r['resumed'] / conns:.3f}\t{(float(t1) - float(t0)) * 10000 / conns:.1f}")
-PY
+        switchyard_tls_row "$out" "$DURATION" "$t0" "$t1" "$round" "$key" "$group" "$resumption" >> "$OUT/results.tsv"
         tail -1 "$OUT/results.tsv"
     done
 done

@@ -98,7 +98,7 @@ done
 load() { # ADDR HOST SPREAD -> connections per second
     local out
     out=$(taskset -c 0 "$BIN/tls-close-load" --addr "$1" --host "$2" --spread "$3" --seconds "$DURATION" --threads 4)
-    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert d["errors"] == 0, d; print(round(d["connections"] / float(sys.argv[2])))' "$out" "$DURATION"
+    switchyard_tls_row "$out" "$DURATION" 0 0 | cut -f1
 }
 printf 'round\tsetup\tsites\tconn_s\n' > "$OUT/results.tsv"
 for round in $(seq "$ROUNDS"); do

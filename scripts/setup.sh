@@ -25,6 +25,24 @@ switchyard_need_packages() {
     fi
 }
 
+# Benchmarks: one row of `tls-close-load` results, tab-separated: the labels
+# given, then connections/s, the share resumed, and CPU µs per connection of
+# the processes whose ticks were taken before and after (0 0: not measured).
+# Fails when any connection failed.
+#   switchyard_tls_row JSON DURATION TICKS_BEFORE TICKS_AFTER LABEL...
+switchyard_tls_row() {
+    python3 - "$@" <<'PY'
+import json, sys
+out, duration, t0, t1, *labels = sys.argv[1:]
+r = json.loads(out)
+if r["errors"]:
+    sys.exit(f"error: {r['errors']} failed connections for {' '.join(labels)}")
+conns = r["connections"]
+print("\t".join(labels + [f"{conns / float(duration):.0f}", f"{r['resumed'] / conns:.3f}",
+                          f"{(float(t1) - float(t0)) * 10000 / conns:.1f}"]))
+PY
+}
+
 # Benchmarks that compare with nginx: nginx and its stream module (for
 # ssl_preread), installed when missing.
 switchyard_need_nginx() {
