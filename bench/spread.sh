@@ -48,6 +48,8 @@ error_log $OUT/nginx/site$i.log error;
 events { worker_connections 1024; }
 http {
     access_log off;
+    # nginx 1.22 (Debian 12) offers only up to TLS 1.2 unless told.
+    ssl_protocols TLSv1.2 TLSv1.3;
     server {
         listen unix:$OUT/nginx/site$i.sock ssl; server_name t$i.localhost;
         ssl_certificate $OUT/nginx/cert.pem; ssl_certificate_key $OUT/nginx/key.pem;

@@ -90,6 +90,7 @@ fn main() -> ExitCode {
     // alone unless it opens them up on purpose.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     switchyard_shared::logging::init("l7proxy");
+    tls::install_crypto_provider();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

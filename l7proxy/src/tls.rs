@@ -73,8 +73,7 @@ fn self_signed(hosts: &[HostPattern], placeholder: bool) -> Result<Checked, Vec<
         .map_err(|e| vec![format!("cannot generate a self-signed certificate: {e}")])?;
     let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der())
         .map_err(|e| vec![format!("generated key unusable: {e}")])?;
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| vec![format!("generated key unusable: {e}")])?;
+    let signing_key = signing_key(key).map_err(|e| vec![format!("generated key unusable: {e}")])?;
     let chain = vec![generated.cert.der().clone()];
     let not_after = end_entity_not_after(&chain[0]).unwrap_or(i64::MAX);
     Ok(Checked {
@@ -161,7 +160,7 @@ fn check_pair(
             }
         };
     let signing_key = match PrivateKeyDer::from_pem_slice(key_pem) {
-        Ok(der) => match rustls::crypto::ring::sign::any_supported_type(&der) {
+        Ok(der) => match signing_key(der) {
             Ok(signing_key) => Some(signing_key),
             Err(e) => {
                 errors.push(key_at.error(format!(
@@ -454,6 +453,30 @@ impl ResolvesServerCert for CurrentCertificate {
     }
 }
 
+/// The cryptography every TLS configuration of this process uses: ring, or
+/// aws-lc-rs in a build with the `aws-lc` feature (`bench/providers.sh`
+/// measures both).
+pub fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    #[cfg(feature = "aws-lc")]
+    return rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(not(feature = "aws-lc"))]
+    return rustls::crypto::ring::default_provider();
+}
+
+/// `der` as a key [`crypto_provider`] signs handshakes with.
+pub fn signing_key(
+    der: PrivateKeyDer<'static>,
+) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+    crypto_provider().key_provider.load_private_key(der)
+}
+
+/// Makes [`crypto_provider`] the process default, for the TLS clients that
+/// take it from there (Pingora's upstream connector, the ACME client). Call
+/// before any of them starts; later calls change nothing.
+pub fn install_crypto_provider() {
+    let _ = crypto_provider().install_default();
+}
+
 /// The rustls server configuration of `policy` serving `store`'s pair, with
 /// ALPN h2 then http/1.1; `Err` names what the policy gets wrong, located in
 /// the tenant file.
@@ -466,7 +489,7 @@ pub fn server_config(
     policy: &TlsPolicy,
     tickets: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<rustls::ServerConfig, Vec<String>> {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = crypto_provider();
     let mut errors = Vec::new();
     if !policy.cipher_suites.is_empty() {
         provider.cipher_suites = chosen(

@@ -93,8 +93,7 @@ pub(super) fn alpn_certificate(name: &str, digest: &[u8; 32]) -> Result<Certifie
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signing_key =
-        rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    let signing_key = crate::tls::signing_key(der).map_err(|e| e.to_string())?;
     Ok(CertifiedKey::new(vec![cert.der().clone()], signing_key))
 }
 

@@ -166,8 +166,8 @@ pub fn start(
         .name("acme".into())
         .spawn(move || {
             // instant-acme's HTTPS client takes the process's default
-            // provider; make sure there is one (the tenant uses ring).
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            // provider; make sure there is one.
+            crate::tls::install_crypto_provider();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()
