@@ -175,6 +175,11 @@ impl Fleet {
     /// Stops `tenant`'s pool if it has been idle for `idle_stop`; returns
     /// whether it did.
     async fn stop_if_idle(&self, tenant: &Arc<Tenant>, idle_stop: Duration) -> bool {
+        // Not during a restart, reload or upgrade: one of them may be waiting
+        // for the processes this would stop. The keeper looks again shortly.
+        let Ok(_operation) = self.operations.try_lock() else {
+            return false;
+        };
         let generation = {
             let mut running = self.running.lock().await;
             let Some(run) = running.iter_mut().find(|r| Arc::ptr_eq(&r.tenant, tenant)) else {
@@ -264,6 +269,7 @@ impl Fleet {
             }
         }
         tenant.retire_other_generations(new.id);
+        tenant.mark_busy();
         let old = {
             let mut running = self.running.lock().await;
             match running.iter_mut().find(|r| Arc::ptr_eq(&r.tenant, &tenant)) {

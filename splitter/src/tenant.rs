@@ -342,6 +342,13 @@ impl Tenant {
         self.state().idle_for(Instant::now())
     }
 
+    /// Counts now as activity: an on-demand tenant's `idle_stop` starts
+    /// again (a rolling restart does this, so its new processes serve for at
+    /// least that long).
+    pub fn mark_busy(&self) {
+        self.state().last_busy = Instant::now();
+    }
+
     /// If the tenant has had no connection for `idle_stop`, takes every
     /// supervised process out of rotation (at once, so no connection is
     /// handed to a process about to be stopped) and returns true. Processes

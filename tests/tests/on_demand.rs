@@ -127,6 +127,39 @@ fn an_open_connection_keeps_an_on_demand_tenant_running() {
 }
 
 #[test]
+fn a_rolling_restart_of_an_on_demand_tenant_counts_as_activity() {
+    let splitter = start(vec![on_demand("lazy", "lazy.test", "3s")]);
+    let answer = http_get(splitter.http, "lazy.test", "/echo").unwrap();
+    assert_eq!(answer.status, 200);
+    let first = splitter.tenant_pids("lazy", "ready");
+    assert_eq!(first.len(), 1);
+
+    // Restarted shortly before idle_stop would stop it (its last busy moment
+    // is the request, or the process's report of it up to a second later).
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, stdout, stderr) = splitter.ctl(&["restart", "lazy"]);
+    let restarted = Instant::now();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("tenant lazy restarted"), "{stdout}");
+
+    // The new process serves for idle_stop from the restart, not from the
+    // request: still running two seconds later.
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(restarted.elapsed()));
+    let lazy = tenant_status(&splitter, "lazy");
+    assert!(lazy.running, "stopped within 2 s of a restart: {lazy:?}");
+    let now = splitter.tenant_pids("lazy", "ready");
+    assert!(now.len() == 1 && now != first, "{first:?} → {now:?}");
+
+    // Then it stops like any idle tenant.
+    wait_until(Duration::from_secs(10), || {
+        let lazy = tenant_status(&splitter, "lazy");
+        !lazy.running && lazy.processes.is_empty()
+    });
+    let lazy = tenant_status(&splitter, "lazy");
+    assert_eq!((lazy.demand_starts, lazy.idle_stops), (1, 1), "{lazy:?}");
+}
+
+#[test]
 fn connections_held_during_a_cold_start_are_all_answered() {
     let splitter = start(vec![on_demand("lazy", "lazy.test", "10m")]);
     let clients: Vec<_> = (0..20)

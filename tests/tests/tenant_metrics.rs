@@ -23,8 +23,16 @@ fn scrape(addr: SocketAddr, host: &str) -> String {
 }
 
 /// `requests` GETs over `connections` kept-alive connections (the splitter
-/// spreads connections over the tenant's processes).
-fn load(addr: SocketAddr, host: &str, path: &str, connections: usize, requests: usize) {
+/// spreads connections over the tenant's processes); each must be answered
+/// with `status`, so a miscount names the request that caused it.
+fn load(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    status: u16,
+    connections: usize,
+    requests: usize,
+) {
     let threads: Vec<_> = (0..connections)
         .map(|_| {
             let (host, path) = (host.to_string(), path.to_string());
@@ -33,9 +41,10 @@ fn load(addr: SocketAddr, host: &str, path: &str, connections: usize, requests: 
                 stream
                     .set_read_timeout(Some(Duration::from_secs(10)))
                     .unwrap();
-                for _ in 0..requests / connections {
-                    let r = request(&mut stream, &host, &path, "").unwrap();
-                    assert!(r.status < 500, "{}", r.status);
+                for n in 0..requests / connections {
+                    let r = request(&mut stream, &host, &path, "")
+                        .unwrap_or_else(|e| panic!("request {n} to {host}{path}: {e}"));
+                    assert_eq!(r.status, status, "request {n} to {host}{path}");
                 }
             })
         })
@@ -83,9 +92,9 @@ fn a_two_process_tenant_is_summed_correctly_and_never_goes_backwards() {
     thread::sleep(Duration::from_millis(2500));
     let ready_requests = ok(&scrape(admin, "admin"));
 
-    load(s.http, "alpha.test", "/", 10, 1000);
-    load(s.http, "alpha.test", "/missing", 2, 50);
-    load(s.http, "beta.test", "/", 1, 7);
+    load(s.http, "alpha.test", "/", 200, 10, 1000);
+    load(s.http, "alpha.test", "/missing", 404, 2, 50);
+    load(s.http, "beta.test", "/", 200, 1, 7);
     // Both processes served some of it.
     let status = s.status();
     let alpha_status = status.tenants.iter().find(|t| t.name == "alpha").unwrap();
@@ -99,12 +108,24 @@ fn a_two_process_tenant_is_summed_correctly_and_never_goes_backwards() {
         "{alpha_status:?}"
     );
     // Reports arrive about every second.
+    let mut first = String::new();
     wait_until(Duration::from_secs(10), || {
-        let text = scrape(admin, "admin");
-        ok(&text) - ready_requests >= 1000.0 && missing(&text) >= 50.0
+        first = scrape(admin, "admin");
+        ok(&first) - ready_requests >= 1000.0 && missing(&first) >= 50.0
     });
+    assert_eq!(
+        ok(&first) - ready_requests,
+        1000.0,
+        "counted from {ready_requests}: {first}"
+    );
+    assert_eq!(missing(&first), 50.0, "{first}");
+    // A later scrape shows the same sums.
     let text = scrape(admin, "admin");
-    assert_eq!(ok(&text) - ready_requests, 1000.0, "{text}");
+    assert_eq!(
+        ok(&text),
+        ok(&first),
+        "went backwards: {first}\n---\n{text}"
+    );
     assert_eq!(missing(&text), 50.0, "{text}");
     assert!(
         sample_sum(
@@ -135,7 +156,7 @@ fn a_two_process_tenant_is_summed_correctly_and_never_goes_backwards() {
 
     // Never backwards across scrapes while processes live (under more load).
     let http = s.http;
-    let more = thread::spawn(move || load(http, "alpha.test", "/", 4, 400));
+    let more = thread::spawn(move || load(http, "alpha.test", "/", 200, 4, 400));
     let mut last = 0.0;
     for _ in 0..8 {
         let now = ok(&scrape(admin, "admin"));
