@@ -19,6 +19,8 @@ use switchyard_shared::config::ClientAuth;
 /// The request header that carries the verified client certificate's subject
 /// (RFC 4514 text) to upstreams.
 pub const SUBJECT_HEADER: &str = "X-Client-Cert-Subject";
+/// [`SUBJECT_HEADER`] in lower case, as `http::HeaderName::from_static` wants it.
+pub const SUBJECT_HEADER_LOWER: &str = "x-client-cert-subject";
 
 /// Most bytes of a subject passed upstream.
 const MAX_SUBJECT_LEN: usize = 1024;
@@ -127,6 +129,11 @@ pub fn subject(session: &Session) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lower_case_name_is_the_header_name() {
+        assert_eq!(SUBJECT_HEADER.to_ascii_lowercase(), SUBJECT_HEADER_LOWER);
+    }
 
     #[test]
     fn subjects_are_made_header_safe() {

@@ -76,11 +76,11 @@ pub fn check_request(req: &mut RequestHeader, limits: &HttpLimits) -> Result<(),
     if req.headers.get_all(http::header::HOST).iter().count() > 1 {
         return Err(Refusal::SeveralHosts);
     }
-    let codings: Vec<String> = list_values(&req.headers, "transfer-encoding");
+    let codings: Vec<String> = list_values(&req.headers, http::header::TRANSFER_ENCODING);
     if !codings.is_empty() && codings != ["chunked"] {
         return Err(Refusal::UnsupportedTransferCoding);
     }
-    let lengths = list_values(&req.headers, "content-length");
+    let lengths = list_values(&req.headers, http::header::CONTENT_LENGTH);
     if let Some(first) = lengths.first() {
         if first.parse::<u64>().is_err() || lengths.iter().any(|l| l != first) {
             return Err(Refusal::BadContentLength);
@@ -97,7 +97,7 @@ pub fn check_request(req: &mut RequestHeader, limits: &HttpLimits) -> Result<(),
 
 /// Every element of the comma-separated list header `name`, over all its
 /// lines, trimmed and lower-cased.
-fn list_values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
+fn list_values(headers: &http::HeaderMap, name: http::header::HeaderName) -> Vec<String> {
     headers
         .get_all(name)
         .iter()
@@ -133,10 +133,16 @@ pub fn sanitize_upstream_request(req: &mut RequestHeader) {
     for name in lookalikes {
         req.remove_header(&name);
     }
-    if req.headers.get_all("cookie").iter().nth(1).is_some() {
+    if req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
         let joined = req
             .headers
-            .get_all("cookie")
+            .get_all(http::header::COOKIE)
             .iter()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect::<Vec<_>>()
@@ -151,7 +157,7 @@ pub fn sanitize_upstream_request(req: &mut RequestHeader) {
 /// `101`, which needs it; Pingora writes the client's own `Connection`.)
 pub fn sanitize_response(resp: &mut ResponseHeader) {
     let upgrade = resp.status.as_u16() == 101;
-    let named: Vec<String> = list_values(&resp.headers, "connection")
+    let named: Vec<String> = list_values(&resp.headers, http::header::CONNECTION)
         .into_iter()
         .filter(|name| name != "close" && !(upgrade && name == "upgrade"))
         .collect();
@@ -160,8 +166,11 @@ pub fn sanitize_response(resp: &mut ResponseHeader) {
             resp.remove_header(&name);
         }
     }
-    resp.remove_header("keep-alive");
-    resp.remove_header("proxy-connection");
+    // Names parsed once, not per response.
+    static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+    static PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
+    resp.remove_header(&KEEP_ALIVE);
+    resp.remove_header(&PROXY_CONNECTION);
 }
 
 #[cfg(test)]

@@ -28,7 +28,11 @@ pub fn client_ip_text(session: &Session) -> IpText {
 /// `ours` appended to the request's existing `name` list header (`a, b`) —
 /// every line of it, in order, as RFC 9110 §5.3 combines them — or `ours` alone
 /// when the request has none.
-pub fn appended(headers: &http::HeaderMap, name: &str, ours: &str) -> String {
+pub fn appended(
+    headers: &http::HeaderMap,
+    name: impl http::header::AsHeaderName,
+    ours: &str,
+) -> String {
     let mut value = String::new();
     for previous in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
         let previous = previous.trim();
@@ -78,8 +82,8 @@ pub fn add_via(response: &mut pingora::http::ResponseHeader) -> Result<()> {
         http::Version::HTTP_10 => "1.0 switchyard",
         _ => "1.1 switchyard",
     };
-    let via = match response.headers.get("via") {
-        Some(_) => HeaderValue::try_from(appended(&response.headers, "via", ours))
+    let via = match response.headers.get(http::header::VIA) {
+        Some(_) => HeaderValue::try_from(appended(&response.headers, http::header::VIA, ours))
             .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid Via header"))?,
         None => HeaderValue::from_static(ours),
     };
@@ -111,30 +115,48 @@ pub fn set_headers(
     // to); a client's own are replaced, so it cannot choose the address
     // the upstream believes.
     let trusted = peer.is_some_and(|ip| switchyard_shared::net::in_any(trusted_proxies, ip));
-    if !trusted {
-        upstream_request.remove_header("X-Forwarded-For");
-        upstream_request.remove_header("Forwarded");
-        upstream_request.remove_header("X-Real-IP");
-    }
-    if let Some(ip) = peer {
-        let ip_text = IpText::new(ip);
-        let ip_text = ip_text.as_str();
-        let xff = appended(&upstream_request.headers, "x-forwarded-for", ip_text);
-        upstream_request.insert_header("X-Forwarded-For", xff)?;
-        let element = forwarded_element(ip, ip_text, proto, original_host);
-        let forwarded = appended(&upstream_request.headers, "forwarded", &element);
-        upstream_request.insert_header("Forwarded", forwarded)?;
-        if !upstream_request.headers.contains_key("x-real-ip") {
+    match peer {
+        // `insert_header` replaces every line of a name already there, so a
+        // client's own are gone without a separate removal (each lookup in
+        // Pingora's two header maps shows per request in callgrind).
+        Some(ip) if !trusted => {
+            let ip_text = IpText::new(ip);
+            let ip_text = ip_text.as_str();
+            upstream_request.insert_header("X-Forwarded-For", ip_text)?;
+            let element = forwarded_element(ip, ip_text, proto, original_host);
+            upstream_request.insert_header("Forwarded", element)?;
             upstream_request.insert_header("X-Real-IP", ip_text)?;
+        }
+        Some(ip) => {
+            let ip_text = IpText::new(ip);
+            let ip_text = ip_text.as_str();
+            let xff = appended(&upstream_request.headers, "x-forwarded-for", ip_text);
+            upstream_request.insert_header("X-Forwarded-For", xff)?;
+            let element = forwarded_element(ip, ip_text, proto, original_host);
+            let forwarded = appended(&upstream_request.headers, "forwarded", &element);
+            upstream_request.insert_header("Forwarded", forwarded)?;
+            if !upstream_request.headers.contains_key("x-real-ip") {
+                upstream_request.insert_header("X-Real-IP", ip_text)?;
+            }
+        }
+        // No address to tell (never trusted): only the client's go.
+        None => {
+            upstream_request.remove_header("X-Forwarded-For");
+            upstream_request.remove_header("Forwarded");
+            upstream_request.remove_header("X-Real-IP");
         }
     }
     upstream_request.insert_header("X-Forwarded-Proto", HeaderValue::from_static(proto))?;
     if let Some(host) = original_host {
         upstream_request.insert_header("X-Forwarded-Host", host)?;
     }
-    let via = match upstream_request.headers.get("via") {
-        Some(_) => HeaderValue::try_from(appended(&upstream_request.headers, "via", via_self))
-            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid Via header"))?,
+    let via = match upstream_request.headers.get(http::header::VIA) {
+        Some(_) => HeaderValue::try_from(appended(
+            &upstream_request.headers,
+            http::header::VIA,
+            via_self,
+        ))
+        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid Via header"))?,
         None => HeaderValue::from_static(via_self),
     };
     upstream_request.insert_header("Via", via)?;

@@ -244,10 +244,13 @@ impl ProxyHttp for TenantProxy {
             session.set_keepalive(Some(self.settings.http.keepalive_timeout.as_secs()));
         }
         session.set_read_timeout(Some(self.settings.http.client_body_timeout));
+        // Names parsed once, not per request.
+        static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+        static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
         let headers = &session.req_header().headers;
         if self.settings.log.trust_request_id {
             if let Some(id) = headers
-                .get("x-request-id")
+                .get(&X_REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .filter(|id| tracing_context::is_request_id(id))
             {
@@ -255,7 +258,7 @@ impl ProxyHttp for TenantProxy {
             }
         }
         if let Some(trace) = headers
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(tracing_context::TraceParent::parse)
         {
@@ -529,7 +532,9 @@ impl ProxyHttp for TenantProxy {
         )?;
         upstream_request.insert_header("traceparent", ctx.trace.header_value())?;
         // Only the tenant's own verification speaks for a client certificate.
-        upstream_request.remove_header(crate::client_cert::SUBJECT_HEADER);
+        static SUBJECT: http::HeaderName =
+            http::HeaderName::from_static(crate::client_cert::SUBJECT_HEADER_LOWER);
+        upstream_request.remove_header(&SUBJECT);
         if let Some(subject) = crate::client_cert::subject(session) {
             upstream_request.insert_header(crate::client_cert::SUBJECT_HEADER, subject)?;
         }
