@@ -100,8 +100,7 @@ pub fn set_headers(
 ) -> Result<()> {
     // Per request, so kept lean: no `format!`, static values where they are
     // static (its cost showed up in callgrind profiles, bench/RESULTS.md;
-    // growing Pingora's two header maps is most of what is left, and
-    // `RequestHeader` offers no way to reserve).
+    // inserting into Pingora's two header maps is most of what is left).
     let tls = is_tls(session);
     let proto = if tls { "https" } else { "http" };
     let via_self = if session.is_http2() {
@@ -116,26 +115,25 @@ pub fn set_headers(
     // the upstream believes.
     let trusted = peer.is_some_and(|ip| switchyard_shared::net::in_any(trusted_proxies, ip));
     match peer {
-        // `insert_header` replaces every line of a name already there, so a
-        // client's own are gone without a separate removal (each lookup in
-        // Pingora's two header maps shows per request in callgrind).
-        Some(ip) if !trusted => {
-            let ip_text = IpText::new(ip);
-            let ip_text = ip_text.as_str();
-            upstream_request.insert_header("X-Forwarded-For", ip_text)?;
-            let element = forwarded_element(ip, ip_text, proto, original_host);
-            upstream_request.insert_header("Forwarded", element)?;
-            upstream_request.insert_header("X-Real-IP", ip_text)?;
-        }
         Some(ip) => {
             let ip_text = IpText::new(ip);
             let ip_text = ip_text.as_str();
-            let xff = appended(&upstream_request.headers, "x-forwarded-for", ip_text);
-            upstream_request.insert_header("X-Forwarded-For", xff)?;
             let element = forwarded_element(ip, ip_text, proto, original_host);
-            let forwarded = appended(&upstream_request.headers, "forwarded", &element);
-            upstream_request.insert_header("Forwarded", forwarded)?;
-            if !upstream_request.headers.contains_key("x-real-ip") {
+            if trusted {
+                let xff = appended(&upstream_request.headers, "x-forwarded-for", ip_text);
+                upstream_request.insert_header("X-Forwarded-For", xff)?;
+                let forwarded = appended(&upstream_request.headers, "forwarded", &element);
+                upstream_request.insert_header("Forwarded", forwarded)?;
+                if !upstream_request.headers.contains_key("x-real-ip") {
+                    upstream_request.insert_header("X-Real-IP", ip_text)?;
+                }
+            } else {
+                // `insert_header` replaces every line of a name already
+                // there, so a client's own are gone without a separate
+                // removal (each lookup in Pingora's two header maps shows per
+                // request in callgrind).
+                upstream_request.insert_header("X-Forwarded-For", ip_text)?;
+                upstream_request.insert_header("Forwarded", element)?;
                 upstream_request.insert_header("X-Real-IP", ip_text)?;
             }
         }
