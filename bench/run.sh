@@ -5,6 +5,7 @@
 #   bench/run.sh                     # Switchyard (direct, single, two-tier) only
 #   PEERS=1 bench/run.sh             # also nginx and HAProxy two-tier setups (installs them)
 #   ROUNDS=5 DURATION=10 PEERS=1 bench/run.sh
+#   PEERS=1 PEER_HEADERS=1 bench/run.sh   # nginx and HAProxy add the headers Switchyard adds
 #
 # Setups: direct (wrk → upstream), single (one `l7proxy --listen`), two-tier
 # (splitter → l7proxy), nginx-2tier (stream + ssl_preread → http over a Unix
@@ -23,6 +24,11 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-64}
 PEERS=${PEERS:-0}
+# Switchyard adds X-Forwarded-For, Forwarded, X-Real-IP, X-Forwarded-Proto,
+# X-Forwarded-Host, Via, X-Request-Id and traceparent to every upstream
+# request and Via to every response; the peers' plain configs add none.
+# PEER_HEADERS=1 has them add the same (their idioms for each).
+PEER_HEADERS=${PEER_HEADERS:-0}
 OUT=$PWD/bench/out
 rm -rf "$OUT"; mkdir -p "$OUT/tenants" "$OUT/run"
 
@@ -84,6 +90,27 @@ taskset -c 1 "$BIN/l7proxy" --tenant bench --config "$OUT/host.toml" --listen 12
 
 setups="direct single two-tier"
 if [ "$PEERS" = 1 ]; then
+    ngx_location='proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";'
+    haproxy_headers=""
+    if [ "$PEER_HEADERS" = 1 ]; then
+        ngx_location="$ngx_location"' proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$host\"";
+            proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header Via "1.1 nginx"; proxy_set_header X-Request-Id $request_id;
+            proxy_set_header traceparent "00-$request_id-00f067aa0ba902b7-01"; add_header Via "1.1 nginx";'
+        haproxy_headers='    option forwardfor
+    http-request set-header X-Real-IP %[src]
+    http-request set-header Forwarded "for=%[src];proto=https;host=\"%[req.hdr(host)]\"" if { ssl_fc }
+    http-request set-header Forwarded "for=%[src];proto=http;host=\"%[req.hdr(host)]\"" if !{ ssl_fc }
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header Via "1.1 haproxy"
+    http-request set-header X-Request-Id %[uuid]
+    http-request set-header traceparent 00-%[uuid,regsub(-,,g)]-%[rand,hex]-01
+    http-response add-header Via "1.1 haproxy"'
+    fi
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
         -addext subjectAltName=DNS:localhost -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
     cat "$OUT/cert.pem" "$OUT/key.pem" > "$OUT/haproxy.pem"
@@ -108,21 +135,21 @@ http {
     server {
         listen unix:$OUT/nginx-tls.sock ssl; server_name localhost;
         ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem;
-        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location / { $ngx_location }
     }
     server {
         listen unix:$OUT/nginx-plain.sock; server_name localhost;
-        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location / { $ngx_location }
     }
     # Single tier: nginx itself on the port, no isolation between sites.
     server {
         listen 127.0.0.1:19743 ssl; server_name localhost;
         ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem;
-        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location / { $ngx_location }
     }
     server {
         listen 127.0.0.1:19780; server_name localhost;
-        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location / { $ngx_location }
     }
 }
 NGINX
@@ -172,6 +199,7 @@ frontend single_plain
 backend app
     mode http
     http-reuse always
+$haproxy_headers
     server up 127.0.0.1:19001
 HAPROXY
     taskset -c 1 haproxy -f "$OUT/haproxy.cfg" -q & pids+=($!); haproxy_pid=$!
@@ -258,5 +286,5 @@ PY
 done
 
 python3 bench/summarize.py "$OUT/results.tsv" bench/RESULTS-run.md bench/chart.svg \
-    "rounds=$ROUNDS duration=${DURATION}s connections=$CONNS"
+    "rounds=$ROUNDS duration=${DURATION}s connections=$CONNS peer_headers=$PEER_HEADERS"
 echo "==> wrote bench/RESULTS-run.md and bench/chart.svg (raw: bench/out/results.tsv)"
