@@ -229,6 +229,7 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
     async fn serve_socket(&self, socket: &AsyncFd<OwnedFd>, shutdown: &mut ShutdownWatch) -> Ended {
         let mut report = tokio::time::interval(crate::request_stats::REPORT_EVERY);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut buf = handoff::ReceiveBuffer::new();
         loop {
             let mut guard = tokio::select! {
                 guard = socket.readable() => match guard {
@@ -248,7 +249,8 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             // Everything queued, then back to waiting (`try_io` clears the
             // readiness when the socket would block).
             let outcome = loop {
-                let Ok(received) = guard.try_io(|socket| handoff::recv(socket.get_ref().as_fd()))
+                let Ok(received) =
+                    guard.try_io(|socket| handoff::recv_into(socket.get_ref().as_fd(), &mut buf))
                 else {
                     break None;
                 };

@@ -515,9 +515,32 @@ pub struct Received {
 /// datagram is waiting. A datagram whose control data or payload was cut short
 /// is an error, and every descriptor that did arrive with it is closed.
 pub fn recv(socket: BorrowedFd<'_>) -> io::Result<Option<Received>> {
-    let mut buf = [0u8; MAX_MESSAGE_LEN];
-    Ok(recv_bytes(socket, &mut buf)?.map(|(len, fds)| Received {
-        message: Message::decode(&buf[..len]),
+    recv_into(socket, &mut ReceiveBuffer::new())
+}
+
+/// Room for one message of up to [`MAX_MESSAGE_LEN`] bytes, made once and
+/// reused by a loop that receives many: [`recv`] zeroes a fresh 16 KiB for
+/// every datagram, which a socket carrying a message per connection pays on
+/// every connection.
+pub struct ReceiveBuffer(Box<[u8]>);
+
+impl ReceiveBuffer {
+    /// A zeroed buffer of [`MAX_MESSAGE_LEN`] bytes.
+    pub fn new() -> Self {
+        Self(vec![0; MAX_MESSAGE_LEN].into_boxed_slice())
+    }
+}
+
+impl Default for ReceiveBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// [`recv`] into `buf`, which the caller keeps for the next datagram.
+pub fn recv_into(socket: BorrowedFd<'_>, buf: &mut ReceiveBuffer) -> io::Result<Option<Received>> {
+    Ok(recv_bytes(socket, &mut buf.0)?.map(|(len, fds)| Received {
+        message: Message::decode(&buf.0[..len]),
         fds,
     }))
 }

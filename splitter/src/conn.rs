@@ -198,8 +198,8 @@ pub struct ClientConn {
     pub accepted_at_us: u64,
     /// Its place under `max_pending` while it is peeked or held.
     pub slot: PendingSlot,
-    /// The listener that accepted it (`IP:port`), for metrics.
-    pub listener: Arc<str>,
+    /// The metrics of the listener that accepted it.
+    pub listener: Arc<crate::metrics::ListenerMetrics>,
     /// When it was accepted.
     pub accepted: std::time::Instant,
     /// When its routing name became known.
@@ -217,7 +217,7 @@ impl ClientConn {
         protocol: Protocol,
         port: u16,
         slot: PendingSlot,
-        listener: Arc<str>,
+        listener: Arc<crate::metrics::ListenerMetrics>,
     ) -> ClientConn {
         ClientConn {
             fd,

@@ -76,11 +76,12 @@ pub async fn accept_loop(
     let protocol = listen.protocol;
     let proxied = listen.proxy_protocol;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let label: Arc<str> = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default()
-        .into();
+    let label = metrics::ListenerMetrics::new(
+        &listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    );
     let listener = match switchyard_shared::sys::register(listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -151,17 +152,17 @@ fn accepted_from_proxy(
     peer: Option<std::net::IpAddr>,
     protocol: Protocol,
     port: u16,
-    label: &Arc<str>,
+    label: &Arc<metrics::ListenerMetrics>,
 ) {
     if !peer.is_some_and(|ip| switchyard_shared::net::in_any(&front.settings.trusted_proxies, ip)) {
         debug!(port, peer = ?peer, "PROXY header from a peer not in trusted_proxies; closed");
-        metrics::connection(label, "proxy_untrusted");
+        label.outcome("proxy_untrusted");
         return;
     }
     let slot = match front.pending.try_acquire(None) {
         Ok(slot) => slot,
         Err(refusal) => {
-            metrics::connection(label, refusal.as_str());
+            label.outcome(refusal.as_str());
             return;
         }
     };
@@ -176,7 +177,7 @@ fn accepted(
     peer: Option<std::net::IpAddr>,
     protocol: Protocol,
     port: u16,
-    label: &Arc<str>,
+    label: &Arc<metrics::ListenerMetrics>,
 ) {
     let slot = match front.pending.try_acquire(peer) {
         Ok(slot) => slot,
@@ -186,7 +187,7 @@ fn accepted(
                 reason = refusal.as_str(),
                 "connection refused at once"
             );
-            metrics::connection(label, refusal.as_str());
+            label.outcome(refusal.as_str());
             return;
         }
     };
@@ -197,7 +198,7 @@ fn accepted(
             tokio::spawn(wait_and_route(front.clone(), conn, false));
         }
         Ok(Peeked::Invalid(reject)) | Err(PeekFailure::Invalid(reject)) => refuse(conn, reject),
-        Err(PeekFailure::Closed) => metrics::connection(label, "client_closed"),
+        Err(PeekFailure::Closed) => label.outcome("client_closed"),
     }
 }
 
@@ -231,19 +232,19 @@ async fn wait_and_route(front: Arc<Front>, mut conn: ClientConn, proxied: bool) 
             route(&front, conn, name)
         }
         Ok(Err(PeekFailure::Invalid(reject))) => refuse(conn, reject),
-        Ok(Err(PeekFailure::Closed)) => metrics::connection(&conn.listener, "client_closed"),
+        Ok(Err(PeekFailure::Closed)) => conn.listener.outcome("client_closed"),
         Err(_) => {
             debug!(
                 port = conn.local_port,
                 "peek_timeout: client sent too little; closed"
             );
-            metrics::connection(&conn.listener, "peek_timeout");
+            conn.listener.outcome("peek_timeout");
         }
     }
 }
 
 fn refuse(conn: ClientConn, reject: splitter::peek::Reject) {
-    metrics::connection(&conn.listener, reject.as_str());
+    conn.listener.outcome(reject.as_str());
     debug!(
         port = conn.local_port,
         reason = reject.as_str(),
@@ -261,17 +262,17 @@ fn refuse(conn: ClientConn, reject: splitter::peek::Reject) {
 
 fn route(front: &Front, mut conn: ClientConn, name: Option<String>) {
     let now = std::time::Instant::now();
-    metrics::peeked(&conn.listener, now - conn.accepted);
+    conn.listener.peeked(now - conn.accepted);
     conn.named = Some(now);
     let routes = front.routes.load();
     match routes.route(name.as_deref()) {
         Some(tenant) => {
-            metrics::connection(&conn.listener, "routed");
+            conn.listener.routed();
             conn.server_name = name;
             tenant.dispatch(conn);
         }
         None => {
-            metrics::connection(&conn.listener, "unknown_host");
+            conn.listener.outcome("unknown_host");
             debug!(port = conn.local_port, name = ?name, "no tenant serves this name");
             match name {
                 Some(name) => turn_away(

@@ -221,13 +221,16 @@ pub(crate) async fn read_messages(
     socket: &AsyncFd<OwnedFd>,
 ) -> String {
     let mut last_stats: Option<Instant> = None;
+    let mut buf = handoff::ReceiveBuffer::new();
     loop {
         let mut guard = match socket.readable().await {
             Ok(guard) => guard,
             Err(e) => return e.to_string(),
         };
         // Everything queued; `try_io` clears the readiness when it would block.
-        while let Ok(received) = guard.try_io(|socket| handoff::recv(socket.get_ref().as_fd())) {
+        while let Ok(received) =
+            guard.try_io(|socket| handoff::recv_into(socket.get_ref().as_fd(), &mut buf))
+        {
             match received {
                 Ok(Some(received)) => {
                     if !received.fds.is_empty() {

@@ -67,6 +67,8 @@ pub struct Tenant {
     config: Mutex<TenantConfig>,
     /// Counters for logs and status.
     pub counters: TenantCounters,
+    /// Its `switchyard_handoff_seconds` series.
+    handoff_seconds: prometheus::Histogram,
     hold_timeout: Duration,
     max_unacked: usize,
     state: Mutex<PoolState>,
@@ -199,8 +201,10 @@ pub struct ProcStatus {
 impl Tenant {
     /// A tenant with no processes yet.
     pub fn new(config: TenantConfig, hold_timeout: Duration, max_unacked: usize) -> Arc<Tenant> {
+        let name = config.name.clone();
         Arc::new(Tenant {
-            name: config.name.clone(),
+            handoff_seconds: crate::metrics::handoff_seconds(&name),
+            name,
             config: Mutex::new(config),
             counters: TenantCounters::default(),
             hold_timeout,
@@ -274,7 +278,7 @@ impl Tenant {
                     proc.handed += 1;
                     conn.slot.release();
                     if let Some(named) = conn.named.take() {
-                        crate::metrics::handed_off(&self.name, named.elapsed());
+                        self.handoff_seconds.observe(named.elapsed().as_secs_f64());
                     }
                     let now = Instant::now();
                     proc.unacked.push_back((seq, conn, now));
@@ -304,7 +308,7 @@ impl Tenant {
             .max_held;
         if state.held.len() >= max_held {
             self.counters.held_full.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::connection(&conn.listener, "max_held");
+            conn.listener.outcome("max_held");
             turn_away(
                 conn,
                 503,

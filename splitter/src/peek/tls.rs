@@ -92,27 +92,20 @@ fn server_name(message: &[u8]) -> Peeked {
         Ok((_, TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello)))) => hello,
         _ => return Peeked::Invalid(Reject::BadClientHello),
     };
-    let Some(ext) = hello.ext else {
+    let Some(extensions) = hello.ext else {
         return Peeked::Name(None);
     };
-    let extensions = match tls_parser::parse_tls_client_hello_extensions(ext) {
-        Ok((&[], extensions)) => extensions,
+    let sni = match find_extension(extensions, EXTENSION_SERVER_NAME) {
+        Ok(Some(sni)) => sni,
+        Ok(None) => return Peeked::Name(None),
+        Err(()) => return Peeked::Invalid(Reject::BadClientHello),
+    };
+    let names = match tls_parser::parse_tls_extension_sni_content(sni) {
+        Ok((&[], TlsExtension::SNI(names))) => names,
         _ => return Peeked::Invalid(Reject::BadClientHello),
     };
-    let mut names = extensions.iter().filter_map(|e| match e {
-        TlsExtension::SNI(names) => Some(names),
-        _ => None,
-    });
-    let Some(sni) = names.next() else {
-        return Peeked::Name(None);
-    };
-    if names.next().is_some() {
-        // Duplicate extensions are forbidden (RFC 8446 §4.2); the TLS stack
-        // would refuse the handshake anyway.
-        return Peeked::Invalid(Reject::BadClientHello);
-    }
     // host_name (type 0) is the only name type defined.
-    let Some((_, raw)) = sni.iter().find(|(kind, _)| kind.0 == 0) else {
+    let Some((_, raw)) = names.iter().find(|(kind, _)| kind.0 == 0) else {
         return Peeked::Name(None);
     };
     match std::str::from_utf8(raw)
@@ -122,6 +115,37 @@ fn server_name(message: &[u8]) -> Peeked {
         Some(name) => Peeked::Name(Some(name)),
         None => Peeked::Invalid(Reject::BadServerName),
     }
+}
+
+/// The `server_name` extension's type (RFC 6066 §3).
+const EXTENSION_SERVER_NAME: u16 = 0;
+
+/// Walks the extension block of a ClientHello (each extension: a two-byte
+/// type, a two-byte length, that many bytes) and returns the content of
+/// extension `wanted`, without decoding the others: the tenant's TLS stack
+/// reads them, the splitter needs only the name. `Err` when the block's
+/// framing is broken or `wanted` appears twice (duplicate extensions are
+/// forbidden, RFC 8446 §4.2, and the TLS stack would refuse the handshake).
+fn find_extension(mut block: &[u8], wanted: u16) -> Result<Option<&[u8]>, ()> {
+    let mut found = None;
+    while !block.is_empty() {
+        let [t0, t1, l0, l1, rest @ ..] = block else {
+            return Err(());
+        };
+        let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+        if rest.len() < len {
+            return Err(());
+        }
+        let (content, after) = rest.split_at(len);
+        if u16::from_be_bytes([*t0, *t1]) == wanted {
+            if found.is_some() {
+                return Err(());
+            }
+            found = Some(content);
+        }
+        block = after;
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -316,6 +340,82 @@ pub(crate) mod tests {
         assert_eq!(
             peek_client_hello(&bad, 16384),
             Peeked::Invalid(Reject::BadServerName)
+        );
+    }
+
+    /// A minimal ClientHello (TLS 1.2 legacy version, one suite, no
+    /// compression) with exactly `extensions`, as one record.
+    fn hello_with_extensions(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (kind, content) in extensions {
+            block.extend_from_slice(&kind.to_be_bytes());
+            block.extend_from_slice(&(content.len() as u16).to_be_bytes());
+            block.extend_from_slice(content);
+        }
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7; 32]); // random
+        body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]); // session id, suites, compression
+        body.extend_from_slice(&(block.len() as u16).to_be_bytes());
+        body.extend_from_slice(&block);
+        let mut message = vec![HANDSHAKE_CLIENT_HELLO, 0];
+        message.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        message.extend_from_slice(&body);
+        let mut record = vec![CONTENT_HANDSHAKE, 3, 1];
+        record.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        record.extend_from_slice(&message);
+        record
+    }
+
+    /// The content of a `server_name` extension naming `name`.
+    fn sni(name: &str) -> Vec<u8> {
+        let mut entry = vec![0];
+        entry.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        entry.extend_from_slice(name.as_bytes());
+        let mut content = (entry.len() as u16).to_be_bytes().to_vec();
+        content.extend_from_slice(&entry);
+        content
+    }
+
+    #[test]
+    fn only_the_server_name_extension_is_decoded() {
+        // A key share whose content is nonsense: the tenant's TLS stack judges
+        // it; the splitter routes by the name.
+        let hello = hello_with_extensions(&[(51, vec![0xff; 3]), (0, sni("Alpha.localhost"))]);
+        assert_eq!(
+            peek_client_hello(&hello, 16384),
+            Peeked::Name(Some("alpha.localhost".into()))
+        );
+        assert_eq!(
+            peek_client_hello(&hello_with_extensions(&[(43, vec![2, 3, 4])]), 16384),
+            Peeked::Name(None)
+        );
+    }
+
+    #[test]
+    fn refuses_a_broken_extension_block_or_a_second_server_name() {
+        let twice = hello_with_extensions(&[(0, sni("a.localhost")), (0, sni("b.localhost"))]);
+        assert_eq!(
+            peek_client_hello(&twice, 16384),
+            Peeked::Invalid(Reject::BadClientHello)
+        );
+        // An extension claiming more bytes than the block holds: cut the
+        // block's last byte and shorten every length above it by one.
+        let mut cut = hello_with_extensions(&[(0, sni("a.localhost"))]);
+        cut.pop();
+        cut[4] -= 1; // record length (fits one byte here)
+        cut[8] -= 1; // handshake length
+        let block_len_at = 5 + 4 + 2 + 32 + 1 + 4 + 2;
+        cut[block_len_at + 1] -= 1;
+        assert_eq!(
+            peek_client_hello(&cut, 16384),
+            Peeked::Invalid(Reject::BadClientHello)
+        );
+        // Bytes after the name list inside the extension.
+        let mut padded = sni("a.localhost");
+        padded.push(0);
+        assert_eq!(
+            peek_client_hello(&hello_with_extensions(&[(0, padded)]), 16384),
+            Peeked::Invalid(Reject::BadClientHello)
         );
     }
 }
