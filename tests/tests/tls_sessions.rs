@@ -210,6 +210,83 @@ fn a_session_resumes_on_either_process_of_a_tenant() {
     );
 }
 
+/// A client session cache that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+#[test]
+fn each_handshake_gives_the_client_one_ticket() {
+    let s = SplitterBuilder::new(vec![TenantSpec::echo("alpha", &["alpha.test"])]).start();
+    let store = Arc::new(CountingStore {
+        inner: rustls::client::ClientSessionMemoryCache::new(64),
+        tickets: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let config = {
+        let mut config = (*tls_config()).clone();
+        config.resumption = rustls::client::Resumption::store(store.clone());
+        Arc::new(config)
+    };
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let (status, seen, resumed) = get_with(s.tls, &config, "alpha.test", "/").unwrap();
+        assert_eq!(status, 200, "{seen}");
+        kinds.push(resumed);
+    }
+    assert_eq!(
+        kinds,
+        [false, true, true],
+        "a full handshake, then resumptions"
+    );
+    assert_eq!(
+        store.tickets.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one ticket per connection, full or resumed"
+    );
+}
+
 #[test]
 fn without_shared_tickets_a_session_resumes_only_where_it_began() {
     let mut tenant = TenantSpec::echo("alpha", &["alpha.test"]);
