@@ -76,7 +76,7 @@ pub async fn accept_loop(
     let protocol = listen.protocol;
     let proxied = listen.proxy_protocol;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let label = metrics::ListenerMetrics::new(
+    let listener_metrics = metrics::ListenerMetrics::new(
         &listener
             .local_addr()
             .map(|a| a.to_string())
@@ -105,8 +105,10 @@ pub async fn accept_loop(
                 Ok((fd, peer)) => {
                     let peer = peer.map(|p| p.ip());
                     match proxied {
-                        false => accepted(&front, fd, peer, protocol, port, &label),
-                        true => accepted_from_proxy(&front, fd, peer, protocol, port, &label),
+                        false => accepted(&front, fd, peer, protocol, port, &listener_metrics),
+                        true => {
+                            accepted_from_proxy(&front, fd, peer, protocol, port, &listener_metrics)
+                        }
                     }
                     continue;
                 }
@@ -152,21 +154,21 @@ fn accepted_from_proxy(
     peer: Option<std::net::IpAddr>,
     protocol: Protocol,
     port: u16,
-    label: &Arc<metrics::ListenerMetrics>,
+    listener_metrics: &Arc<metrics::ListenerMetrics>,
 ) {
     if !peer.is_some_and(|ip| switchyard_shared::net::in_any(&front.settings.trusted_proxies, ip)) {
         debug!(port, peer = ?peer, "PROXY header from a peer not in trusted_proxies; closed");
-        label.outcome("proxy_untrusted");
+        listener_metrics.outcome("proxy_untrusted");
         return;
     }
     let slot = match front.pending.try_acquire(None) {
         Ok(slot) => slot,
         Err(refusal) => {
-            label.outcome(refusal.as_str());
+            listener_metrics.outcome(refusal.as_str());
             return;
         }
     };
-    let conn = ClientConn::accepted(fd, protocol, port, slot, label.clone());
+    let conn = ClientConn::accepted(fd, protocol, port, slot, listener_metrics.clone());
     tokio::spawn(wait_and_route(front.clone(), conn, true));
 }
 
@@ -177,7 +179,7 @@ fn accepted(
     peer: Option<std::net::IpAddr>,
     protocol: Protocol,
     port: u16,
-    label: &Arc<metrics::ListenerMetrics>,
+    listener_metrics: &Arc<metrics::ListenerMetrics>,
 ) {
     let slot = match front.pending.try_acquire(peer) {
         Ok(slot) => slot,
@@ -187,18 +189,18 @@ fn accepted(
                 reason = refusal.as_str(),
                 "connection refused at once"
             );
-            label.outcome(refusal.as_str());
+            listener_metrics.outcome(refusal.as_str());
             return;
         }
     };
-    let conn = ClientConn::accepted(fd, protocol, port, slot, label.clone());
+    let conn = ClientConn::accepted(fd, protocol, port, slot, listener_metrics.clone());
     match peek_now(conn.fd.as_fd(), protocol, front.settings.max_peek_bytes) {
         Ok(Peeked::Name(name)) => route(front, conn, name),
         Ok(Peeked::NeedMore) => {
             tokio::spawn(wait_and_route(front.clone(), conn, false));
         }
         Ok(Peeked::Invalid(reject)) | Err(PeekFailure::Invalid(reject)) => refuse(conn, reject),
-        Err(PeekFailure::Closed) => label.outcome("client_closed"),
+        Err(PeekFailure::Closed) => listener_metrics.outcome("client_closed"),
     }
 }
 

@@ -3,7 +3,9 @@
 //! A ClientHello may arrive over several TCP segments (a post-quantum key share
 //! makes it ~1.8 KB) and may be fragmented over several TLS records. The records
 //! are walked one by one and their fragments joined into the handshake message,
-//! which `tls-parser` then decodes. With ECH, the outer (public) name is the one
+//! whose fixed fields `tls-parser` then decodes. Of its extensions only
+//! `server_name` is decoded; the others are skipped by their framing (the
+//! tenant's TLS stack reads them). With ECH, the outer (public) name is the one
 //! found, as intended.
 
 use super::{Peeked, Reject};
