@@ -345,64 +345,33 @@ pub(crate) mod tests {
         );
     }
 
-    /// A minimal ClientHello (TLS 1.2 legacy version, one suite, no
-    /// compression) with exactly `extensions`, as one record.
-    fn hello_with_extensions(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
-        let mut block = Vec::new();
-        for (kind, content) in extensions {
-            block.extend_from_slice(&kind.to_be_bytes());
-            block.extend_from_slice(&(content.len() as u16).to_be_bytes());
-            block.extend_from_slice(content);
-        }
-        let mut body = vec![3, 3];
-        body.extend_from_slice(&[7; 32]); // random
-        body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]); // session id, suites, compression
-        body.extend_from_slice(&(block.len() as u16).to_be_bytes());
-        body.extend_from_slice(&block);
-        let mut message = vec![HANDSHAKE_CLIENT_HELLO, 0];
-        message.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        message.extend_from_slice(&body);
-        let mut record = vec![CONTENT_HANDSHAKE, 3, 1];
-        record.extend_from_slice(&(message.len() as u16).to_be_bytes());
-        record.extend_from_slice(&message);
-        record
-    }
-
-    /// The content of a `server_name` extension naming `name`.
-    fn sni(name: &str) -> Vec<u8> {
-        let mut entry = vec![0];
-        entry.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        entry.extend_from_slice(name.as_bytes());
-        let mut content = (entry.len() as u16).to_be_bytes().to_vec();
-        content.extend_from_slice(&entry);
-        content
-    }
-
     #[test]
     fn only_the_server_name_extension_is_decoded() {
+        use switchyard_tests::{client_hello, sni_extension};
         // A key share whose content is nonsense: the tenant's TLS stack judges
         // it; the splitter routes by the name.
-        let hello = hello_with_extensions(&[(51, vec![0xff; 3]), (0, sni("Alpha.localhost"))]);
+        let hello = client_hello(&[(51, vec![0xff; 3]), sni_extension(b"Alpha.localhost")]);
         assert_eq!(
             peek_client_hello(&hello, 16384),
             Peeked::Name(Some("alpha.localhost".into()))
         );
         assert_eq!(
-            peek_client_hello(&hello_with_extensions(&[(43, vec![2, 3, 4])]), 16384),
+            peek_client_hello(&client_hello(&[(43, vec![2, 3, 4])]), 16384),
             Peeked::Name(None)
         );
     }
 
     #[test]
     fn refuses_a_broken_extension_block_or_a_second_server_name() {
-        let twice = hello_with_extensions(&[(0, sni("a.localhost")), (0, sni("b.localhost"))]);
+        use switchyard_tests::{client_hello, sni_extension};
+        let twice = client_hello(&[sni_extension(b"a.localhost"), sni_extension(b"b.localhost")]);
         assert_eq!(
             peek_client_hello(&twice, 16384),
             Peeked::Invalid(Reject::BadClientHello)
         );
         // An extension claiming more bytes than the block holds: cut the
         // block's last byte and shorten every length above it by one.
-        let mut cut = hello_with_extensions(&[(0, sni("a.localhost"))]);
+        let mut cut = client_hello(&[sni_extension(b"a.localhost")]);
         cut.pop();
         cut[4] -= 1; // record length (fits one byte here)
         cut[8] -= 1; // handshake length
@@ -413,10 +382,10 @@ pub(crate) mod tests {
             Peeked::Invalid(Reject::BadClientHello)
         );
         // Bytes after the name list inside the extension.
-        let mut padded = sni("a.localhost");
-        padded.push(0);
+        let mut padded = sni_extension(b"a.localhost");
+        padded.1.push(0);
         assert_eq!(
-            peek_client_hello(&hello_with_extensions(&[(0, padded)]), 16384),
+            peek_client_hello(&client_hello(&[padded]), 16384),
             Peeked::Invalid(Reject::BadClientHello)
         );
     }
