@@ -10,8 +10,10 @@
 # Setups: direct (wrk → upstream), single (one `l7proxy --listen`), two-tier
 # (splitter → l7proxy), nginx-2tier (stream + ssl_preread → http over a Unix
 # socket), haproxy-2tier (mode tcp + req.ssl_sni → mode http over a Unix socket),
-# and nginx-single / haproxy-single (the proxy itself on the port: what a user
-# who needs no isolation between sites would compare with).
+# nginx-single / haproxy-single (the proxy itself on the port: what a user
+# who needs no isolation between sites would compare with), and pingora-plain
+# (l7proxy/examples/pingora_plain.rs: the same Pingora, allocator and server
+# settings with none of Switchyard's request work, the floor under the l7proxy).
 # Modes: keep-alive and Connection: close, TLS and plaintext. Every proxy gets one
 # worker thread; proxies run on CPU 1, wrk and the upstream on CPU 0 (taskset).
 # Results: bench/out/results.tsv (raw), bench/RESULTS.md (medians and ratios),
@@ -38,6 +40,10 @@ fi
 
 echo "==> building release binaries"
 cargo build --release --bins
+if [ "$PEERS" = 1 ]; then
+    echo "==> building the bare Pingora proxy (l7proxy/examples/pingora_plain.rs)"
+    cargo build --release -p l7proxy --example pingora_plain
+fi
 BIN=$PWD/target/release
 
 cat > "$OUT/tenants/bench.toml" <<TOML
@@ -203,7 +209,9 @@ $haproxy_headers
     server up 127.0.0.1:19001
 HAPROXY
     taskset -c 1 haproxy -f "$OUT/haproxy.cfg" -q & pids+=($!); haproxy_pid=$!
-    setups="$setups nginx-2tier haproxy-2tier nginx-single haproxy-single"
+    taskset -c 1 "$BIN/examples/pingora_plain" 127.0.0.1:19001 127.0.0.1:19901 127.0.0.1:19943 \
+        "$OUT/cert.pem" "$OUT/key.pem" & pids+=($!); plain_pid=$!
+    setups="$setups nginx-2tier haproxy-2tier nginx-single haproxy-single pingora-plain"
 fi
 
 url() { # setup mode
@@ -217,6 +225,7 @@ url() { # setup mode
         haproxy-2tier/https) port=19643 ;; haproxy-2tier/http) port=19680 ;;
         nginx-single/https) port=19743 ;; nginx-single/http) port=19780 ;;
         haproxy-single/https) port=19843 ;; haproxy-single/http) port=19880 ;;
+        pingora-plain/https) port=19943 ;; pingora-plain/http) port=19901 ;;
     esac
     echo "$scheme://localhost:$port/"
 }
@@ -230,6 +239,7 @@ proxy_pids() { # setup mode
         two-tier) descendants "$twotier_pid" | tr '\n' ' ' ;;
         nginx-*) local m; m=$(cat "$OUT/nginx.pid"); echo "$m $(cat /proc/$m/task/*/children 2>/dev/null)" ;;
         haproxy-*) echo "$haproxy_pid" ;;
+        pingora-plain) echo "$plain_pid" ;;
     esac
 }
 ticks() { local t=0 p; for p in "$@"; do [ -r /proc/$p/stat ] && t=$((t + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' /proc/$p/stat))); done; echo $t; }

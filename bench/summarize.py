@@ -6,7 +6,7 @@ import csv, math, platform, statistics, subprocess, sys
 
 raw, out_md, out_svg, description = sys.argv[1:5]
 rows = list(csv.DictReader(open(raw), delimiter="\t"))
-SETUPS = ["direct", "single", "two-tier", "nginx-2tier", "haproxy-2tier", "nginx-single", "haproxy-single"]
+SETUPS = ["direct", "single", "two-tier", "nginx-2tier", "haproxy-2tier", "nginx-single", "haproxy-single", "pingora-plain"]
 MODES = ["tls-keepalive", "http-keepalive", "tls-close", "http-close"]
 cells = {}
 for r in rows:
@@ -67,11 +67,24 @@ for mode in MODES:
         f"{ratio('two-tier', 'haproxy-single', mode, 'cpu_us_per_req'):.2f} |")
 lines.append("")
 
-def lowest_cpu(mode):
-    """Two-tier CPU per request ÷ the lower of nginx-2tier's and haproxy-2tier's."""
+def lowest_cpu(mode, setup="two-tier"):
+    """A setup's CPU per request ÷ the lower of nginx-2tier's and haproxy-2tier's."""
     peers = [med(p, mode, "cpu_us_per_req") for p in ("nginx-2tier", "haproxy-2tier")]
     peers = [p for p in peers if not math.isnan(p)]
-    return med("two-tier", mode, "cpu_us_per_req") / min(peers) if peers else float("nan")
+    return med(setup, mode, "cpu_us_per_req") / min(peers) if peers else float("nan")
+
+if "pingora-plain" in present:
+    lines += ["## The Pingora floor", "",
+              "pingora-plain is `l7proxy/examples/pingora_plain.rs`: the same Pingora (with this repository's patches), "
+              "allocator and server settings as the l7proxy, proxying to the one upstream with none of Switchyard's "
+              "request work (routing, host check, forwarding headers, metrics, access log).", "",
+              "| mode | pingora-plain CPU/req | single l7proxy CPU/req | single ÷ pingora-plain (CPU/req) | pingora-plain CPU/req ÷ the lower two-tier peer |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for mode in ("tls-keepalive", "http-keepalive"):
+        lines.append(
+            f"| {mode} | {med('pingora-plain', mode, 'cpu_us_per_req'):.1f} | {med('single', mode, 'cpu_us_per_req'):.1f} | "
+            f"{ratio('single', 'pingora-plain', mode, 'cpu_us_per_req'):.2f} | {lowest_cpu(mode, 'pingora-plain'):.2f} |")
+    lines.append("")
 
 def target(text, value, ok):
     state = "n/a (not measured in this run)" if math.isnan(value) else ("met" if ok(value) else "NOT met")
@@ -96,8 +109,8 @@ print("\n".join(lines))
 
 # Chart: grouped bars, req/s per mode, one bar per setup.
 colors = {"direct": "#999999", "single": "#4c78a8", "two-tier": "#f58518", "nginx-2tier": "#54a24b", "haproxy-2tier": "#b279a2",
-          "nginx-single": "#a6d96a", "haproxy-single": "#e0b0d5"}
-W, H, left, top, bottom = 860, 360, 70, 40, 60
+          "nginx-single": "#a6d96a", "haproxy-single": "#e0b0d5", "pingora-plain": "#72b7b2"}
+W, H, left, top, bottom = 940, 360, 70, 40, 60
 plot_h = H - top - bottom
 peak = max([med(s, m, "req_s") for s in present for m in MODES if cells.get((s, m))] + [1])
 group_w = (W - left - 20) / len(MODES)
@@ -121,7 +134,7 @@ for gi, mode in enumerate(MODES):
         svg.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" fill="{colors[s]}"><title>{s} {mode}: {v:,.0f} req/s</title></rect>')
     svg.append(f'<text x="{gx + group_w * 0.4:.1f}" y="{top + plot_h + 18}" text-anchor="middle">{mode}</text>')
 for si, s in enumerate(present):
-    x = left + si * 112
+    x = left + si * 108
     svg.append(f'<rect x="{x}" y="{H - 22}" width="12" height="12" fill="{colors[s]}"/><text x="{x + 16}" y="{H - 12}">{s}</text>')
 svg.append("</svg>")
 open(out_svg, "w").write("\n".join(svg) + "\n")
