@@ -77,7 +77,7 @@ if "pingora-plain" in present:
     lines += ["## The Pingora floor", "",
               "pingora-plain is `l7proxy/examples/pingora_plain.rs`: the same Pingora (with this repository's patches), "
               "allocator and server settings as the l7proxy, proxying to the one upstream with none of Switchyard's "
-              "request work (routing, host check, forwarding headers, metrics, access log).", "",
+              "request work (routing, host check, forwarding headers, header and upstream timeouts, metrics, access log).", "",
               "| mode | pingora-plain CPU/req | single l7proxy CPU/req | single ÷ pingora-plain (CPU/req) | pingora-plain CPU/req ÷ the lower two-tier peer |",
               "| --- | ---: | ---: | ---: | ---: |"]
     for mode in ("tls-keepalive", "http-keepalive"):

@@ -2,8 +2,8 @@
 //!
 //! Same Pingora (with this repository's patches), the same allocator and the
 //! same server settings as `l7proxy`, one upstream, and none of Switchyard's
-//! request work: no routing, no host check, no forwarding headers, no metrics,
-//! no access log. `bench/run.sh` (with `PEERS=1`) measures it beside the
+//! request work: no routing, no host check, no forwarding headers, no header or
+//! upstream timeouts, no metrics, no access log. `bench/run.sh` (with `PEERS=1`) measures it beside the
 //! l7proxy and the nginx and HAProxy setups, which shows how much of the
 //! l7proxy's CPU per request is Pingora's and how much is Switchyard's.
 //!
