@@ -3,7 +3,7 @@
 # the same upstream, so machine drift hits everyone alike.
 #
 #   bench/run.sh                     # Switchyard (direct, single, two-tier) only
-#   PEERS=1 bench/run.sh             # also nginx and HAProxy two-tier setups (installs them)
+#   PEERS=1 bench/run.sh             # also nginx and HAProxy setups (installs them) and the bare Pingora floor
 #   ROUNDS=5 DURATION=10 PEERS=1 bench/run.sh
 #   PEERS=1 PEER_HEADERS=1 bench/run.sh   # nginx and HAProxy add the headers Switchyard adds
 #
