@@ -14,7 +14,7 @@ echo "==> running the tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --features "$features" "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast --features "$features" "$@" 2>&1 | tee "$log" || status=$?
 passed=$(awk '/^test result:/ { sum += $4 } END { print sum + 0 }' "$log")
 failed=$(awk '/^test result:/ { sum += $6 } END { print sum + 0 }' "$log")
 echo
