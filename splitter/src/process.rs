@@ -206,10 +206,42 @@ async fn terminate(
     }
 }
 
-/// A process reports its statistics about every second; one reporting more
-/// often than this makes the front parse JSON for nothing and is treated as
-/// broken.
-const MIN_STATS_INTERVAL: Duration = Duration::from_millis(250);
+/// A process reports its statistics about every second. Reports may bunch up
+/// (a tenant's timer catching up after a stall, or several queued while the
+/// front was busy), so a process may send up to `STATS_BURST` at once; beyond
+/// that, more than `STATS_PER_SECOND` a second makes the front parse JSON for
+/// nothing and the process is treated as broken.
+const STATS_PER_SECOND: f64 = 4.0;
+/// See [`STATS_PER_SECOND`].
+const STATS_BURST: f64 = 8.0;
+
+/// The token bucket that bounds how often one process's statistics are parsed.
+struct StatsBudget {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl StatsBudget {
+    fn new(now: Instant) -> StatsBudget {
+        StatsBudget {
+            tokens: STATS_BURST,
+            refilled: now,
+        }
+    }
+
+    /// Takes one report's token at `now`; false when the process is over its
+    /// rate.
+    fn take(&mut self, now: Instant) -> bool {
+        let earned = now.saturating_duration_since(self.refilled).as_secs_f64() * STATS_PER_SECOND;
+        self.tokens = (self.tokens + earned).min(STATS_BURST);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
 
 /// Reads the process's messages until its socket closes or it breaks the
 /// protocol; returns why it stopped. Anything a process may not send (a message
@@ -220,7 +252,7 @@ pub(crate) async fn read_messages(
     key: ProcKey,
     socket: &AsyncFd<OwnedFd>,
 ) -> String {
-    let mut last_stats: Option<Instant> = None;
+    let mut stats_budget = StatsBudget::new(Instant::now());
     let mut buf = handoff::ReceiveBuffer::new();
     loop {
         let mut guard = match socket.readable().await {
@@ -247,15 +279,12 @@ pub(crate) async fn read_messages(
                         Ok(Message::Ready) => tenant.mark_ready(key),
                         Ok(Message::Ack { up_to_seq }) => tenant.acknowledge(key, up_to_seq),
                         Ok(Message::Draining) => tenant.mark_draining(key),
-                        Ok(Message::Stats(_))
-                            if last_stats.is_some_and(|at| at.elapsed() < MIN_STATS_INTERVAL) =>
-                        {
+                        Ok(Message::Stats(_)) if !stats_budget.take(Instant::now()) => {
                             return format!(
-                                "it sent statistics more often than every {MIN_STATS_INTERVAL:?}"
+                                "it sent statistics more often than {STATS_PER_SECOND} times a second"
                             );
                         }
                         Ok(Message::Stats(stats)) => {
-                            last_stats = Some(Instant::now());
                             let totals =
                                 Message::TenantTotals(Box::new(tenant.store_stats(key, stats)));
                             // For the tenant's own /metrics; skipped when its socket is full.
@@ -283,5 +312,41 @@ fn other_kind(message: &Message) -> &'static str {
         Message::HostsChanged => "HostsChanged",
         Message::TenantTotals(_) => "TenantTotals",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_bunched_after_a_stall_are_accepted() {
+        let start = Instant::now();
+        let mut budget = StatsBudget::new(start);
+        // A report a second, then a stall: the timer's catch-up tick and the
+        // next one come together, and several queued reports are read at once.
+        for second in 0..5 {
+            assert!(budget.take(start + Duration::from_secs(second)));
+        }
+        let later = start + Duration::from_secs(12);
+        for _ in 0..8 {
+            assert!(budget.take(later));
+        }
+    }
+
+    #[test]
+    fn a_flood_is_refused_after_the_burst() {
+        let start = Instant::now();
+        let mut budget = StatsBudget::new(start);
+        let taken = (0..1000)
+            .take_while(|n| budget.take(start + Duration::from_micros(*n)))
+            .count();
+        assert_eq!(taken, STATS_BURST as usize);
+        // And a steady rate above the limit is refused too.
+        let mut budget = StatsBudget::new(start);
+        let refused = (0..100)
+            .filter(|n| !budget.take(start + Duration::from_millis(100 * n)))
+            .count();
+        assert!(refused > 50, "{refused}");
     }
 }
