@@ -435,9 +435,13 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
             Protocol::Http => None,
         };
         let client_certificates = self.client_certificates;
+        // Counted before the `Ack` is sent, so every report the splitter
+        // reads after the `Ack` includes this connection while it is open
+        // (its on-demand idle clock relies on that).
+        let stats = &crate::request_stats::STATS;
+        let open = stats.connection_opened();
         self.stop.tracker.spawn(async move {
-            let stats = &crate::request_stats::STATS;
-            let _open = stats.connection_opened();
+            let _open = open;
             let stream: Stream = match tls {
                 Some(acceptor) => {
                     let handshake = async {

@@ -107,7 +107,9 @@ impl PoolState {
     fn idle_for(&mut self, now: Instant) -> Duration {
         let busy = !self.held.is_empty()
             || self.procs.iter().any(|p| {
-                !p.unacked.is_empty() || p.stats.as_ref().is_some_and(|s| s.connections > 0)
+                !p.unacked.is_empty()
+                    || p.report_due
+                    || p.stats.as_ref().is_some_and(|s| s.connections > 0)
             });
         if busy {
             self.last_busy = now;
@@ -131,6 +133,11 @@ struct ProcEntry {
     unacked: VecDeque<(u64, ClientConn, Instant)>,
     /// Its request statistics, as it last reported them.
     stats: Option<Box<TenantStats>>,
+    /// It acknowledged a connection after its last report: busy until its
+    /// next report, which counts that connection if it is still open (a
+    /// process counts a connection before acknowledging it, and the socket
+    /// keeps the order of its messages).
+    report_due: bool,
 }
 
 /// How a process came to serve the tenant.
@@ -341,7 +348,8 @@ impl Tenant {
     }
 
     /// How long the tenant has had no connection: none held, none handed
-    /// and unacknowledged, none open in a process by its last report.
+    /// and unacknowledged, none acknowledged since its process's last report,
+    /// none open in a process by its last report.
     pub fn idle_for(&self) -> Duration {
         self.state().idle_for(Instant::now())
     }
@@ -403,6 +411,7 @@ impl Tenant {
             next_seq: 1,
             unacked: VecDeque::new(),
             stats: None,
+            report_due: false,
         });
     }
 
@@ -431,6 +440,7 @@ impl Tenant {
         let open = stats.connections > 0;
         if let Some(proc) = state.procs.iter_mut().find(|p| p.key == key) {
             proc.stats = Some(stats);
+            proc.report_due = false;
             if open {
                 state.last_busy = Instant::now();
             }
@@ -560,6 +570,7 @@ impl Tenant {
                 .is_some_and(|(seq, _, _)| *seq <= up_to_seq)
             {
                 proc.unacked.pop_front();
+                proc.report_due = true;
             }
         }
         // An Ack proves the process reads again: hand it what was held because
