@@ -28,23 +28,27 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A loopback port that was free a moment ago.
 ///
-/// Never the same port twice in one test process: the kernel may hand a port
-/// just released to the next bind, and a test that asked twice (a TLS and an
-/// HTTP listener) would get one port for both.
+/// Taken below the kernel's ephemeral range (32768 and up by default), so
+/// that the outgoing connections of a load generator running meanwhile cannot
+/// take it as their source port before the server that is to listen there
+/// binds it. Never the same port twice in one test process (a test that asks
+/// twice, for a TLS and an HTTP listener, gets two), and each test process
+/// starts at its own place in the range.
 pub fn free_port() -> u16 {
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+    let start = std::process::id().wrapping_mul(7_919);
+    for n in 0..COUNT {
+        let port = (FIRST + start.wrapping_add(given.len() as u32 + n) % COUNT) as u16;
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
         }
+        given.push(port);
+        return port;
     }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// A temporary directory removed on drop.
@@ -139,6 +143,26 @@ pub fn fd_count_settled(pid: u32, baseline: usize) -> usize {
         now = fd_count(pid);
     }
     now
+}
+
+/// The descriptor count of `pid` once it has stopped changing (the same over
+/// three reads 100 ms apart), or whatever it is after 5 s: a baseline taken
+/// while a process still opens or closes descriptors would never settle back.
+pub fn fd_count_stable(pid: u32) -> usize {
+    let (mut last, mut same) = (fd_count(pid), 0);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = fd_count(pid);
+        if now == last {
+            same += 1;
+            if same >= 3 {
+                break;
+            }
+        } else {
+            (last, same) = (now, 0);
+        }
+    }
+    last
 }
 
 /// Number of open descriptors of process `pid`.

@@ -282,6 +282,12 @@ impl Splitter {
         fd_count(self.proc.pid())
     }
 
+    /// The splitter's descriptor count once it has stopped changing: a
+    /// baseline (see [`fd_count_stable`]).
+    pub fn fd_count_stable(&self) -> usize {
+        fd_count_stable(self.proc.pid())
+    }
+
     /// Pids of the splitter's tenant processes: the children of its helper
     /// (the front's only child, which spawns them).
     pub fn children(&self) -> Vec<u32> {

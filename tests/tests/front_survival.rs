@@ -83,7 +83,7 @@ fn a_killed_splitter_leaves_tenants_serving_and_the_next_one_adopts_them() {
 
 #[test]
 fn orphans_without_a_splitter_drain_and_exit_after_orphan_timeout() {
-    let mut s = two_tenants("1s").start();
+    let mut s = two_tenants("3s").start();
     let pids = [
         s.tenant_pids("alpha", "ready"),
         s.tenant_pids("beta", "ready"),

@@ -21,8 +21,7 @@ fn every_malformed_input_gets_its_defined_outcome_and_leaks_nothing() {
         &["alpha.test"],
     )]));
     // Let the kit's readiness probes finish before counting descriptors.
-    std::thread::sleep(Duration::from_millis(300));
-    let before = s.fd_count();
+    let before = s.fd_count_stable();
 
     let good_sni = sni_extension(b"alpha.test");
     let mut huge_padding = vec![good_sni.clone(), (21, vec![0u8; 20_000])];
@@ -461,8 +460,7 @@ fn a_storm_of_mixed_connections_leaves_descriptors_and_memory_at_baseline() {
         }
     };
     storm(); // warm-up: allocators and caches reach their working size
-    std::thread::sleep(Duration::from_millis(500));
-    let (splitter_fds, tenant_fds) = (s.fd_count(), fd_count(tenant));
+    let (splitter_fds, tenant_fds) = (s.fd_count_stable(), fd_count_stable(tenant));
     let (splitter_rss, tenant_rss) = (rss_kib(s.proc.pid()), rss_kib(tenant));
     for round in 1..=2 {
         storm();

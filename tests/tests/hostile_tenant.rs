@@ -345,18 +345,25 @@ fn a_fast_source_meets_its_connection_rate_limit_and_others_do_not() {
     let s = SplitterBuilder::new(vec![TenantSpec::echo("victim", &["victim.test"])])
         .splitter_lines("max_conn_rate_per_ip = 20")
         .start();
-    let mut refused = 0;
+    // The bucket starts full (20) and earns 20 a second: how many may pass
+    // depends on how long the 60 attempts took on a busy machine.
+    let started = Instant::now();
+    let mut passed = 0;
     for _ in 0..60 {
         let mut c = connect_from("127.0.0.7", s.http).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        match request(&mut c, "victim.test", "/echo", "Connection: close\r\n") {
-            Ok(r) if r.status == 200 => {}
-            _ => refused += 1,
+        if matches!(
+            request(&mut c, "victim.test", "/echo", "Connection: close\r\n"),
+            Ok(r) if r.status == 200
+        ) {
+            passed += 1;
         }
     }
+    let allowed = 20 + (20.0 * started.elapsed().as_secs_f64()).ceil() as usize;
     assert!(
-        refused >= 30,
-        "only about 20 a second pass: {refused} of 60 refused"
+        passed <= allowed && passed < 60,
+        "{passed} of 60 passed in {:?}; at most {allowed} may",
+        started.elapsed()
     );
     let mut c = connect_from("127.0.0.8", s.http).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -498,12 +505,13 @@ fn flood_is_cut_off(mode: &str) {
     require_root();
     let (s, evil) = victim_and_attacker("", None);
     let socket = s.dir.0.join("run/tenants/attacker/handoff.sock");
-    let started = Instant::now();
-    let out = with_victim_under_load(&s, 3, || {
-        finished(
+    let (out, flooded_for) = with_victim_under_load(&s, 3, || {
+        let started = Instant::now();
+        let out = finished(
             fake_tenant(&socket, "attacker", mode, evil),
             Duration::from_secs(10),
-        )
+        );
+        (out, started.elapsed())
     });
     let sent: u64 = out
         .lines()
@@ -515,7 +523,10 @@ fn flood_is_cut_off(mode: &str) {
         "{mode}: disconnected before its flood ended: {sent} sent"
     );
     assert!(out.contains("disconnected"), "{out}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        flooded_for < Duration::from_secs(3),
+        "{mode}: the flood went on for {flooded_for:?}"
+    );
     assert_eq!(
         s.tenant_pids("attacker", "ready").len(),
         1,

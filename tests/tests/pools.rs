@@ -363,7 +363,7 @@ fn a_server_answering_5xx_is_ejected_for_its_step_and_comes_back() {
         flaky_server("steady", std::sync::Arc::new(Default::default())),
     ];
     let tenant = StandaloneTenant::start(&format!(
-        "[[upstream]]\nname = \"app\"\nservers = [{}]\npassive = {{ failures = 1, steps = [\"1500ms\"] }}\n[[route]]\nupstream = \"app\"\n",
+        "[[upstream]]\nname = \"app\"\nservers = [{}]\npassive = {{ failures = 1, steps = [\"5s\"] }}\n[[route]]\nupstream = \"app\"\n",
         quoted(&servers)
     ));
     // Its 503 is relayed once (a response is never retried), then it is out.
@@ -379,7 +379,7 @@ fn a_server_answering_5xx_is_ejected_for_its_step_and_comes_back() {
     assert!(during.iter().all(|n| n == "steady"), "{during:?}");
     // Mended, and its step over: it gets requests again.
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(1700));
+    std::thread::sleep(Duration::from_millis(5200));
     let after: Vec<String> = (0..10)
         .map(|_| {
             tenant.get("/").json()["upstream"]
@@ -838,7 +838,13 @@ fn registrations_reach_every_process_of_the_pool_and_survive_a_rolling_restart()
             assert_eq!(backend_of(&r), "registered");
         }
     };
-    std::thread::sleep(Duration::from_millis(600));
+    // The process that did not take the POST reads the registration from
+    // the shared file within about 250 ms (later on a busy machine): wait
+    // until ten new connections in a row, which take turns over both
+    // processes, all reach the backend.
+    wait_until(Duration::from_secs(5), || {
+        (0..10).all(|_| matches!(http_get(s.http, "shop.test", "/"), Ok(r) if r.status == 200))
+    });
     let mut pids = Default::default();
     seen_by(&mut pids);
     assert_eq!(pids.len(), 2, "both processes answered: {pids:?}");

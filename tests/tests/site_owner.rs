@@ -199,10 +199,16 @@ fn sigusr1_reopens_the_access_log_under_load_losing_no_line() {
         "{}",
         report.output
     );
-    // Let the writer catch up, then count.
-    thread::sleep(Duration::from_millis(500));
+    // Let the writer catch up (it writes a batch every 50 ms, later on a busy
+    // machine), then count.
     let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
-    let (old, new) = (read(&rotated), read(&log));
+    let (mut old, mut new) = (String::new(), String::new());
+    wait_until(Duration::from_secs(10), || {
+        (old, new) = (read(&rotated), read(&log));
+        old.ends_with('\n')
+            && new.ends_with('\n')
+            && (old.lines().count() + new.lines().count()) as u64 >= report.requests
+    });
     assert!(!old.is_empty() && !new.is_empty(), "both files have lines");
     let mut count = 0u64;
     for line in old.lines().chain(new.lines()) {

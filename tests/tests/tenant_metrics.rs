@@ -66,6 +66,9 @@ fn a_two_process_tenant_is_summed_correctly_and_never_goes_backwards() {
     let s = SplitterBuilder::new(vec![alpha, TenantSpec::echo("beta", &["beta.test"])])
         .admin(admin)
         .start();
+    wait_until(Duration::from_secs(10), || {
+        s.tenant_pids("alpha", "ready").len() == 2
+    });
     let ok = |text: &str| {
         sample_sum(
             text,
@@ -168,8 +171,11 @@ fn a_two_process_tenant_is_summed_correctly_and_never_goes_backwards() {
     more.join().unwrap();
 
     // The tenant's own socket: its series only, the same sum.
+    // Both processes listen on it (SO_REUSEPORT) and each shows the sums the
+    // splitter sent back after its own last report: wait until every scrape
+    // shows the whole load.
     wait_until(Duration::from_secs(10), || {
-        ok(&scrape(registration, "localhost")) - ready_requests >= 1400.0
+        (0..8).all(|_| ok(&scrape(registration, "localhost")) - ready_requests >= 1400.0)
     });
     let own = scrape(registration, "localhost");
     assert!(!own.contains("tenant=\"beta\""), "{own}");
