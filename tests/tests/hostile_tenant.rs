@@ -546,6 +546,42 @@ fn a_tenant_process_flooding_statistics_is_disconnected_at_once() {
     flood_is_cut_off("stats-flood");
 }
 
+/// A few reports at once are not a flood: a healthy process's reports bunch
+/// up after a stall (its timer catches up, or the front read several queued).
+#[test]
+fn a_tenant_process_whose_reports_bunch_up_stays_connected() {
+    require_root();
+    let (s, evil) = victim_and_attacker("", None);
+    let socket = s.dir.0.join("run/tenants/attacker/handoff.sock");
+    let mut bunched = Command::new(bin("fake-tenant"))
+        .arg("--socket")
+        .arg(&socket)
+        .args([
+            "--tenant",
+            "attacker",
+            "--mode",
+            "stats-flood",
+            "--count",
+            "4",
+        ])
+        .uid(evil)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        s.tenant_pids("attacker", "ready").len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        bunched.try_wait().unwrap().is_none(),
+        "four reports at once were taken for a flood"
+    );
+    assert_eq!(s.tenant_pids("attacker", "ready").len(), 2);
+    let _ = bunched.kill();
+    let _ = bunched.wait();
+}
+
 #[test]
 fn handoff_sockets_admit_only_their_tenants_user_and_no_idle_crowd() {
     require_root();
