@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_shared::config::HostConfig;
 use switchyard_shared::handoff::{self, ConnMeta, Message, Protocol};
+use switchyard_shared::throttle::Throttle;
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, error, info, warn};
 
@@ -230,7 +231,14 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
         let mut report = tokio::time::interval(crate::request_stats::REPORT_EVERY);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut buf = handoff::ReceiveBuffer::new();
+        // An acknowledgement the full socket refused: sent again at the next
+        // turn (a report tick at the latest), or the splitter would take this
+        // process for stuck.
+        let mut unsent_ack = None;
         loop {
+            if let Some(up_to_seq) = unsent_ack {
+                unsent_ack = self.acknowledge(socket, up_to_seq);
+            }
             let mut guard = tokio::select! {
                 guard = socket.readable() => match guard {
                     Ok(guard) => guard,
@@ -246,6 +254,7 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
                 }
             };
             let mut acked = None;
+            let mut hosts_changed = false;
             // Everything queued, then back to waiting (`try_io` clears the
             // readiness when the socket would block).
             let outcome = loop {
@@ -256,7 +265,7 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
                 };
                 match received {
                     Ok(Some(received)) => {
-                        if let Some(seq) = self.take(received, shutdown) {
+                        if let Some(seq) = self.take(received, shutdown, &mut hosts_changed) {
                             acked = Some(seq);
                         }
                     }
@@ -274,14 +283,33 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
                 }
             };
             if let Some(up_to_seq) = acked {
-                if let Err(e) =
-                    handoff::send(socket.get_ref().as_fd(), &Message::Ack { up_to_seq }, None)
-                {
-                    warn!(tenant = %self.tenant, error = %e, "cannot acknowledge handed connections");
+                unsent_ack = self.acknowledge(socket, up_to_seq);
+            }
+            // After the acknowledgement: re-reading the host file takes a
+            // while on a large host, and the splitter's ack deadline runs.
+            if hosts_changed {
+                if let Some((host_file, view)) = &self.host_reload {
+                    reload_hosts(&self.tenant, host_file, view);
+                }
+                if let Some(certificate) = &self.certificate {
+                    certificate.reload(false);
                 }
             }
             if let Some(reason) = outcome {
                 return Ended::Lost(reason);
+            }
+        }
+    }
+
+    /// Acknowledges every connection up to `up_to_seq`; returns it back when
+    /// the socket is full, to be sent again.
+    fn acknowledge(&self, socket: &AsyncFd<OwnedFd>, up_to_seq: u64) -> Option<u64> {
+        match handoff::send(socket.get_ref().as_fd(), &Message::Ack { up_to_seq }, None) {
+            Ok(()) => None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(up_to_seq),
+            Err(e) => {
+                warn!(tenant = %self.tenant, error = %e, "cannot acknowledge handed connections");
+                None
             }
         }
     }
@@ -365,7 +393,12 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
     /// Handles one datagram; returns its sequence number when it is a `Conn`
     /// (received connections are acknowledged even when unusable: the splitter
     /// must not hand the same bad descriptor again).
-    fn take(&self, received: handoff::Received, shutdown: &ShutdownWatch) -> Option<u64> {
+    fn take(
+        &self,
+        received: handoff::Received,
+        shutdown: &ShutdownWatch,
+        hosts_changed: &mut bool,
+    ) -> Option<u64> {
         let message = match received.message {
             Ok(message) => message,
             Err(e) => {
@@ -381,6 +414,15 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
                 let mut fds = received.fds.into_iter();
                 match (fds.next(), fds.next()) {
                     (Some(fd), None) => self.serve(fd, meta, shutdown.clone()),
+                    (None, _) if received.fds_lost => {
+                        // Acknowledged like any other: the splitter closes its
+                        // copy, and the client sees its connection closed.
+                        static SAID: Mutex<Option<Throttle>> = Mutex::new(None);
+                        let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+                        if said.get_or_insert_with(|| Throttle::new(6)).allow() {
+                            warn!(tenant = %self.tenant, seq, "a handed connection's descriptor was lost: this process is at its open-file limit (raise the host file's [tenant.limits] nofile for this tenant); that client's connection is closed");
+                        }
+                    }
                     (None, _) => {
                         warn!(tenant = %self.tenant, seq, "Conn message without a descriptor; ignored")
                     }
@@ -400,12 +442,7 @@ impl<A: ServerApp + Send + Sync + 'static> HandoffService<A> {
                 None
             }
             Message::HostsChanged => {
-                if let Some((host_file, view)) = &self.host_reload {
-                    reload_hosts(&self.tenant, host_file, view);
-                }
-                if let Some(certificate) = &self.certificate {
-                    certificate.reload(false);
-                }
+                *hosts_changed = true;
                 None
             }
             other => {

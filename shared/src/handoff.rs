@@ -17,15 +17,17 @@
 //! | `HostsChanged` (18) | splitter → l7proxy | — (re-read the tenants' names from the host file, and changed certificate files) |
 //! | `TenantTotals` (19) | splitter → l7proxy | as `Stats`: the sum over the tenant's live processes, for the tenant's own `/metrics` |
 //!
-//! Receivers use `MSG_CMSG_CLOEXEC`, treat `MSG_CTRUNC`/`MSG_TRUNC` as errors and
-//! close every descriptor they were passed but cannot use (dropping the
-//! [`OwnedFd`]s in [`Received`] does that).
+//! Receivers use `MSG_CMSG_CLOEXEC`, treat `MSG_TRUNC` as an error and close
+//! every descriptor they were passed but cannot use (dropping the [`OwnedFd`]s
+//! in [`Received`] does that). `MSG_CTRUNC` (descriptors lost, as at the
+//! receiver's open-file limit) is an error too, except in [`recv_into`], which
+//! still returns the message, marked [`Received::fds_lost`], so that a process
+//! at its limit can acknowledge a `Conn` whose descriptor it never got.
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
+    sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
 };
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// The protocol version this build speaks. A peer speaking another one is refused.
@@ -495,8 +497,7 @@ pub fn recv_with_fds(
     socket: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
-    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_PASSED_FDS]);
-    receive(socket, buf, &mut cmsg_space, MsgFlags::MSG_CMSG_CLOEXEC)
+    receive(socket, buf, MAX_PASSED_FDS, MsgFlags::MSG_CMSG_CLOEXEC)
 }
 
 /// One received datagram: the decoded message (or why it could not be decoded)
@@ -507,13 +508,18 @@ pub struct Received {
     pub message: Result<Message, DecodeError>,
     /// Descriptors passed with it; dropping them closes them.
     pub fds: Vec<OwnedFd>,
+    /// Descriptors were sent with it but the kernel could not pass them all
+    /// (`MSG_CTRUNC`: the receiver is at its open-file limit, or more were
+    /// sent than it takes); those that did arrive are already closed.
+    pub fds_lost: bool,
 }
 
 /// Receives one datagram without blocking.
 ///
 /// Returns `Ok(None)` when the peer has closed the socket, `WouldBlock` when no
-/// datagram is waiting. A datagram whose control data or payload was cut short
-/// is an error, and every descriptor that did arrive with it is closed.
+/// datagram is waiting. A datagram whose payload was cut short is an error; one
+/// whose descriptors were cut short is returned with [`Received::fds_lost`]
+/// set, and every descriptor that did arrive with it is closed.
 pub fn recv(socket: BorrowedFd<'_>) -> io::Result<Option<Received>> {
     recv_into(socket, &mut ReceiveBuffer::new())
 }
@@ -539,9 +545,16 @@ impl Default for ReceiveBuffer {
 
 /// [`recv`] into `buf`, which the caller keeps for the next datagram.
 pub fn recv_into(socket: BorrowedFd<'_>, buf: &mut ReceiveBuffer) -> io::Result<Option<Received>> {
-    Ok(recv_bytes(socket, &mut buf.0)?.map(|(len, fds)| Received {
+    let received = receive_flagged(
+        socket,
+        &mut buf.0,
+        FDS_PER_MESSAGE,
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )?;
+    Ok(received.map(|(len, fds, fds_lost)| Received {
         message: Message::decode(&buf.0[..len]),
-        fds,
+        fds: if fds_lost { Vec::new() } else { fds },
+        fds_lost,
     }))
 }
 
@@ -553,11 +566,10 @@ pub fn recv_bytes(
     socket: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
-    let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
     receive(
         socket,
         buf,
-        &mut cmsg_space,
+        FDS_PER_MESSAGE,
         MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
     )
 }
@@ -565,42 +577,94 @@ pub fn recv_bytes(
 fn receive(
     socket: BorrowedFd<'_>,
     buf: &mut [u8],
-    cmsg_space: &mut Vec<u8>,
+    max_fds: usize,
     recv_flags: MsgFlags,
 ) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    match receive_flagged(socket, buf, max_fds, recv_flags)? {
+        Some((_, fds, true)) => {
+            drop(fds);
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "handoff control data truncated (MSG_CTRUNC): descriptors were lost; received ones closed",
+            ))
+        }
+        Some((bytes, fds, false)) => Ok(Some((bytes, fds))),
+        None => Ok(None),
+    }
+}
+
+/// Descriptors a handoff datagram may carry before the receiver calls it
+/// truncated (a `Conn` carries one).
+const FDS_PER_MESSAGE: usize = 4;
+
+/// [`receive`], but a datagram whose descriptors were cut short
+/// (`MSG_CTRUNC`) is returned, with the flag set, instead of being an error.
+///
+/// Calls `recvmsg(2)` itself rather than through nix: nix refuses to walk the
+/// control data of a truncated message, and the descriptors the kernel did
+/// install before it ran out of room (or of the receiver's open-file limit)
+/// would then leak. Here every installed one becomes an [`OwnedFd`].
+fn receive_flagged(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+    recv_flags: MsgFlags,
+) -> io::Result<Option<(usize, Vec<OwnedFd>, bool)>> {
+    // Aligned for `cmsghdr`; room for MAX_PASSED_FDS descriptors.
+    let mut control = [0u64; 64];
+    // SAFETY: CMSG_SPACE only computes a length.
+    let control_len =
+        unsafe { libc::CMSG_SPACE((max_fds * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    assert!(control_len <= std::mem::size_of_val(&control));
     let (bytes, fds, flags) = loop {
-        let mut iov = [IoSliceMut::new(buf)];
-        match recvmsg::<()>(
-            socket.as_raw_fd(),
-            &mut iov,
-            Some(&mut *cmsg_space),
-            recv_flags,
-        ) {
-            Ok(msg) => {
-                let mut fds = Vec::new();
-                for cmsg in msg.cmsgs().map_err(io::Error::from)? {
-                    if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                        // SAFETY: the kernel just installed these descriptors in
-                        // our table for us; nothing else owns them.
-                        fds.extend(
-                            raw.into_iter()
-                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control_len as _;
+        // SAFETY: `msg` points at `iov` and `control`, both alive and of the
+        // lengths given, for the duration of the call.
+        let received = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, recv_flags.bits()) };
+        if received < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut fds = Vec::new();
+        // SAFETY: the kernel wrote whole control messages into `control` and
+        // set `msg_controllen` to their length (also with MSG_CTRUNC: then it
+        // wrote only what fits, each `cmsg_len` matching). CMSG_FIRSTHDR and
+        // CMSG_NXTHDR stay within that length. Each SCM_RIGHTS descriptor was
+        // just installed in our table for us; nothing else owns it.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg);
+                    let header = data as usize - cmsg as usize;
+                    let count = ((*cmsg).cmsg_len as usize).saturating_sub(header)
+                        / std::mem::size_of::<RawFd>();
+                    for i in 0..count {
+                        let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                        fds.push(OwnedFd::from_raw_fd(fd));
                     }
                 }
-                break (msg.bytes, fds, msg.flags);
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
             }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
         }
+        break (
+            received as usize,
+            fds,
+            MsgFlags::from_bits_truncate(msg.msg_flags),
+        );
     };
-    if flags.contains(MsgFlags::MSG_CTRUNC) {
-        drop(fds);
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "handoff control data truncated (MSG_CTRUNC): descriptors were lost; received ones closed",
-        ));
-    }
     if flags.contains(MsgFlags::MSG_TRUNC) {
         drop(fds);
         return Err(io::Error::new(
@@ -608,10 +672,11 @@ fn receive(
             "handoff message longer than any valid message (MSG_TRUNC); dropped",
         ));
     }
-    if bytes == 0 && fds.is_empty() {
+    let fds_lost = flags.contains(MsgFlags::MSG_CTRUNC);
+    if bytes == 0 && fds.is_empty() && !fds_lost {
         return Ok(None);
     }
-    Ok(Some((bytes, fds)))
+    Ok(Some((bytes, fds, fds_lost)))
 }
 
 /// The current time in microseconds since the Unix epoch, as `Conn` carries it.
@@ -753,6 +818,41 @@ mod tests {
         );
         drop(splitter);
         assert!(recv(proxy.as_fd()).unwrap().is_none());
+    }
+
+    /// More descriptors than a handoff message carries (MSG_CTRUNC): the
+    /// message is still returned, marked, and the descriptors that did
+    /// arrive are closed, not leaked.
+    #[test]
+    fn descriptors_cut_short_are_reported_and_none_leaks() {
+        let (splitter, proxy) = seqpacket_pair().unwrap();
+        let pairs: Vec<_> = (0..FDS_PER_MESSAGE + 2)
+            .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+            .collect();
+        let sent: Vec<BorrowedFd<'_>> = pairs.iter().map(|(_, theirs)| theirs.as_fd()).collect();
+        let mut message = Vec::new();
+        Message::Ack { up_to_seq: 7 }.encode(&mut message);
+        send_with_fds(splitter.as_fd(), &message, &sent).unwrap();
+        let received = recv(proxy.as_fd()).unwrap().expect("a datagram");
+        assert_eq!(received.message, Ok(Message::Ack { up_to_seq: 7 }));
+        assert!(received.fds_lost);
+        assert!(received.fds.is_empty());
+        drop(received);
+        // The same through recv_bytes: an error, and nothing kept either.
+        send_with_fds(splitter.as_fd(), &message, &sent).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            recv_bytes(proxy.as_fd(), &mut buf).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        // With the sender's copies gone, every other end sees end of file:
+        // no copy is left open anywhere.
+        let ours: Vec<_> = pairs.into_iter().map(|(ours, _)| ours).collect();
+        for mut end in ours {
+            end.set_nonblocking(true).unwrap();
+            let mut byte = [0u8; 1];
+            assert_eq!(end.read(&mut byte).unwrap(), 0, "a descriptor leaked");
+        }
     }
 
     #[test]

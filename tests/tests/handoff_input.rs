@@ -46,7 +46,7 @@ fn unusable_descriptors_are_closed_with_a_reason_and_nothing_leaks() {
     );
     let config = dir.write(
         "host.toml",
-        "[splitter]\nruntime_dir = \"run\"\n[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"http\"\n\
+        "[splitter]\nruntime_dir = \"run\"\norphan_timeout = \"1s\"\n[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"http\"\n\
          [[tenant]]\nname = \"alpha\"\nhosts = [\"alpha.test\"]\nconfig = \"tenants/alpha.toml\"\n",
     );
     let (ours, theirs) = handoff::seqpacket_pair().unwrap();
@@ -120,4 +120,86 @@ fn unusable_descriptors_are_closed_with_a_reason_and_nothing_leaks() {
     ] {
         assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
     }
+}
+
+/// A process at its open-file limit: the kernel drops a handed descriptor
+/// (`MSG_CTRUNC`). The `Conn` is still acknowledged, so the splitter closes
+/// its copy instead of taking the process for stuck and killing it.
+#[test]
+fn a_conn_whose_descriptor_is_lost_at_the_open_file_limit_is_still_acknowledged() {
+    let dir = TempDir::new("handoff-nofile");
+    dir.write(
+        "tenants/alpha.toml",
+        "[[route]]\npath = \"/\"\nrespond = \"echo\"\n",
+    );
+    let config = dir.write(
+        "host.toml",
+        "[splitter]\nruntime_dir = \"run\"\norphan_timeout = \"1s\"\n[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"http\"\n\
+         [[tenant]]\nname = \"alpha\"\nhosts = [\"alpha.test\"]\nconfig = \"tenants/alpha.toml\"\n",
+    );
+    let (ours, theirs) = handoff::seqpacket_pair().unwrap();
+    let mut command = Command::new(bin("l7proxy"));
+    command
+        .args(["--tenant", "alpha", "--config"])
+        .arg(&config)
+        .env(HANDOFF_FD_ENV, theirs.as_raw_fd().to_string())
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped());
+    switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
+    let mut proxy = Proc(command.spawn().unwrap());
+    drop(theirs);
+    assert!(matches!(next_message(&ours), Message::Hello { .. }));
+    assert_eq!(next_message(&ours), Message::Ready);
+    // Its soft limit set to what it has open now: no room for another.
+    let open = fd_count_stable(proxy.pid()) as u64;
+    let pid = proxy.pid() as libc::pid_t;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our child with a valid rlimit struct, read first
+    // to keep its hard limit.
+    let rc = unsafe {
+        libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit);
+        limit.rlim_cur = open;
+        libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut())
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut clients = Vec::new();
+    for seq in 1..=5 {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        handoff::send(ours.as_fd(), &conn(seq), Some(accepted.as_fd())).unwrap();
+        clients.push(client);
+    }
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acked < 5 && Instant::now() < deadline {
+        match handoff::recv(ours.as_fd()) {
+            Ok(Some(received)) => {
+                if let Ok(Message::Ack { up_to_seq }) = received.message {
+                    acked = up_to_seq;
+                }
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+
+    drop(ours);
+    let _ = proxy.0.wait();
+    let mut log = String::new();
+    proxy
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert_eq!(acked, 5, "every Conn acknowledged:\n{log}");
+    assert!(
+        log.contains("at its open-file limit"),
+        "the lost descriptor is explained:\n{log}"
+    );
 }
