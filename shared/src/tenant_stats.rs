@@ -17,6 +17,7 @@
 //! snapshot: a process cannot speak for another tenant.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fmt::Write;
 
 /// Upper bounds (seconds) of the duration histograms' buckets.
@@ -163,25 +164,58 @@ impl TenantStats {
         series <= MAX_SERIES && labels_ok
     }
 
-    /// Adds `other` into this sum.
-    pub fn add(&mut self, other: &TenantStats) {
-        for r in &other.requests {
-            match self.requests.iter_mut().find(|m| {
-                m.route == r.route && m.upstream == r.upstream && m.status_class == r.status_class
-            }) {
-                Some(mine) => mine.count += r.count,
-                None => self.requests.push(r.clone()),
+    /// The sum of `all`, in time linear in their series: a tenant's
+    /// processes (some of them started by its own user) may each report up
+    /// to [`MAX_SERIES`] series, and the splitter sums them at every report.
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a TenantStats>) -> TenantStats {
+        let mut sum = TenantStats::default();
+        let mut requests: HashMap<(&str, &str, &str), usize> = HashMap::new();
+        let mut request_duration: HashMap<&str, usize> = HashMap::new();
+        let mut upstream_duration: HashMap<&str, usize> = HashMap::new();
+        let mut tls_handshakes: HashMap<&str, usize> = HashMap::new();
+        let mut tls_failures: HashMap<&str, usize> = HashMap::new();
+        for other in all {
+            for r in &other.requests {
+                let key = (
+                    r.route.as_str(),
+                    r.upstream.as_str(),
+                    r.status_class.as_str(),
+                );
+                match requests.get(&key) {
+                    Some(&at) => sum.requests[at].count += r.count,
+                    None => {
+                        requests.insert(key, sum.requests.len());
+                        sum.requests.push(r.clone());
+                    }
+                }
             }
+            sum_histograms(
+                &mut sum.request_duration,
+                &mut request_duration,
+                &other.request_duration,
+            );
+            sum_histograms(
+                &mut sum.upstream_duration,
+                &mut upstream_duration,
+                &other.upstream_duration,
+            );
+            sum_counts(
+                &mut sum.tls_handshakes,
+                &mut tls_handshakes,
+                &other.tls_handshakes,
+            );
+            sum_counts(
+                &mut sum.tls_failures,
+                &mut tls_failures,
+                &other.tls_failures,
+            );
+            sum.bytes_in += other.bytes_in;
+            sum.bytes_out += other.bytes_out;
+            sum.connections += other.connections;
+            sum.retries += other.retries;
+            sum.max_in_flight_rejections += other.max_in_flight_rejections;
         }
-        add_histograms(&mut self.request_duration, &other.request_duration);
-        add_histograms(&mut self.upstream_duration, &other.upstream_duration);
-        add_counts(&mut self.tls_handshakes, &other.tls_handshakes);
-        add_counts(&mut self.tls_failures, &other.tls_failures);
-        self.bytes_in += other.bytes_in;
-        self.bytes_out += other.bytes_out;
-        self.connections += other.connections;
-        self.retries += other.retries;
-        self.max_in_flight_rejections += other.max_in_flight_rejections;
+        sum
     }
 }
 
@@ -318,20 +352,34 @@ pub fn render(tenants: &[(&str, &TenantStats)], out: &mut String) {
     }
 }
 
-fn add_histograms(mine: &mut Vec<Histogram>, theirs: &[Histogram]) {
+fn sum_histograms<'a>(
+    mine: &mut Vec<Histogram>,
+    index: &mut HashMap<&'a str, usize>,
+    theirs: &'a [Histogram],
+) {
     for h in theirs {
-        match mine.iter_mut().find(|m| m.label == h.label) {
-            Some(m) => m.add(h),
-            None => mine.push(h.clone()),
+        match index.get(h.label.as_str()) {
+            Some(&at) => mine[at].add(h),
+            None => {
+                index.insert(&h.label, mine.len());
+                mine.push(h.clone());
+            }
         }
     }
 }
 
-fn add_counts(mine: &mut Vec<LabelCount>, theirs: &[LabelCount]) {
+fn sum_counts<'a>(
+    mine: &mut Vec<LabelCount>,
+    index: &mut HashMap<&'a str, usize>,
+    theirs: &'a [LabelCount],
+) {
     for c in theirs {
-        match mine.iter_mut().find(|m| m.label == c.label) {
-            Some(m) => m.count += c.count,
-            None => mine.push(c.clone()),
+        match index.get(c.label.as_str()) {
+            Some(&at) => mine[at].count += c.count,
+            None => {
+                index.insert(&c.label, mine.len());
+                mine.push(c.clone());
+            }
         }
     }
 }
@@ -398,10 +446,11 @@ mod tests {
 
     #[test]
     fn sums_and_renders_cumulative_buckets() {
-        let mut sum = TenantStats::default();
-        sum.add(&one("/", 200, 0.003));
-        sum.add(&one("/", 200, 20.0));
-        sum.add(&one("/api", 503, 0.0005));
+        let sum = TenantStats::sum(&[
+            one("/", 200, 0.003),
+            one("/", 200, 20.0),
+            one("/api", 503, 0.0005),
+        ]);
         assert_eq!(sum.requests.len(), 2);
         assert_eq!(sum.requests[0].count, 2);
         assert_eq!(sum.bytes_out, 30);

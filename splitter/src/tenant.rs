@@ -560,9 +560,11 @@ impl Tenant {
     }
 
     /// A process acknowledged every connection up to `up_to_seq`: close the
-    /// splitter's copies of them.
-    pub fn acknowledge(&self, key: ProcKey, up_to_seq: u64) {
+    /// splitter's copies of them. Returns whether that acknowledged anything
+    /// not acknowledged before (a healthy process's every `Ack` does).
+    pub fn acknowledge(&self, key: ProcKey, up_to_seq: u64) -> bool {
         let mut state = self.state();
+        let mut advanced = false;
         if let Some(proc) = state.procs.iter_mut().find(|p| p.key == key) {
             while proc
                 .unacked
@@ -571,6 +573,7 @@ impl Tenant {
             {
                 proc.unacked.pop_front();
                 proc.report_due = true;
+                advanced = true;
             }
         }
         // An Ack proves the process reads again: hand it what was held because
@@ -578,6 +581,7 @@ impl Tenant {
         if !state.held.is_empty() {
             self.flush_held(&mut state);
         }
+        advanced
     }
 
     /// A process is gone: hand its unacknowledged connections to another ready
@@ -675,9 +679,5 @@ impl Tenant {
 }
 
 fn sum_stats(state: &PoolState) -> TenantStats {
-    let mut sum = TenantStats::default();
-    for stats in state.procs.iter().filter_map(|p| p.stats.as_deref()) {
-        sum.add(stats);
-    }
-    sum
+    TenantStats::sum(state.procs.iter().filter_map(|p| p.stats.as_deref()))
 }
