@@ -152,7 +152,9 @@ async fn attach(
     if allow(&logs) {
         info!(tenant = %name, pid = peer.pid, uid = peer.uid, "a process started by hand joined the pool");
     }
+    // Queued acknowledgements are read before the deadline is looked at.
     let reason = tokio::select! {
+        biased;
         reason = crate::process::read_messages(&tenant, key, &socket) => reason,
         _ = crate::process::watch_acks(&tenant, key) => "it stopped acknowledging connections".to_string(),
     };

@@ -138,7 +138,10 @@ async fn run(
     socket: HandoffSocket,
     stop: &mut watch::Receiver<bool>,
 ) -> String {
+    // In this order: after the front stalled, the acknowledgements queued
+    // meanwhile are read before the deadline is looked at.
     let outcome = tokio::select! {
+        biased;
         status = &mut exit => return status.unwrap_or_else(|_| "unknown".into()),
         reason = read_messages(tenant, key, &socket) => Some(reason),
         _ = stop.changed() => None,
@@ -173,16 +176,20 @@ async fn run(
 }
 
 /// Resolves when the process has left a connection unacknowledged for longer
-/// than [`ACK_DEADLINE`].
+/// than [`ACK_DEADLINE`], at two looks in a row: after the front itself
+/// stalled, acknowledgements that were queued meanwhile get a look's time to
+/// be read.
 pub(crate) async fn watch_acks(tenant: &Tenant, key: ProcKey) {
+    let mut late_before = false;
     loop {
         tokio::time::sleep(ACK_DEADLINE / 5).await;
-        if tenant
+        let late = tenant
             .oldest_unacked(key)
-            .is_some_and(|handed| handed.elapsed() > ACK_DEADLINE)
-        {
+            .is_some_and(|handed| handed.elapsed() > ACK_DEADLINE);
+        if late && late_before {
             return;
         }
+        late_before = late;
     }
 }
 
@@ -206,34 +213,51 @@ async fn terminate(
     }
 }
 
-/// A process reports its statistics about every second. Reports may bunch up
-/// (a tenant's timer catching up after a stall, or several queued while the
-/// front was busy), so a process may send up to `STATS_BURST` at once; beyond
-/// that, more than `STATS_PER_SECOND` a second makes the front parse JSON for
-/// nothing and the process is treated as broken.
+/// A process reports its statistics about every second; one sending more
+/// than this many a second makes the front parse JSON for nothing and is
+/// treated as broken.
 const STATS_PER_SECOND: f64 = 4.0;
-/// See [`STATS_PER_SECOND`].
+/// Reports may bunch up (a tenant's timer catching up after a stall): this
+/// many may come at once.
 const STATS_BURST: f64 = 8.0;
+/// `Hello`, `Ready`, `Draining` and acknowledgements that acknowledge nothing
+/// new: a healthy process sends each about once in its life, so more than
+/// this many a second (beyond [`CHATTER_BURST`]) is a flood.
+const CHATTER_PER_SECOND: f64 = 1.0;
+/// See [`CHATTER_PER_SECOND`].
+const CHATTER_BURST: f64 = 16.0;
+/// Messages read from one process before the reader lets other tasks run (a
+/// process refilling its socket as fast as the front reads must not hold a
+/// runtime thread).
+const MESSAGES_PER_TURN: usize = 64;
 
-/// The token bucket that bounds how often one process's statistics are parsed.
-struct StatsBudget {
+/// A token bucket that bounds how often one process may send a kind of
+/// message.
+struct MessageBudget {
+    per_second: f64,
+    burst: f64,
     tokens: f64,
     refilled: Instant,
 }
 
-impl StatsBudget {
-    fn new(now: Instant) -> StatsBudget {
-        StatsBudget {
-            tokens: STATS_BURST,
+impl MessageBudget {
+    fn new(per_second: f64, burst: f64, now: Instant) -> MessageBudget {
+        MessageBudget {
+            per_second,
+            burst,
+            tokens: burst,
             refilled: now,
         }
     }
 
-    /// Takes one report's token at `now`; false when the process is over its
-    /// rate.
+    /// Takes one message's token at `now` (the time the front reads it);
+    /// false when the process is over its rate. What it earned while the
+    /// front was not reading is kept in full, even beyond the burst: messages
+    /// a healthy process sent on time, queued while the front was busy, arrive
+    /// all at once.
     fn take(&mut self, now: Instant) -> bool {
-        let earned = now.saturating_duration_since(self.refilled).as_secs_f64() * STATS_PER_SECOND;
-        self.tokens = (self.tokens + earned).min(STATS_BURST);
+        let earned = now.saturating_duration_since(self.refilled).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + earned).min(self.burst.max(earned).max(self.tokens));
         self.refilled = now;
         if self.tokens < 1.0 {
             return false;
@@ -252,20 +276,39 @@ pub(crate) async fn read_messages(
     key: ProcKey,
     socket: &AsyncFd<OwnedFd>,
 ) -> String {
-    let mut stats_budget = StatsBudget::new(Instant::now());
+    let mut stats_budget = MessageBudget::new(STATS_PER_SECOND, STATS_BURST, Instant::now());
+    let mut chatter_budget = MessageBudget::new(CHATTER_PER_SECOND, CHATTER_BURST, Instant::now());
     let mut buf = handoff::ReceiveBuffer::new();
     loop {
         let mut guard = match socket.readable().await {
             Ok(guard) => guard,
             Err(e) => return e.to_string(),
         };
-        // Everything queued; `try_io` clears the readiness when it would block.
-        while let Ok(received) =
-            guard.try_io(|socket| handoff::recv_into(socket.get_ref().as_fd(), &mut buf))
-        {
+        // What is queued, up to a turn's worth; `try_io` clears the readiness
+        // when it would block.
+        let mut taken = 0;
+        while taken < MESSAGES_PER_TURN {
+            let Ok(received) =
+                guard.try_io(|socket| handoff::recv_into(socket.get_ref().as_fd(), &mut buf))
+            else {
+                break;
+            };
+            taken += 1;
+            let chatter = match &received {
+                Ok(Some(received)) => matches!(
+                    received.message,
+                    Ok(Message::Hello { .. } | Message::Ready | Message::Draining)
+                ),
+                _ => false,
+            };
+            if chatter && !chatter_budget.take(Instant::now()) {
+                return format!(
+                    "it sent Hello, Ready or Draining more often than {CHATTER_PER_SECOND} times a second"
+                );
+            }
             match received {
                 Ok(Some(received)) => {
-                    if !received.fds.is_empty() {
+                    if !received.fds.is_empty() || received.fds_lost {
                         return format!("it sent {} descriptors (closed)", received.fds.len());
                     }
                     match received.message {
@@ -277,7 +320,15 @@ pub(crate) async fn read_messages(
                             }
                         }
                         Ok(Message::Ready) => tenant.mark_ready(key),
-                        Ok(Message::Ack { up_to_seq }) => tenant.acknowledge(key, up_to_seq),
+                        Ok(Message::Ack { up_to_seq }) => {
+                            if !tenant.acknowledge(key, up_to_seq)
+                                && !chatter_budget.take(Instant::now())
+                            {
+                                return format!(
+                                    "it sent acknowledgements of nothing new more often than {CHATTER_PER_SECOND} times a second"
+                                );
+                            }
+                        }
                         Ok(Message::Draining) => tenant.mark_draining(key),
                         Ok(Message::Stats(_)) if !stats_budget.take(Instant::now()) => {
                             return format!(
@@ -297,6 +348,10 @@ pub(crate) async fn read_messages(
                 Ok(None) => return "end of file".to_string(),
                 Err(e) => return e.to_string(),
             }
+        }
+        if taken == MESSAGES_PER_TURN {
+            drop(guard);
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -319,31 +374,47 @@ fn other_kind(message: &Message) -> &'static str {
 mod tests {
     use super::*;
 
+    fn stats_budget(now: Instant) -> MessageBudget {
+        MessageBudget::new(STATS_PER_SECOND, STATS_BURST, now)
+    }
+
     #[test]
     fn reports_bunched_after_a_stall_are_accepted() {
         let start = Instant::now();
-        let mut budget = StatsBudget::new(start);
+        let mut budget = stats_budget(start);
         // A report a second, then a stall: the timer's catch-up tick and the
-        // next one come together, and several queued reports are read at once.
+        // next one come together.
         for second in 0..5 {
             assert!(budget.take(start + Duration::from_secs(second)));
         }
-        let later = start + Duration::from_secs(12);
-        for _ in 0..8 {
-            assert!(budget.take(later));
+        let later = start + Duration::from_secs(5) + Duration::from_millis(50);
+        assert!(budget.take(later));
+        assert!(budget.take(later + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn reports_queued_while_the_front_was_busy_are_accepted() {
+        // The front read nothing for 30 s; the process kept reporting every
+        // second. All 30 are read at once.
+        let start = Instant::now();
+        let mut budget = stats_budget(start);
+        assert!(budget.take(start));
+        let resumed = start + Duration::from_secs(30);
+        for n in 0..30 {
+            assert!(budget.take(resumed), "report {n} refused");
         }
     }
 
     #[test]
     fn a_flood_is_refused_after_the_burst() {
         let start = Instant::now();
-        let mut budget = StatsBudget::new(start);
+        let mut budget = stats_budget(start);
         let taken = (0..1000)
             .take_while(|n| budget.take(start + Duration::from_micros(*n)))
             .count();
         assert_eq!(taken, STATS_BURST as usize);
         // And a steady rate above the limit is refused too.
-        let mut budget = StatsBudget::new(start);
+        let mut budget = stats_budget(start);
         let refused = (0..100)
             .filter(|n| !budget.take(start + Duration::from_millis(100 * n)))
             .count();

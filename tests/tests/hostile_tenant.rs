@@ -546,6 +546,19 @@ fn a_tenant_process_flooding_statistics_is_disconnected_at_once() {
     flood_is_cut_off("stats-flood");
 }
 
+/// Valid two-byte `Ready`s as fast as it can: bounded like every message a
+/// process can send unasked, so it cannot hold the front's thread.
+#[test]
+fn a_tenant_process_flooding_ready_is_disconnected_at_once() {
+    flood_is_cut_off("ready-flood");
+}
+
+/// `Ack`s that acknowledge nothing: the same.
+#[test]
+fn a_tenant_process_flooding_empty_acks_is_disconnected_at_once() {
+    flood_is_cut_off("ack-flood");
+}
+
 /// A few reports at once are not a flood: a healthy process's reports bunch
 /// up after a stall (its timer catches up, or the front read several queued).
 #[test]

@@ -8,13 +8,17 @@
 //! - `--mode silent`: connects and says nothing.
 //! - `--mode stats-flood`: says Hello and Ready, then sends valid `Stats`
 //!   messages (about 10 KiB of JSON each) as fast as it can (at most `--count`).
+//! - `--mode ready-flood` / `--mode ack-flood`: says Hello and Ready, then
+//!   sends `Ready` again, or `Ack`s of nothing new, as fast as it can: valid
+//!   two- and ten-byte messages that cost the front more to read than they
+//!   cost to send.
 //!
 //! `--pid N` makes its `Hello` claim pid N (default 1), as a liar would.
 //!
 //! It prints what happened on stdout (`received N`, `sent N`, `disconnected`)
 //! and exits 0 once the splitter closes the socket.
 //!
-//! Usage: `fake-tenant --socket PATH --tenant NAME --mode no-ack|garbage|silent [--count N] [--pid N]`
+//! Usage: `fake-tenant --socket PATH --tenant NAME --mode MODE [--count N] [--pid N]`
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -47,7 +51,7 @@ fn main() {
         }
     }
     let (Some(socket), Some(tenant), Some(mode)) = (socket, tenant, mode) else {
-        eprintln!("usage: fake-tenant --socket PATH --tenant NAME --mode no-ack|garbage|silent|stats-flood [--count N]");
+        eprintln!("usage: fake-tenant --socket PATH --tenant NAME --mode no-ack|garbage|silent|stats-flood|ready-flood|ack-flood [--count N]");
         std::process::exit(2);
     };
     let fd = match handoff::seqpacket_connect(std::path::Path::new(&socket)) {
@@ -88,7 +92,7 @@ fn main() {
                 }
             }
         }
-        "garbage" | "stats-flood" => {
+        "garbage" | "stats-flood" | "ready-flood" | "ack-flood" => {
             let mut sent = 0u64;
             let stats = switchyard_shared::tenant_stats::TenantStats {
                 tls_failures: (0..300)
@@ -102,6 +106,8 @@ fn main() {
             let mut datagram = Vec::new();
             match mode.as_str() {
                 "garbage" => datagram.extend_from_slice(&[0xee, 0xee, 0xee]),
+                "ready-flood" => Message::Ready.encode(&mut datagram),
+                "ack-flood" => Message::Ack { up_to_seq: 0 }.encode(&mut datagram),
                 _ => Message::Stats(Box::new(stats)).encode(&mut datagram),
             }
             while sent < count {
