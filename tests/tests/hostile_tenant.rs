@@ -559,6 +559,37 @@ fn a_tenant_process_flooding_empty_acks_is_disconnected_at_once() {
     flood_is_cut_off("ack-flood");
 }
 
+/// Descriptors sent the wrong way, more than a message carries: the process
+/// is disconnected, and every descriptor the kernel installed in the
+/// splitter is closed (not one kept per attempt).
+#[test]
+fn descriptors_a_tenant_process_sends_are_closed_not_kept() {
+    require_root();
+    let (s, evil) = victim_and_attacker("", None);
+    let socket = s.dir.0.join("run/tenants/attacker/handoff.sock");
+    let before = s.fd_count_stable();
+    for count in [1, 8, 8, 64, 64] {
+        let fake = Command::new(bin("fake-tenant"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--tenant", "attacker", "--mode", "descriptors", "--count"])
+            .arg(count.to_string())
+            .uid(evil)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = finished(fake, Duration::from_secs(10));
+        assert!(out.contains("disconnected"), "{out}");
+    }
+    let after = fd_count_settled(s.proc.pid(), before);
+    assert_eq!(
+        after, before,
+        "splitter descriptors before {before}, after {after}"
+    );
+    assert_eq!(s.tenant_pids("attacker", "ready").len(), 1);
+}
+
 /// A few reports at once are not a flood: a healthy process's reports bunch
 /// up after a stall (its timer catches up, or the front read several queued).
 #[test]

@@ -8,6 +8,8 @@
 //! - `--mode silent`: connects and says nothing.
 //! - `--mode stats-flood`: says Hello and Ready, then sends valid `Stats`
 //!   messages (about 10 KiB of JSON each) as fast as it can (at most `--count`).
+//! - `--mode descriptors`: says Hello and Ready, then sends one message with
+//!   `--count` descriptors (at most 64), which a process may never send.
 //! - `--mode ready-flood` / `--mode ack-flood`: says Hello and Ready, then
 //!   sends `Ready` again, or `Ack`s of nothing new, as fast as it can: valid
 //!   two- and ten-byte messages that cost the front more to read than they
@@ -51,7 +53,7 @@ fn main() {
         }
     }
     let (Some(socket), Some(tenant), Some(mode)) = (socket, tenant, mode) else {
-        eprintln!("usage: fake-tenant --socket PATH --tenant NAME --mode no-ack|garbage|silent|stats-flood|ready-flood|ack-flood [--count N]");
+        eprintln!("usage: fake-tenant --socket PATH --tenant NAME --mode no-ack|garbage|silent|stats-flood|ready-flood|ack-flood|descriptors [--count N]");
         std::process::exit(2);
     };
     let fd = match handoff::seqpacket_connect(std::path::Path::new(&socket)) {
@@ -89,6 +91,27 @@ fn main() {
                         std::thread::sleep(Duration::from_millis(5))
                     }
                     Err(_) => break,
+                }
+            }
+        }
+        "descriptors" => {
+            // One message carrying `--count` descriptors (of /dev/null): more
+            // than a handoff message may carry, and none may go this way.
+            let files: Vec<std::fs::File> = (0..count.min(64))
+                .map(|_| std::fs::File::open("/dev/null").unwrap())
+                .collect();
+            let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+            let mut datagram = Vec::new();
+            Message::Ready.encode(&mut datagram);
+            let _ = handoff::send_with_fds(fd.as_fd(), &datagram, &fds);
+            let _ = writeln!(out, "sent {}", fds.len());
+            loop {
+                match handoff::recv(fd.as_fd()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
                 }
             }
         }
