@@ -158,7 +158,13 @@ async fn attach(
         reason = crate::process::read_messages(&tenant, key, &socket) => reason,
         _ = crate::process::watch_acks(&tenant, key) => "it stopped acknowledging connections".to_string(),
     };
-    tenant.remove_process(key);
+    // One that closed its socket reads nothing more: its connections go to
+    // others. One cut off may still read them: not handed a second time.
+    if reason == crate::process::END_OF_FILE {
+        tenant.remove_process(key);
+    } else {
+        tenant.remove_live_process(key);
+    }
     if allow(&logs) {
         info!(tenant = %name, pid = peer.pid, reason = %reason, "a process started by hand left the pool");
     }

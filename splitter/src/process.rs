@@ -146,8 +146,11 @@ async fn run(
         reason = read_messages(tenant, key, &socket) => Some(reason),
         _ = stop.changed() => None,
         _ = watch_acks(tenant, key) => {
-            error!(tenant = %tenant.name(), pid, deadline = ?ACK_DEADLINE, "tenant process stopped acknowledging connections; handing them to other processes and replacing it");
-            tenant.remove_process(key);
+            error!(tenant = %tenant.name(), pid, deadline = ?ACK_DEADLINE, "tenant process stopped acknowledging connections; killing it and handing its connections to other processes once it is gone");
+            // Out of rotation now; its unacknowledged connections are handed
+            // again after it has exited (by the caller), never while it could
+            // still read them.
+            tenant.mark_draining(key);
             return terminate(helper, pid, &mut exit, Duration::ZERO).await;
         }
     };
@@ -166,10 +169,17 @@ async fn run(
                 warn!(tenant = %tenant.name(), pid, error = %e, "cannot send Drain; sending SIGTERM")
             }
         },
-        Some(reason) => {
-            warn!(tenant = %tenant.name(), pid, reason = %reason, "disconnected from the tenant process; stopping it");
-            // Its connections go elsewhere now, not when it has exited.
+        Some(reason) if reason == END_OF_FILE => {
+            warn!(tenant = %tenant.name(), pid, reason = %reason, "the tenant process closed its handoff socket; stopping it");
+            // It reads nothing more: its connections go elsewhere now, not
+            // when it has exited.
             tenant.remove_process(key);
+        }
+        Some(reason) => {
+            // It broke the protocol and may still read what it was handed:
+            // killed, and its connections handed again once it is gone.
+            warn!(tenant = %tenant.name(), pid, reason = %reason, "disconnected from the tenant process; killing it");
+            return terminate(helper, pid, &mut exit, Duration::ZERO).await;
         }
     }
     terminate(helper, pid, &mut exit, STOP_GRACE).await
@@ -267,6 +277,9 @@ impl MessageBudget {
     }
 }
 
+/// What [`read_messages`] returns when the process closed its socket.
+pub(crate) const END_OF_FILE: &str = "end of file";
+
 /// Reads the process's messages until its socket closes or it breaks the
 /// protocol; returns why it stopped. Anything a process may not send (a message
 /// for the other direction, an undecodable datagram, descriptors) ends the
@@ -345,7 +358,7 @@ pub(crate) async fn read_messages(
                         Err(e) => return format!("protocol error: {e}"),
                     }
                 }
-                Ok(None) => return "end of file".to_string(),
+                Ok(None) => return END_OF_FILE.to_string(),
                 Err(e) => return e.to_string(),
             }
         }

@@ -587,11 +587,28 @@ impl Tenant {
     /// A process is gone: hand its unacknowledged connections to another ready
     /// process, or hold them.
     pub fn remove_process(&self, key: ProcKey) {
+        self.remove(key, true);
+    }
+
+    /// A process that may still be alive, and may still read what it was
+    /// handed, leaves the pool (a hand-started process the front cut off):
+    /// the front closes its copies of its unacknowledged connections instead
+    /// of handing them again, so no connection is ever served by two
+    /// processes. Its clients are served by it if it reads them, and see
+    /// their connection closed otherwise.
+    pub fn remove_live_process(&self, key: ProcKey) {
+        self.remove(key, false);
+    }
+
+    fn remove(&self, key: ProcKey, hand_again: bool) {
         let mut state = self.state();
         let Some(index) = state.procs.iter().position(|p| p.key == key) else {
             return;
         };
         let proc = state.procs.remove(index);
+        if !hand_again {
+            return;
+        }
         if !proc.unacked.is_empty() {
             warn!(tenant = %self.name(), pid = proc.pid, count = proc.unacked.len(), "process died holding unacknowledged connections; handing them again");
         }

@@ -531,3 +531,56 @@ fn a_client_sending_one_byte_at_a_time_is_closed_at_peek_timeout() {
         format!("switchyard_connections_total{{listener=\"{http}\",outcome=\"peek_timeout\"}} 1");
     assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
 }
+
+/// A process that stops acknowledging (frozen here) is killed after the ack
+/// deadline, and the connections it never took are answered by its sibling.
+#[test]
+fn connections_of_a_process_past_the_ack_deadline_are_answered_by_another() {
+    let mut alpha = TenantSpec::echo("alpha", &["alpha.test"]);
+    alpha.processes = 2;
+    let s = SplitterBuilder::new(vec![alpha])
+        .splitter_lines("hold_timeout = \"30s\"")
+        .start();
+    wait_until(Duration::from_secs(10), || {
+        s.tenant_pids("alpha", "ready").len() == 2
+    });
+    let pids = s.tenant_pids("alpha", "ready");
+    let frozen = pids[0] as u32;
+    // Not left stopped forever if the test fails.
+    let _frozen = KillOnDrop(frozen);
+    signal(frozen, libc::SIGSTOP);
+    // Stopped for real before the first connection (a process still running
+    // for a moment would acknowledge some, and then hold them frozen).
+    let state = || {
+        std::fs::read_to_string(format!("/proc/{frozen}/stat"))
+            .ok()
+            .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
+    };
+    wait_until(Duration::from_secs(5), || state() == Some('T'));
+    let started = Instant::now();
+    let mut waiting = Vec::new();
+    for _ in 0..20 {
+        let mut tcp = TcpStream::connect(s.http).unwrap();
+        tcp.write_all(b"GET /echo HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        waiting.push(tcp);
+    }
+    for mut tcp in waiting {
+        let answer = read_response(&mut tcp).expect("answered");
+        assert_eq!(answer.status, 200);
+        let by = answer.json()["pid"].as_u64().unwrap();
+        assert_ne!(by, frozen as u64, "answered by the frozen process");
+    }
+    // Some waited for the deadline (the rotation gave the frozen one its share).
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // And it was killed (gone, or a zombie until reaped).
+    wait_until(Duration::from_secs(10), || {
+        matches!(state(), None | Some('Z'))
+    });
+    assert!(s.status().tenants[0].rehanded >= 1);
+}
