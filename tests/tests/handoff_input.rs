@@ -37,9 +37,11 @@ fn next_message(socket: &OwnedFd) -> Message {
     }
 }
 
-#[test]
-fn unusable_descriptors_are_closed_with_a_reason_and_nothing_leaks() {
-    let dir = TempDir::new("handoff-input");
+/// Starts an l7proxy for tenant alpha (an echo route) on a handoff socket
+/// pair, as the splitter would, and waits for its Hello and Ready; returns its
+/// directory, the process (stderr piped) and the splitter's end.
+fn start_proxy(tag: &str) -> (TempDir, Proc, OwnedFd) {
+    let dir = TempDir::new(tag);
     dir.write(
         "tenants/alpha.toml",
         "[[route]]\npath = \"/\"\nrespond = \"echo\"\n",
@@ -58,10 +60,32 @@ fn unusable_descriptors_are_closed_with_a_reason_and_nothing_leaks() {
         .env("RUST_LOG", "warn")
         .stderr(Stdio::piped());
     switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
-    let mut proxy = Proc(command.spawn().unwrap());
+    let proxy = Proc(command.spawn().unwrap());
     drop(theirs);
     assert!(matches!(next_message(&ours), Message::Hello { ref tenant, .. } if tenant == "alpha"));
     assert_eq!(next_message(&ours), Message::Ready);
+    (dir, proxy, ours)
+}
+
+/// Closes the splitter's end (the process drains and exits after its 1 s
+/// orphan_timeout); returns its exit status and everything it logged.
+fn stop(mut proxy: Proc, ours: OwnedFd) -> (std::process::ExitStatus, String) {
+    drop(ours);
+    let status = proxy.0.wait().unwrap();
+    let mut log = String::new();
+    proxy
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    (status, log)
+}
+
+#[test]
+fn unusable_descriptors_are_closed_with_a_reason_and_nothing_leaks() {
+    let (_dir, proxy, ours) = start_proxy("handoff-input");
     let before = fd_count_stable(proxy.pid());
 
     // 1: a UDP socket; 2: no descriptor; 3: another protocol version, with a
@@ -100,17 +124,9 @@ fn unusable_descriptors_are_closed_with_a_reason_and_nothing_leaks() {
         "l7proxy descriptors before {before}, after {after}"
     );
 
-    drop(ours); // the splitter "goes away": the process drains and exits
-    let status = proxy.0.wait().unwrap();
+    // The splitter "goes away": the process drains and exits.
+    let (status, log) = stop(proxy, ours);
     assert!(status.success(), "{status}");
-    let mut log = String::new();
-    proxy
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
     for expected in [
         "unusable descriptor received; closed",
         "received descriptor is not a TCP socket (protocol 17)",
@@ -127,29 +143,7 @@ fn unusable_descriptors_are_closed_with_a_reason_and_nothing_leaks() {
 /// its copy instead of taking the process for stuck and killing it.
 #[test]
 fn a_conn_whose_descriptor_is_lost_at_the_open_file_limit_is_still_acknowledged() {
-    let dir = TempDir::new("handoff-nofile");
-    dir.write(
-        "tenants/alpha.toml",
-        "[[route]]\npath = \"/\"\nrespond = \"echo\"\n",
-    );
-    let config = dir.write(
-        "host.toml",
-        "[splitter]\nruntime_dir = \"run\"\norphan_timeout = \"1s\"\n[[listen]]\naddr = \"127.0.0.1:1\"\nprotocol = \"http\"\n\
-         [[tenant]]\nname = \"alpha\"\nhosts = [\"alpha.test\"]\nconfig = \"tenants/alpha.toml\"\n",
-    );
-    let (ours, theirs) = handoff::seqpacket_pair().unwrap();
-    let mut command = Command::new(bin("l7proxy"));
-    command
-        .args(["--tenant", "alpha", "--config"])
-        .arg(&config)
-        .env(HANDOFF_FD_ENV, theirs.as_raw_fd().to_string())
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped());
-    switchyard_shared::sys::inherit_and_die_with_parent(&mut command, theirs.as_fd());
-    let mut proxy = Proc(command.spawn().unwrap());
-    drop(theirs);
-    assert!(matches!(next_message(&ours), Message::Hello { .. }));
-    assert_eq!(next_message(&ours), Message::Ready);
+    let (_dir, proxy, ours) = start_proxy("handoff-nofile");
     // Its soft limit set to what it has open now: no room for another.
     let open = fd_count_stable(proxy.pid()) as u64;
     let pid = proxy.pid() as libc::pid_t;
@@ -187,16 +181,7 @@ fn a_conn_whose_descriptor_is_lost_at_the_open_file_limit_is_still_acknowledged(
         }
     }
 
-    drop(ours);
-    let _ = proxy.0.wait();
-    let mut log = String::new();
-    proxy
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let (_, log) = stop(proxy, ours);
     assert_eq!(acked, 5, "every Conn acknowledged:\n{log}");
     assert!(
         log.contains("at its open-file limit"),

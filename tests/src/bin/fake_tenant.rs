@@ -105,15 +105,7 @@ fn main() {
             Message::Ready.encode(&mut datagram);
             let _ = handoff::send_with_fds(fd.as_fd(), &datagram, &fds);
             let _ = writeln!(out, "sent {}", fds.len());
-            loop {
-                match handoff::recv(fd.as_fd()) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            wait_until_closed(fd.as_fd());
         }
         "garbage" | "stats-flood" | "ready-flood" | "ack-flood" => {
             let mut sent = 0u64;
@@ -143,16 +135,7 @@ fn main() {
                 }
             }
             let _ = writeln!(out, "sent {sent}");
-            // Wait for the splitter to close the socket.
-            loop {
-                match handoff::recv(fd.as_fd()) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            wait_until_closed(fd.as_fd());
         }
         other => {
             eprintln!("fake-tenant: unknown mode {other:?}");
@@ -160,4 +143,17 @@ fn main() {
         }
     }
     let _ = writeln!(out, "disconnected");
+}
+
+/// Reads (and drops) whatever the splitter sends until it closes the socket.
+fn wait_until_closed(fd: std::os::fd::BorrowedFd<'_>) {
+    loop {
+        match handoff::recv(fd) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
 }
