@@ -610,8 +610,8 @@ fn receive_flagged(
     max_fds: usize,
     recv_flags: MsgFlags,
 ) -> io::Result<Option<(usize, Vec<OwnedFd>, bool)>> {
-    // Aligned for `cmsghdr`; room for MAX_PASSED_FDS descriptors.
-    let mut control = [0u64; 64];
+    // Aligned for `cmsghdr`; room for a header and MAX_PASSED_FDS descriptors.
+    let mut control = [0u64; 4 + MAX_PASSED_FDS / 2];
     // SAFETY: CMSG_SPACE only computes a length.
     let control_len =
         unsafe { libc::CMSG_SPACE((max_fds * std::mem::size_of::<RawFd>()) as u32) } as usize;

@@ -307,22 +307,23 @@ pub(crate) async fn read_messages(
                 break;
             };
             taken += 1;
-            let chatter = match &received {
-                Ok(Some(received)) => matches!(
-                    received.message,
-                    Ok(Message::Hello { .. } | Message::Ready | Message::Draining)
-                ),
-                _ => false,
-            };
-            if chatter && !chatter_budget.take(Instant::now()) {
-                return format!(
-                    "it sent Hello, Ready or Draining more often than {CHATTER_PER_SECOND} times a second"
-                );
-            }
             match received {
                 Ok(Some(received)) => {
-                    if !received.fds.is_empty() || received.fds_lost {
+                    if received.fds_lost {
+                        return "it sent more descriptors than a message carries (closed)"
+                            .to_string();
+                    }
+                    if !received.fds.is_empty() {
                         return format!("it sent {} descriptors (closed)", received.fds.len());
+                    }
+                    if matches!(
+                        received.message,
+                        Ok(Message::Hello { .. } | Message::Ready | Message::Draining)
+                    ) && !chatter_budget.take(Instant::now())
+                    {
+                        return format!(
+                            "it sent Hello, Ready or Draining more often than {CHATTER_PER_SECOND} times a second"
+                        );
                     }
                     match received.message {
                         Ok(Message::Hello { tenant: name, .. }) => {

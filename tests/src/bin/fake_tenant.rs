@@ -97,7 +97,7 @@ fn main() {
         "descriptors" => {
             // One message carrying `--count` descriptors (of /dev/null): more
             // than a handoff message may carry, and none may go this way.
-            let files: Vec<std::fs::File> = (0..count.min(64))
+            let files: Vec<std::fs::File> = (0..count.min(handoff::MAX_PASSED_FDS as u64))
                 .map(|_| std::fs::File::open("/dev/null").unwrap())
                 .collect();
             let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
