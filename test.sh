@@ -15,8 +15,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --no-fail-fast --features "$features" "$@" 2>&1 | tee "$log" || status=$?
-passed=$(awk '/^test result:/ { sum += $4 } END { print sum + 0 }' "$log")
-failed=$(awk '/^test result:/ { sum += $6 } END { print sum + 0 }' "$log")
+# Matched anywhere in a line: a tenant process's log line can land in the
+# middle of cargo's "test result:" line and push the counts to the next one.
+counts=$(grep -aoE '(ok|FAILED)\. [0-9]+ passed; [0-9]+ failed' "$log" || true)
+passed=$(awk '{ sum += $2 } END { print sum + 0 }' <<<"$counts")
+failed=$(awk '{ sum += $4 } END { print sum + 0 }' <<<"$counts")
 echo
 echo "all tests: ${passed} passed, ${failed} failed"
 exit "$status"
